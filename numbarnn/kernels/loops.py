@@ -1,0 +1,120 @@
+"""The time loops shared by every cell, forward and backward through time.
+
+Only the recurrence is sequential. The input projection of all steps is one
+matrix product (or a row gather for integer inputs) before the loop, and the
+weight gradients are two whole-sequence products after BPTT, as in cuDNN/oneDNN.
+"""
+import numpy as np
+from numba import njit
+
+
+# ---- input projection: XZ = X @ W_x.T + b_x for all steps at once -------------------------
+
+@njit(cache=True)
+def project_dense(x2d, W_x, b_x, xz2d):
+    """x2d (N, X) -> xz2d (N, G*H); N = T*B."""
+    np.dot(x2d, W_x.T, xz2d)
+    N, GH = xz2d.shape
+    for n in range(N):
+        for k in range(GH):
+            xz2d[n, k] += b_x[k]
+
+
+@njit(cache=True)
+def project_indices(idx, W_x, b_x, xz2d):
+    """idx (N,) integer inputs (one-hot, never materialised); -1 is an all-zero input."""
+    N, GH = xz2d.shape
+    for n in range(N):
+        i = idx[n]
+        if i < 0:
+            for k in range(GH):
+                xz2d[n, k] = b_x[k]
+        else:
+            for k in range(GH):
+                xz2d[n, k] = W_x[k, i] + b_x[k]
+
+
+# ---- the recurrence ------------------------------------------------------------------------
+
+@njit(cache=True)
+def sequence_forward(cell_forward, xz, W_h, b_h, states, cache, hz):
+    """Run ``cell_forward`` over T steps.
+
+    xz (T, B, G*H); states (S, T+1, B, H) with ``states[:, 0]`` set to the initial
+    state; cache (T, B, C*H); hz (B, G*H) scratch for the recurrent projection.
+    """
+    T = xz.shape[0]
+    B, GH = hz.shape
+    for t in range(T):
+        np.dot(states[0, t], W_h.T, hz)
+        for b in range(B):
+            for k in range(GH):
+                hz[b, k] += b_h[k]
+        cell_forward(xz[t], hz, states, t, cache[t])
+
+
+@njit(cache=True)
+def sequence_backward(cell_backward, W_h, states, cache, d_outputs, dstate, dstate_prev,
+                      dxz, dhz, dh_recurrent):
+    """Backpropagation through time.
+
+    d_outputs (T, B, H): upstream gradient of every hidden state h_1..h_T.
+    dstate (S, B, H): on entry the gradient w.r.t. the final state (zeros if none);
+    on exit the gradient w.r.t. the initial state. dstate_prev (S, B, H) and
+    dh_recurrent (B, H) are scratch. dxz, dhz (T, B, G*H) receive the gradients of
+    the two projections (they may be the same array, see the cell protocol).
+    """
+    T = d_outputs.shape[0]
+    S, B, H = dstate.shape
+    for t in range(T - 1, -1, -1):
+        for b in range(B):
+            for j in range(H):
+                dstate[0, b, j] += d_outputs[t, b, j]
+        cell_backward(dstate, states, t, cache[t], dxz[t], dhz[t], dstate_prev)
+        np.dot(dhz[t], W_h, dh_recurrent)
+        for b in range(B):
+            for j in range(H):
+                dstate_prev[0, b, j] += dh_recurrent[b, j]
+        for s in range(S):
+            for b in range(B):
+                for j in range(H):
+                    dstate[s, b, j] = dstate_prev[s, b, j]
+
+
+# ---- weight gradients, hoisted out of the loop ---------------------------------------------
+
+@njit(cache=True)
+def recurrent_weight_gradients(dhz2d, h_prev2d, dW_h, db_h):
+    """dW_h = dHZ^T H_prev, db_h = sum dHZ over all steps; dhz2d (N, G*H), h_prev2d (N, H)."""
+    np.dot(dhz2d.T, h_prev2d, dW_h)
+    column_sums(dhz2d, db_h)
+
+
+@njit(cache=True)
+def input_weight_gradients_dense(dxz2d, x2d, W_x, dW_x, db_x, dx2d):
+    """dW_x = dXZ^T X, db_x = sum dXZ, dX = dXZ W_x."""
+    np.dot(dxz2d.T, x2d, dW_x)
+    column_sums(dxz2d, db_x)
+    np.dot(dxz2d, W_x, dx2d)
+
+
+@njit(cache=True)
+def input_weight_gradients_indices(dxz2d, idx, dW_x, db_x):
+    """Scatter-add version of dW_x = dXZ^T onehot(idx); inputs -1 contribute nothing."""
+    N, GH = dxz2d.shape
+    dW_x[:, :] = 0.0
+    for n in range(N):
+        i = idx[n]
+        if i >= 0:
+            for k in range(GH):
+                dW_x[k, i] += dxz2d[n, k]
+    column_sums(dxz2d, db_x)
+
+
+@njit(cache=True)
+def column_sums(a2d, out):
+    N, K = a2d.shape
+    out[:] = 0.0
+    for n in range(N):
+        for k in range(K):
+            out[k] += a2d[n, k]

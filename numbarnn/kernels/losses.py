@@ -1,0 +1,51 @@
+"""Losses on logits. fastmath stays off: these feed NaN checks."""
+import math
+
+from numba import njit
+
+
+@njit(cache=True)
+def _softmax_row(logits2d, n, probs2d):
+    """Writes softmax of row n into probs2d[n]; returns log of the normaliser (log-sum-exp)."""
+    V = logits2d.shape[1]
+    m = logits2d[n, 0]
+    for k in range(1, V):
+        if logits2d[n, k] > m:
+            m = logits2d[n, k]
+    s = 0.0
+    for k in range(V):
+        e = math.exp(logits2d[n, k] - m)
+        probs2d[n, k] = e
+        s += e
+    for k in range(V):
+        probs2d[n, k] /= s
+    return m + math.log(s)
+
+
+@njit(cache=True)
+def softmax_rows(logits2d, probs2d):
+    """Row-wise softmax, max-shifted so exp never overflows."""
+    for n in range(logits2d.shape[0]):
+        _softmax_row(logits2d, n, probs2d)
+
+
+@njit(cache=True)
+def softmax_cross_entropy(logits2d, targets, mask, probs2d, dlogits2d):
+    """Sum over rows of ``-mask * log softmax(logits)[target]``; writes probs and the gradient.
+
+    targets (N,) integers in [0, V); mask (N,) weights (0 for padding). Returns the
+    loss as float64, computed from log-sum-exp so a tiny probability never gives log(0).
+    dlogits2d = mask * (probs - onehot(target)).
+    """
+    N, V = logits2d.shape
+    loss = 0.0
+    for n in range(N):
+        lse = _softmax_row(logits2d, n, probs2d)
+        w = mask[n]
+        y = targets[n]
+        if w != 0.0:
+            loss -= w * (logits2d[n, y] - lse)
+        for k in range(V):
+            dlogits2d[n, k] = w * probs2d[n, k]
+        dlogits2d[n, y] -= w
+    return loss

@@ -1,0 +1,207 @@
+"""One recurrent layer over any :class:`~numbarnn.cells.CellSpec`, forward and BPTT.
+
+Layout is time-major, as PyTorch's default: inputs ``(T, B, X)`` floats or ``(T, B)``
+integer indices (one-hot inputs that are never materialised; ``-1`` is an all-zero
+input, used for padding and the course's ``None``), outputs ``(T, B, H)``. With
+``batch_first=True`` the first two axes are swapped on the way in and out.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .cells import PARAM_NAMES, CellSpec
+from .kernels import loops
+
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def resolve_dtype(dtype) -> np.dtype:
+    """``"float32"``/``"float64"`` (or the NumPy types) -> np.dtype; anything else is an error."""
+    try:
+        key = np.dtype(dtype).name
+    except TypeError:
+        key = str(dtype)
+    if key not in _DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return np.dtype(_DTYPES[key])
+
+
+class RecurrentModel:
+    """A single recurrent layer: ``forward`` over a whole sequence, ``backward`` through time.
+
+    Example:
+        >>> import numpy as np
+        >>> from numbarnn.cells import LSTM
+        >>> model = RecurrentModel(LSTM, input_size=3, hidden_size=5, seed=0)
+        >>> outputs, (h, c) = model.forward(np.ones((7, 2, 3)))
+        >>> outputs.shape, h.shape, c.shape
+        ((7, 2, 5), (2, 5), (2, 5))
+        >>> grads = model.backward(np.ones_like(outputs))
+        >>> sorted(grads)
+        ['dW_h', 'dW_x', 'db_h', 'db_x', 'dstate', 'dx']
+    """
+
+    def __init__(self, cell: CellSpec, input_size: int, hidden_size: int, *, dtype="float64",
+                 seed: Optional[int] = None, params: Optional[dict] = None, batch_first: bool = False):
+        for label, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        self.cell = cell
+        self.input_size = int(input_size)
+        self.hidden_size = int(hidden_size)
+        self.dtype = resolve_dtype(dtype)
+        self.batch_first = bool(batch_first)
+        if params is None:
+            params = cell.init(np.random.default_rng(seed), self.input_size, self.hidden_size,
+                               cell.gates, self.dtype)
+        self.params = self._checked_params(params)
+        self._ctx = None
+
+    # -- parameters --------------------------------------------------------------------------
+    def param_shapes(self) -> dict:
+        GH, H, X = self.cell.gates * self.hidden_size, self.hidden_size, self.input_size
+        return {"W_x": (GH, X), "W_h": (GH, H), "b_x": (GH,), "b_h": (GH,)}
+
+    def _checked_params(self, params) -> dict:
+        out = {}
+        for name, shape in self.param_shapes().items():
+            if name not in params:
+                raise ValueError(f"missing parameter {name!r} (expected shape {shape})")
+            value = np.asarray(params[name])
+            if value.shape != shape:
+                raise ValueError(f"parameter {name!r} has shape {value.shape}, expected {shape}")
+            out[name] = np.ascontiguousarray(value, dtype=self.dtype)
+        return out
+
+    # -- states --------------------------------------------------------------------------------
+    def zero_state(self, batch_size: int):
+        """The all-zero initial state in the form ``forward`` returns it."""
+        zeros = [np.zeros((batch_size, self.hidden_size), self.dtype) for _ in range(self.cell.states)]
+        return self._pack_state(zeros)
+
+    def _pack_state(self, arrays):
+        return arrays[0] if self.cell.states == 1 else tuple(arrays)
+
+    def _unpack_state(self, state, batch_size: int, label: str = "state") -> list:
+        S, shape = self.cell.states, (batch_size, self.hidden_size)
+        if S == 1 and not isinstance(state, (tuple, list)):
+            state = (state,)
+        if not isinstance(state, (tuple, list)) or len(state) != S:
+            raise ValueError(f"{label} for cell {self.cell.name!r} must be "
+                             + ("an array" if S == 1 else f"a tuple of {S} arrays {self.cell.state_names}")
+                             + f" each of shape {shape}")
+        arrays = []
+        for name, value in zip(self.cell.state_names, state):
+            value = np.asarray(value)
+            if value.shape != shape:
+                raise ValueError(f"{label} {name!r} has shape {value.shape}, expected {shape} "
+                                 "(batch, hidden)")
+            arrays.append(value)
+        return arrays
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def _checked_input(self, x):
+        x = np.asarray(x)
+        if self.batch_first and x.ndim >= 2:
+            x = np.swapaxes(x, 0, 1)
+        layout = "(B, T" if self.batch_first else "(T, B"
+        if np.issubdtype(x.dtype, np.integer):
+            if x.ndim != 2:
+                raise ValueError(f"integer inputs must have shape {layout}), got {x.shape}")
+            if x.size and (x.min() < -1 or x.max() >= self.input_size):
+                bad = x[(x < -1) | (x >= self.input_size)].ravel()[0]
+                raise ValueError(f"input index {bad} is outside the vocabulary [0, {self.input_size}) "
+                                 "(-1 means an all-zero input)")
+            return np.ascontiguousarray(x, dtype=np.int64), True
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"inputs must be floats {layout}, X) or integer indices {layout}), "
+                             f"got dtype {x.dtype}")
+        if x.ndim != 3 or x.shape[2] != self.input_size:
+            raise ValueError(f"float inputs must have shape {layout}, {self.input_size}), got {x.shape}")
+        return np.ascontiguousarray(x, dtype=self.dtype), False
+
+    # -- forward and backward --------------------------------------------------------------------
+    def forward(self, x, state=None):
+        """Run the whole sequence. Returns ``(outputs (T, B, H), final_state)``.
+
+        ``state`` is the initial state (zeros if None): an array ``(B, H)`` for one-state
+        cells, a tuple such as ``(h, c)`` for the LSTM. The final state has the same form,
+        so a caller can continue a sequence (truncated BPTT).
+        """
+        x, is_index = self._checked_input(x)
+        T, B = x.shape[0], x.shape[1]
+        if T < 1 or B < 1:
+            raise ValueError(f"need at least one step and one sequence, got input shape {x.shape}")
+        cell, H, p = self.cell, self.hidden_size, self.params
+        GH = cell.gates * H
+        xz = np.empty((T, B, GH), self.dtype)
+        if is_index:
+            loops.project_indices(x.reshape(T * B), p["W_x"], p["b_x"], xz.reshape(T * B, GH))
+        else:
+            loops.project_dense(x.reshape(T * B, self.input_size), p["W_x"], p["b_x"],
+                                xz.reshape(T * B, GH))
+        states = np.empty((cell.states, T + 1, B, H), self.dtype)
+        initial = self._unpack_state(state, B, "initial state") if state is not None else None
+        for s in range(cell.states):
+            states[s, 0] = 0.0 if initial is None else initial[s]
+        cache = np.empty((T, B, cell.cache_width * H), self.dtype)
+        hz = np.empty((B, GH), self.dtype)
+        loops.sequence_forward(cell.forward, xz, p["W_h"], p["b_h"], states, cache, hz)
+        self._ctx = (x, is_index, states, cache)
+        outputs = states[0, 1:]
+        if self.batch_first:
+            outputs = np.swapaxes(outputs, 0, 1)
+        return outputs, self._pack_state([states[s, T].copy() for s in range(cell.states)])
+
+    def backward(self, d_outputs=None, d_final_state=None) -> dict:
+        """BPTT for the last ``forward``.
+
+        ``d_outputs`` is the upstream gradient of every hidden state ``(T, B, H)`` (zeros if
+        None); ``d_final_state`` an extra gradient of the final state (e.g. ``(dh, dc)``).
+        Returns ``dW_x, dW_h, db_x, db_h`` (shapes of the parameters), ``dx`` (same shape as
+        a float input; None for integer inputs) and ``dstate`` (gradient of the initial state,
+        in the form of ``forward``'s state).
+        """
+        if self._ctx is None:
+            raise RuntimeError("backward() needs a forward() first")
+        x, is_index, states, cache = self._ctx
+        cell, H = self.cell, self.hidden_size
+        T, B, GH = states.shape[1] - 1, states.shape[2], cell.gates * H
+        if d_outputs is None:
+            d_outputs = np.zeros((T, B, H), self.dtype)
+        else:
+            d_outputs = np.asarray(d_outputs)
+            expected = (B, T, H) if self.batch_first else (T, B, H)
+            if d_outputs.shape != expected:
+                raise ValueError(f"d_outputs has shape {d_outputs.shape}, expected {expected}")
+            if self.batch_first:
+                d_outputs = np.swapaxes(d_outputs, 0, 1)
+            d_outputs = np.ascontiguousarray(d_outputs, dtype=self.dtype)
+        dstate = np.zeros((cell.states, B, H), self.dtype)
+        if d_final_state is not None:
+            for s, value in enumerate(self._unpack_state(d_final_state, B, "d_final_state")):
+                dstate[s] = value
+        dxz = np.empty((T, B, GH), self.dtype)
+        dhz = dxz if cell.shared_gate_grad else np.empty((T, B, GH), self.dtype)
+        loops.sequence_backward(cell.backward, self.params["W_h"], states, cache, d_outputs, dstate,
+                                np.empty_like(dstate), dxz, dhz, np.empty((B, H), self.dtype))
+        grads = {name: np.empty_like(self.params[name]) for name in PARAM_NAMES}
+        loops.recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H),
+                                         grads["W_h"], grads["b_h"])
+        dx = None
+        if is_index:
+            loops.input_weight_gradients_indices(dxz.reshape(T * B, GH), x.reshape(T * B),
+                                                 grads["W_x"], grads["b_x"])
+        else:
+            dx = np.empty((T, B, self.input_size), self.dtype)
+            loops.input_weight_gradients_dense(dxz.reshape(T * B, GH), x.reshape(T * B, self.input_size),
+                                               self.params["W_x"], grads["W_x"], grads["b_x"],
+                                               dx.reshape(T * B, self.input_size))
+            if self.batch_first:
+                dx = np.swapaxes(dx, 0, 1)
+        result = {"d" + name: value for name, value in grads.items()}
+        result["dx"] = dx
+        result["dstate"] = self._pack_state([dstate[s].copy() for s in range(cell.states)])
+        return result
