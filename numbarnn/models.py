@@ -57,7 +57,8 @@ class RecurrentModel:
             params = cell.init(np.random.default_rng(seed), self.input_size, self.hidden_size,
                                cell.gates, self.dtype)
         self.params = self._checked_params(params)
-        self._ctx = None
+        #: what the last forward saved for backward: (x, is_index, states, cache), kernel layout
+        self.context = None
 
     # -- parameters --------------------------------------------------------------------------
     def param_shapes(self) -> dict:
@@ -149,7 +150,7 @@ class RecurrentModel:
         cache = np.empty((T, B, cell.cache_width * H), self.dtype)
         hz = np.empty((B, GH), self.dtype)
         loops.sequence_forward(cell.forward, xz, p["W_h"], p["b_h"], states, cache, hz)
-        self._ctx = (x, is_index, states, cache)
+        self.context = (x, is_index, states, cache)
         outputs = states[0, 1:]
         if self.batch_first:
             outputs = np.swapaxes(outputs, 0, 1)
@@ -164,21 +165,35 @@ class RecurrentModel:
         a float input; None for integer inputs) and ``dstate`` (gradient of the initial state,
         in the form of ``forward``'s state).
         """
-        if self._ctx is None:
+        if self.context is None:
             raise RuntimeError("backward() needs a forward() first")
-        x, is_index, states, cache = self._ctx
-        cell, H = self.cell, self.hidden_size
-        T, B, GH = states.shape[1] - 1, states.shape[2], cell.gates * H
-        if d_outputs is None:
-            d_outputs = np.zeros((T, B, H), self.dtype)
-        else:
+        x, is_index, states, cache = self.context
+        T, B = states.shape[1] - 1, states.shape[2]
+        if d_outputs is not None:
             d_outputs = np.asarray(d_outputs)
-            expected = (B, T, H) if self.batch_first else (T, B, H)
+            expected = (B, T, self.hidden_size) if self.batch_first else (T, B, self.hidden_size)
             if d_outputs.shape != expected:
                 raise ValueError(f"d_outputs has shape {d_outputs.shape}, expected {expected}")
             if self.batch_first:
                 d_outputs = np.swapaxes(d_outputs, 0, 1)
-            d_outputs = np.ascontiguousarray(d_outputs, dtype=self.dtype)
+        grads = self.bptt(x, is_index, states, cache, d_outputs, d_final_state)
+        if self.batch_first and grads["dx"] is not None:
+            grads["dx"] = np.swapaxes(grads["dx"], 0, 1)
+        return grads
+
+    def bptt(self, x, is_index, states, cache, d_outputs=None, d_final_state=None) -> dict:
+        """Backward through time from saved tensors in kernel layout (time-major).
+
+        x: the checked input (``(T, B, X)`` floats or ``(T, B)`` int64); states
+        ``(S, T+1, B, H)`` and cache ``(T, B, C*H)`` as the forward kernel wrote them.
+        ``backward`` calls this with what ``forward`` saved in ``self.context``;
+        :mod:`numbarnn.course` calls it with tensors rebuilt from the course's caches.
+        """
+        cell, H = self.cell, self.hidden_size
+        T, B, GH = states.shape[1] - 1, states.shape[2], cell.gates * H
+        if d_outputs is None:
+            d_outputs = np.zeros((T, B, H), self.dtype)
+        d_outputs = np.ascontiguousarray(d_outputs, dtype=self.dtype)
         dstate = np.zeros((cell.states, B, H), self.dtype)
         if d_final_state is not None:
             for s, value in enumerate(self._unpack_state(d_final_state, B, "d_final_state")):
@@ -199,8 +214,6 @@ class RecurrentModel:
             loops.input_weight_gradients_dense(dxz.reshape(T * B, GH), x.reshape(T * B, self.input_size),
                                                self.params["W_x"], grads["W_x"], grads["b_x"],
                                                dx.reshape(T * B, self.input_size))
-            if self.batch_first:
-                dx = np.swapaxes(dx, 0, 1)
         result = {"d" + name: value for name, value in grads.items()}
         result["dx"] = dx
         result["dstate"] = self._pack_state([dstate[s].copy() for s in range(cell.states)])
