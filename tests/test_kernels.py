@@ -1,0 +1,221 @@
+"""Kernels and RecurrentModel against the naive NumPy references and finite differences."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from numba import njit
+
+import naive
+from numbarnn.cells import LSTM, RNN
+from numbarnn.kernels import cells as kcells, loops
+from numbarnn.models import RecurrentModel
+
+NAIVE = {
+    "rnn": (naive.rnn_forward, naive.rnn_backward),
+    "lstm": (naive.lstm_forward, naive.lstm_backward),
+}
+CELLS = {"rnn": RNN, "lstm": LSTM}
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=2e-4, atol=2e-5)}
+
+shapes = st.fixed_dictionaries({
+    "T": st.integers(1, 6), "B": st.integers(1, 4), "X": st.integers(1, 5), "H": st.integers(1, 6),
+    "seed": st.integers(0, 2**16),
+})
+
+
+def make_case(name, T, B, X, H, seed, dtype=np.float64, index_input=False):
+    rng = np.random.default_rng(seed)
+    model = RecurrentModel(CELLS[name], X, H, dtype=dtype, seed=seed)
+    # Biases drawn larger than the default init so the two biases are clearly distinct.
+    for key in ("b_x", "b_h"):
+        model.params[key][:] = rng.normal(size=model.params[key].shape)
+    if index_input:
+        x = rng.integers(-1, X, size=(T, B))
+    else:
+        x = rng.normal(size=(T, B, X)).astype(dtype)
+    state = [rng.normal(size=(B, H)).astype(dtype) for _ in range(CELLS[name].states)]
+    d_out = rng.normal(size=(T, B, H)).astype(dtype)
+    d_final = [rng.normal(size=(B, H)).astype(dtype) for _ in range(CELLS[name].states)]
+    return model, x, state, d_out, d_final
+
+
+def packed(state):
+    return state[0] if len(state) == 1 else tuple(state)
+
+
+def naive_run(name, model, x, state, d_out, d_final):
+    p = {k: v.astype(np.float64) for k, v in model.params.items()}
+    if np.issubdtype(np.asarray(x).dtype, np.integer):
+        x = naive.one_hot(x, model.input_size)
+    x = np.asarray(x, np.float64)
+    st64 = [s.astype(np.float64) for s in state]
+    fwd, bwd = NAIVE[name]
+    out = fwd(x, p["W_x"], p["W_h"], p["b_x"], p["b_h"], *st64)
+    extra = {"d_hT": d_final[0].astype(np.float64)}
+    if name == "lstm":
+        extra["d_cT"] = d_final[1].astype(np.float64)
+    grads = bwd(x, p["W_x"], p["W_h"], p["b_x"], p["b_h"], *st64, d_out.astype(np.float64), **extra)
+    return out, grads
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("index_input", [False, True])
+@settings(max_examples=15, deadline=None)
+@given(shape=shapes)
+def test_forward_and_backward_match_naive(name, dtype, index_input, shape):
+    model, x, state, d_out, d_final = make_case(name, dtype=dtype, index_input=index_input, **shape)
+    outputs, final = model.forward(x, packed(state))
+    grads = model.backward(d_out, packed(d_final))
+    (ref_out, *ref_final), ref = naive_run(name, model, x, state, d_out, d_final)
+    tol = TOL[dtype]
+    assert outputs.dtype == dtype
+    np.testing.assert_allclose(outputs, ref_out, **tol)
+    final = [final] if CELLS[name].states == 1 else list(final)
+    for got, want in zip(final, ref_final):
+        np.testing.assert_allclose(got, want, **tol)
+    for key in ("W_x", "W_h", "b_x", "b_h"):
+        assert grads["d" + key].dtype == dtype
+        np.testing.assert_allclose(grads["d" + key], ref["d" + key], **tol, err_msg=key)
+    dstate = [grads["dstate"]] if CELLS[name].states == 1 else list(grads["dstate"])
+    np.testing.assert_allclose(dstate[0], ref["dh0"], **tol)
+    if name == "lstm":
+        np.testing.assert_allclose(dstate[1], ref["dc0"], **tol)
+    if index_input:
+        assert grads["dx"] is None
+    else:
+        np.testing.assert_allclose(grads["dx"], ref["dx"], **tol)
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+@settings(max_examples=8, deadline=None)
+@given(shape=st.fixed_dictionaries({"T": st.integers(1, 4), "B": st.integers(1, 3), "X": st.integers(1, 3),
+                                    "H": st.integers(1, 3), "seed": st.integers(0, 2**16)}))
+def test_gradients_match_finite_differences(name, shape):
+    model, x, state, d_out, d_final = make_case(name, **shape)
+
+    def loss():
+        outputs, final = model.forward(x, packed(state))
+        final = [final] if CELLS[name].states == 1 else list(final)
+        return np.sum(outputs * d_out) + sum(np.sum(f * d) for f, d in zip(final, d_final))
+
+    loss()
+    grads = model.backward(d_out, packed(d_final))
+    for key, value in model.params.items():
+        np.testing.assert_allclose(grads["d" + key], naive.finite_difference_grad(loss, value),
+                                   rtol=1e-6, atol=1e-8, err_msg=key)
+    np.testing.assert_allclose(grads["dx"], naive.finite_difference_grad(loss, x), rtol=1e-6, atol=1e-8)
+    dstate = [grads["dstate"]] if CELLS[name].states == 1 else list(grads["dstate"])
+    for got, s in zip(dstate, state):
+        np.testing.assert_allclose(got, naive.finite_difference_grad(loss, s), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_index_input_equals_one_hot_input(name):
+    model, idx, state, d_out, d_final = make_case(name, 5, 3, 4, 3, seed=7, index_input=True)
+    idx[0, 0] = -1  # the all-zero input
+    out_i, fin_i = model.forward(idx, packed(state))
+    g_i = model.backward(d_out)
+    out_d, fin_d = model.forward(naive.one_hot(idx, 4), packed(state))
+    g_d = model.backward(d_out)
+    np.testing.assert_allclose(out_i, out_d, rtol=1e-13)
+    for key in ("dW_x", "dW_h", "db_x", "db_h"):
+        np.testing.assert_allclose(g_i[key], g_d[key], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_continuing_from_final_state_equals_one_long_run(name):
+    model, x, state, _, _ = make_case(name, 9, 2, 3, 4, seed=3)
+    whole, final_whole = model.forward(x, packed(state))
+    first, mid = model.forward(x[:4], packed(state))
+    second, final_split = model.forward(x[4:], mid)
+    np.testing.assert_allclose(np.concatenate([first, second]), whole, rtol=1e-14)
+    np.testing.assert_allclose(np.asarray(final_split), np.asarray(final_whole), rtol=1e-14)
+
+
+def test_batch_first_is_the_transpose():
+    model, x, state, d_out, _ = make_case("lstm", 5, 3, 2, 4, seed=1)
+    out_t, _ = model.forward(x, packed(state))
+    g_t = model.backward(d_out)
+    model.batch_first = True
+    out_b, _ = model.forward(np.swapaxes(x, 0, 1), packed(state))
+    g_b = model.backward(np.swapaxes(d_out, 0, 1))
+    np.testing.assert_array_equal(out_b, np.swapaxes(out_t, 0, 1))
+    np.testing.assert_array_equal(g_b["dx"], np.swapaxes(g_t["dx"], 0, 1))
+    np.testing.assert_array_equal(g_b["dW_h"], g_t["dW_h"])
+
+
+def test_zero_initial_state_by_default():
+    model, x, state, _, _ = make_case("lstm", 3, 2, 2, 3, seed=2)
+    a, _ = model.forward(x)
+    b, _ = model.forward(x, model.zero_state(2))
+    np.testing.assert_array_equal(a, b)
+
+
+@njit
+def user_code_running_the_lstm(xz, W_h, b_h, states, cache, hz):
+    # numba-stats style: the kernels are usable from a user's own @njit code.
+    loops.sequence_forward(kcells.lstm_forward, xz, W_h, b_h, states, cache, hz)
+    return states[0, -1].sum()
+
+
+def test_kernels_callable_from_user_njit_code():
+    model, x, state, _, _ = make_case("lstm", 4, 2, 3, 5, seed=4)
+    outputs, (h, c) = model.forward(x, packed(state))
+    p = model.params
+    xz = (x @ p["W_x"].T + p["b_x"]).astype(np.float64)
+    states = np.empty((2, 5, 2, 5))
+    states[0, 0], states[1, 0] = state
+    total = user_code_running_the_lstm(xz, p["W_h"], p["b_h"], states, np.empty((4, 2, 25)), np.empty((2, 20)))
+    assert total == pytest.approx(h.sum(), rel=1e-12)
+
+
+def test_float32_kernels_keep_float32():
+    model, x, state, d_out, _ = make_case("lstm", 3, 2, 2, 3, seed=5, dtype=np.float32)
+    out, (h, c) = model.forward(x)
+    assert out.dtype == h.dtype == c.dtype == np.float32
+    assert all(g.dtype == np.float32 for k, g in model.backward(d_out).items() if k != "dstate")
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def lstm():
+    return RecurrentModel(LSTM, 3, 4, seed=0)
+
+
+@pytest.mark.parametrize("x, message", [
+    (np.zeros((5, 2, 4)), r"float inputs must have shape \(T, B, 3\), got \(5, 2, 4\)"),
+    (np.zeros((5, 3)), r"float inputs must have shape"),
+    (np.array([[0, 3]]), r"input index 3 is outside the vocabulary \[0, 3\)"),
+    (np.array([[0, -2]]), r"input index -2 is outside the vocabulary"),
+    (np.zeros((5,), dtype=int), r"integer inputs must have shape \(T, B\), got \(5,\)"),
+    (np.array([["a"]]), r"inputs must be floats"),
+    (np.zeros((0, 2, 3)), r"need at least one step and one sequence"),
+])
+def test_bad_inputs_raise_before_the_kernels(lstm, x, message):
+    with pytest.raises(ValueError, match=message):
+        lstm.forward(x)
+
+
+def test_bad_states_and_parameters(lstm):
+    x = np.zeros((2, 5, 3))
+    with pytest.raises(ValueError, match=r"tuple of 2 arrays \('h', 'c'\)"):
+        lstm.forward(x, np.zeros((5, 4)))
+    with pytest.raises(ValueError, match=r"initial state 'c' has shape \(5, 3\), expected \(5, 4\)"):
+        lstm.forward(x, (np.zeros((5, 4)), np.zeros((5, 3))))
+    with pytest.raises(ValueError, match=r"parameter 'W_h' has shape \(16, 3\), expected \(16, 4\)"):
+        RecurrentModel(LSTM, 3, 4, params={**lstm.params, "W_h": np.zeros((16, 3))})
+    with pytest.raises(ValueError, match=r"missing parameter 'b_h'"):
+        RecurrentModel(LSTM, 3, 4, params={k: v for k, v in lstm.params.items() if k != "b_h"})
+    with pytest.raises(ValueError, match=r"dtype must be 'float32' or 'float64', got 'float16'"):
+        RecurrentModel(LSTM, 3, 4, dtype="float16")
+    with pytest.raises(ValueError, match=r"hidden_size must be a positive integer, got 0"):
+        RecurrentModel(LSTM, 3, 0)
+
+
+def test_backward_needs_forward_and_matching_gradients(lstm):
+    with pytest.raises(RuntimeError, match="needs a forward"):
+        lstm.backward()
+    lstm.forward(np.zeros((2, 5, 3)))
+    with pytest.raises(ValueError, match=r"d_outputs has shape \(5, 2, 4\), expected \(2, 5, 4\)"):
+        lstm.backward(np.zeros((5, 2, 4)))
