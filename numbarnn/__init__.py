@@ -1,7 +1,21 @@
-"""numbarnn: recurrent networks from scratch, fast, on Numba."""
+"""numbarnn: recurrent networks from scratch, fast, on Numba.
+
+Cells, losses, optimizers and samplers are plugins registered by name (see
+``docs/plugins.md``); :mod:`numbarnn.course` gives the sequence-models course's own
+functions on top of the same kernels.
+"""
 from .cells import LSTM, RNN, CellSpec
+from .hookspecs import hookimpl
 from .models import RecurrentModel
+from .plugins import (get_cell, get_loss, get_optimizer, get_registry, get_sampler, list_cells,
+                      list_losses, list_optimizers, list_plugins, list_samplers)
+from .registry import DuplicateNameError, UnknownNameError
 
 __version__ = "0.1.0"
 
-__all__ = ["CellSpec", "RNN", "LSTM", "RecurrentModel", "__version__"]
+__all__ = [
+    "CellSpec", "RNN", "LSTM", "RecurrentModel", "hookimpl",
+    "get_cell", "get_loss", "get_optimizer", "get_sampler", "get_registry",
+    "list_cells", "list_losses", "list_optimizers", "list_samplers", "list_plugins",
+    "DuplicateNameError", "UnknownNameError", "__version__",
+]

@@ -23,12 +23,8 @@ def _torch():
 
 
 def _known_cells():
-    try:
-        from .registry import get_registry_cells  # the plugin registry, once built
-        return get_registry_cells()
-    except ImportError:
-        from .cells import BUILTIN_CELLS
-        return BUILTIN_CELLS
+    from .plugins import get_cell, list_cells  # every registered cell, plugins included
+    return [get_cell(name) for name in list_cells()]
 
 
 def _cell_for(module):

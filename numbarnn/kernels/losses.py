@@ -1,6 +1,7 @@
 """Losses on logits. fastmath stays off: these feed NaN checks."""
 import math
 
+import numpy as np
 from numba import njit
 
 
@@ -48,4 +49,29 @@ def softmax_cross_entropy(logits2d, targets, mask, probs2d, dlogits2d):
         for k in range(V):
             dlogits2d[n, k] = w * probs2d[n, k]
         dlogits2d[n, y] -= w
+    return loss
+
+
+@njit(cache=True)
+def squared_error(outputs2d, targets2d, mask, dout2d):
+    """Half the masked sum of squared errors: ``0.5 * sum_n mask[n] * sum_k (out - target)^2``.
+
+    outputs2d, targets2d, dout2d (N, V); mask (N,) weights (0 for padding). The 0.5
+    makes the gradient exactly ``dout2d = mask * (out - target)``. Rows with mask 0
+    get a zero gradient whatever their targets hold (padding may be NaN). Returns float64.
+    """
+    N, V = outputs2d.shape
+    loss = 0.0
+    for n in range(N):
+        w = mask[n]
+        if w == 0.0:
+            for k in range(V):
+                dout2d[n, k] = 0.0
+            continue
+        row = 0.0
+        for k in range(V):
+            d = outputs2d[n, k] - targets2d[n, k]
+            row += np.float64(d) * np.float64(d)
+            dout2d[n, k] = w * d
+        loss += 0.5 * w * row
     return loss

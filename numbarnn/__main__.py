@@ -1,0 +1,7 @@
+"""``python -m numbarnn``: the same as the ``numbarnn`` command."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

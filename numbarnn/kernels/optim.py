@@ -1,0 +1,113 @@
+"""Optimizer update and gradient-clipping kernels. fastmath stays off: these feed NaN checks.
+
+Every kernel updates one parameter in place through flat views: callers pass
+``param.reshape(-1)``, ``grad.reshape(-1)`` and state arrays of the same size (P,),
+so one compiled kernel serves every parameter shape. float32 and float64 arrays
+both work; scalar hyperparameters are Python floats, so the arithmetic of one
+element happens in float64 and is rounded once when stored into a float32 array.
+
+The formulas follow ``torch.optim`` (weight decay 0, dampening 0, maximize off)
+except Adagrad, which is min-char-rnn's.
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def sgd_update(p, g, lr):
+    """p (P,) -= lr * g (P,)."""
+    for i in range(p.shape[0]):
+        p[i] -= lr * g[i]
+
+
+@njit(cache=True)
+def momentum_update(p, g, velocity, lr, momentum, nesterov):
+    """PyTorch's SGD with momentum (dampening 0), velocity (P,) starting at zero.
+
+    v = momentum * v + g; the step is v, or g + momentum * v with Nesterov.
+    PyTorch sets v = g on the first step; from a zero v the formula gives the same.
+    """
+    for i in range(p.shape[0]):
+        v = momentum * velocity[i] + g[i]
+        velocity[i] = v
+        if nesterov:
+            p[i] -= lr * (g[i] + momentum * v)
+        else:
+            p[i] -= lr * v
+
+
+@njit(cache=True)
+def adagrad_update(p, g, memory, lr, eps):
+    """min-char-rnn's Adagrad: memory (P,) += g*g; p -= lr * g / sqrt(memory + eps).
+
+    (PyTorch's Adagrad puts eps outside the square root; the course's form is kept.)
+    """
+    for i in range(p.shape[0]):
+        gi = g[i]
+        mem = memory[i] + gi * gi
+        memory[i] = mem
+        p[i] -= lr * gi / math.sqrt(mem + eps)
+
+
+@njit(cache=True)
+def rmsprop_update(p, g, square_avg, lr, alpha, eps):
+    """PyTorch's RMSprop (not centered, no momentum): v = alpha v + (1-alpha) g^2;
+    p -= lr * g / (sqrt(v) + eps). square_avg (P,) starts at zero."""
+    for i in range(p.shape[0]):
+        gi = g[i]
+        v = alpha * square_avg[i] + (1.0 - alpha) * (gi * gi)
+        square_avg[i] = v
+        p[i] -= lr * (gi / (math.sqrt(v) + eps))
+
+
+@njit(cache=True)
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, step):
+    """PyTorch's Adam (amsgrad off) with bias correction; ``step`` counts from 1.
+
+    m, v (P,) start at zero. m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+    p -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps).
+    """
+    # Float exponent, as PyTorch (which holds step as a float): pow, not repeated products.
+    t = np.float64(step)
+    step_size = lr / (1.0 - beta1 ** t)
+    bc2_sqrt = math.sqrt(1.0 - beta2 ** t)
+    for i in range(p.shape[0]):
+        gi = g[i]
+        mi = beta1 * m[i] + (1.0 - beta1) * gi
+        vi = beta2 * v[i] + (1.0 - beta2) * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        p[i] -= step_size * (mi / (math.sqrt(vi) / bc2_sqrt + eps))
+
+
+# ---- clipping -------------------------------------------------------------------------------
+
+@njit(cache=True)
+def clip_by_value(g, max_value):
+    """In place, the course's ``np.clip(g, -max_value, max_value, out=g)``; NaN stays NaN."""
+    for i in range(g.shape[0]):
+        if g[i] > max_value:
+            g[i] = max_value
+        elif g[i] < -max_value:
+            g[i] = -max_value
+
+
+@njit(cache=True)
+def sum_of_squares(g):
+    """sum(g*g) of a flat array in a float64 accumulator, so a caller can add several
+    arrays' sums and take one square root for a global norm."""
+    s = 0.0
+    for i in range(g.shape[0]):
+        # np.float64, not float(): numba's float() leaves a float32 a float32.
+        x = np.float64(g[i])
+        s += x * x
+    return s
+
+
+@njit(cache=True)
+def scale(g, factor):
+    """In place g *= factor."""
+    for i in range(g.shape[0]):
+        g[i] *= factor
