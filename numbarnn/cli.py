@@ -130,7 +130,26 @@ def run_list(args) -> int:
 
 # ---- the entry point ---------------------------------------------------------------------------
 
-COMMANDS: List[Callable] = [add_plugins_command, add_list_command]
+def add_demo_command(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "demo", help="check the kernels' gradients and train the course's character model",
+        description="Check the LSTM kernels' BPTT against finite differences, then train the "
+                    "course's character model on the shipped dinosaur names and print samples.")
+    parser.add_argument("--iterations", type=int, default=6001, help="training iterations (default: %(default)s)")
+    parser.set_defaults(func=run_demo)
+    return parser
+
+
+def run_demo(args) -> int:
+    from .demo import run_demo as demo
+
+    if args.iterations < 1:
+        print("numbarnn demo: --iterations must be at least 1", file=sys.stderr)
+        return 2
+    return demo(args.iterations)
+
+
+COMMANDS: List[Callable] = [add_plugins_command, add_list_command, add_demo_command]
 """Functions ``add(subparsers)`` that each add one subcommand; ``train``/``sample`` go here."""
 
 
