@@ -1,0 +1,192 @@
+"""Parametrized over the registry itself: every registered cell, loss, optimizer and sampler,
+a third-party plugin's included, is gradient-checked, trained and sampled."""
+import numpy as np
+import pytest
+
+import naive
+import numbarnn
+from numbarnn.models import RecurrentModel
+from numbarnn.optimizers import UnknownOptionError
+
+CELLS = numbarnn.list_cells()
+LOSSES = numbarnn.list_losses()
+OPTIMIZERS = numbarnn.list_optimizers()
+SAMPLERS = numbarnn.list_samplers()
+
+# A learnable toy stream: "abcdabcd..." over a 5-symbol vocabulary.
+SEQ = np.array([0, 1, 2, 3] * 6)
+# Learning rates that fit the toy problem for the built-ins; other optimizers use their defaults.
+TOY_LR = {"sgd": 0.5, "momentum": 0.2, "adagrad": 0.3, "rmsprop": 0.01, "adam": 0.03}
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cell_gradients_match_finite_differences(name, seed):
+    cell = numbarnn.get_cell(name)
+    rng = np.random.default_rng(seed)
+    model = RecurrentModel(cell, 3, 4, seed=seed)
+    for key in ("b_x", "b_h"):
+        model.params[key][:] = rng.normal(size=model.params[key].shape)
+    x, d_out = rng.normal(size=(5, 2, 3)), rng.normal(size=(5, 2, 4))
+    state = [rng.normal(size=(2, 4)) for _ in range(cell.states)]
+    d_final = [rng.normal(size=(2, 4)) for _ in range(cell.states)]
+    pack = (lambda s: s[0]) if cell.states == 1 else tuple
+
+    def loss():
+        out, final = model.forward(x, pack(state))
+        final = [final] if cell.states == 1 else final
+        return np.sum(out * d_out) + sum(np.sum(f * d) for f, d in zip(final, d_final))
+
+    loss()
+    grads = model.backward(d_out, pack(d_final))
+    for key, value in model.params.items():
+        np.testing.assert_allclose(grads["d" + key], naive.finite_difference_grad(loss, value),
+                                   rtol=1e-6, atol=1e-8, err_msg=f"{name} {key}")
+    np.testing.assert_allclose(grads["dx"], naive.finite_difference_grad(loss, x), rtol=1e-6, atol=1e-8)
+    for got, s in zip([grads["dstate"]] if cell.states == 1 else grads["dstate"], state):
+        np.testing.assert_allclose(got, naive.finite_difference_grad(loss, s), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_model_with_head_gradients_match_finite_differences(name):
+    model = numbarnn.make_model(name, vocab_size=5, hidden_size=3, dtype="float64", seed=2)
+    rng = np.random.default_rng(2)
+    x = rng.integers(-1, 5, size=(4, 2))
+    d_logits = rng.normal(size=(4, 2, 5))
+
+    def loss():
+        return np.sum(model.forward(x)[0] * d_logits)
+
+    loss()
+    grads = model.backward(d_logits)
+    assert set(grads) == set(model.params)
+    for key, value in model.params.items():
+        assert grads[key].shape == value.shape and grads[key].dtype == value.dtype
+        np.testing.assert_allclose(grads[key], naive.finite_difference_grad(loss, value),
+                                   rtol=1e-6, atol=1e-8, err_msg=key)
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_cell_learns_a_tiny_sequence_and_samples_it(name, dtype):
+    trainer = numbarnn.make_trainer(cell=name, optimizer="adam", sampler="greedy", vocab_size=5,
+                                    hidden_size=16, lr=0.05, dtype=dtype, seed=0)
+    first = trainer.train_step(SEQ[:-1], SEQ[1:])
+    for _ in range(60):
+        last = trainer.train_step(SEQ[:-1], SEQ[1:])
+    assert last < 0.1 * first, (first, last)
+    for key, value in trainer.model.params.items():
+        assert value.dtype == np.dtype(dtype) and np.isfinite(value).all(), key
+    shapes = trainer.model.layer.param_shapes()
+    assert {k: v.shape for k, v in trainer.model.params.items() if k in shapes} == shapes
+    assert trainer.generate(prime=[0, 1], length=6) == [2, 3, 0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_every_loss_gradient_matches_finite_differences(name):
+    spec = numbarnn.get_loss(name)
+    rng = np.random.default_rng(0)
+    outputs = rng.normal(size=(6, 4))
+    targets = rng.integers(0, 4, size=6) if spec.targets_kind == "indices" else rng.normal(size=(6, 4))
+    mask = np.array([1.0, 1.0, 0.0, 1.0, 0.5, 1.0])
+    dout, scratch = np.empty_like(outputs), np.empty_like(outputs)
+
+    def loss():
+        return spec.forward_backward(outputs, targets, mask, np.empty_like(outputs), np.empty_like(outputs))
+
+    spec.forward_backward(outputs, targets, mask, dout, scratch)
+    np.testing.assert_allclose(dout, naive.finite_difference_grad(loss, outputs), rtol=1e-6, atol=1e-9)
+    assert not dout[2].any()  # a masked row gets no gradient
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_trains_the_lstm(name):
+    trainer = numbarnn.make_trainer(cell="lstm", optimizer=name, vocab_size=5, hidden_size=16,
+                                    dtype="float64", seed=1, lr=TOY_LR.get(name),
+                                    clip=1.0, clip_mode="norm")
+    first = trainer.train_step(SEQ[:-1], SEQ[1:])
+    for _ in range(80):
+        last = trainer.train_step(SEQ[:-1], SEQ[1:])
+    assert last < 0.5 * first, (name, first, last)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_sampler_generates_reproducibly(name):
+    trainer = numbarnn.make_trainer(cell="rnn", sampler=name, vocab_size=5, hidden_size=8, seed=3)
+    a = trainer.generate(prime=[1], length=12, seed=7)
+    b = trainer.generate(prime=[1], length=12, seed=7)
+    assert a == b and len(a) == 12 and all(0 <= i < 5 for i in a)
+
+
+def test_batch_loss_is_the_mean_of_the_sequences():
+    trainer = numbarnn.make_trainer(cell="lstm", optimizer="sgd", vocab_size=5, hidden_size=6, dtype="float64",
+                                    seed=0, lr=1e-12)
+    x = np.array([[0, 1, 2, 3], [3, 2, 1, 0]])
+    y = np.array([[1, 2, 3, 4], [2, 1, 0, 4]])
+    both = trainer.train_step(x, y)
+    one = [trainer.train_step(x[i], y[i]) for i in range(2)]
+    assert both == pytest.approx(np.mean(one), rel=1e-9)
+
+
+def test_padded_batch_equals_sequences_run_one_by_one():
+    def trainer():
+        return numbarnn.make_trainer(cell="lstm", optimizer="sgd", vocab_size=5, hidden_size=6,
+                                     dtype="float64", seed=0, lr=0.1, clip=None)
+    x = np.array([[0, 1, 2, 3], [3, 2, -1, -1]])
+    y = np.array([[1, 2, 3, 4], [2, 4, -1, -1]])
+    mask = (y >= 0).astype(float)
+    batched = trainer()
+    loss = batched.train_step(x, y, mask=mask)
+    single = trainer()
+    model = single.model
+    grads_sum = None
+    total = 0.0
+    for row, length in ((0, 4), (1, 2)):  # summed loss and gradients of each sequence alone
+        logits, _ = model.forward(x[row, :length, None])
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        total -= np.log(probs[np.arange(length), 0, y[row, :length]]).sum()
+        d = probs.copy()
+        d[np.arange(length), 0, y[row, :length]] -= 1
+        g = model.backward(d / 2)
+        grads_sum = g if grads_sum is None else {k: grads_sum[k] + g[k] for k in g}
+    assert loss == pytest.approx(total / 2, rel=1e-12)
+    single.optimizer.step(model.params, grads_sum)
+    for key in model.params:
+        np.testing.assert_allclose(batched.model.params[key], model.params[key], rtol=1e-12, atol=1e-15)
+
+
+def test_beam_search_finds_the_most_likely_continuation():
+    trainer = numbarnn.make_trainer(cell="lstm", sampler="beam", vocab_size=5, hidden_size=16, lr=0.05, seed=0)
+    for _ in range(60):
+        trainer.train_step(SEQ[:-1], SEQ[1:])
+    assert trainer.generate(prime=[0], length=5) == [1, 2, 3, 0, 1]
+    assert trainer.generate(prime=[0], length=5, sampler="beam", beam_width=1) == \
+        trainer.generate(prime=[0], length=5, sampler="greedy")
+
+
+# ---- errors -----------------------------------------------------------------------------------------
+
+def test_unknown_names_and_options_are_clear_errors():
+    with pytest.raises(numbarnn.UnknownNameError, match=r"unknown cell 'lstn'.*'lstm'"):
+        numbarnn.make_trainer(cell="lstn", vocab_size=5)
+    with pytest.raises(UnknownOptionError, match=r"unknown option 'momentun' \(did you mean 'momentum'\?\)"):
+        numbarnn.make_trainer(optimizer="momentum", vocab_size=5, momentun=0.9)
+    with pytest.raises(UnknownOptionError, match=r"optimizer 'adam': lr, beta1, beta2, eps; sampler 'top_k': k"):
+        numbarnn.make_trainer(optimizer="adam", sampler="top_k", vocab_size=5, nesterov=True)
+    trainer = numbarnn.make_trainer(sampler="top_p", vocab_size=5, p=0.5, beta1=0.8)
+    assert trainer.sampler.options["p"] == 0.5 and trainer.optimizer.options["beta1"] == 0.8
+
+
+def test_bad_batches_are_refused_before_the_kernels():
+    trainer = numbarnn.make_trainer(vocab_size=5, hidden_size=4)
+    with pytest.raises(ValueError, match=r"inputs holds 5, outside the vocabulary \[0, 5\)"):
+        trainer.train_step([0, 5], [1, 2])
+    with pytest.raises(ValueError, match=r"targets holds -1, outside the vocabulary"):
+        trainer.train_step([0, 1], [1, -1])
+    with pytest.raises(ValueError, match=r"targets have shape \(3,\), expected \(1, 2\)"):
+        trainer.train_step([0, 1], [1, 2, 3])
+    with pytest.raises(ValueError, match=r"mask has shape \(2, 2\), expected \(1, 2\)"):
+        trainer.train_step([0, 1], [1, 2], mask=np.ones((2, 2)))
+    with pytest.raises(ValueError, match=r"inputs must be integers"):
+        trainer.train_step(np.zeros((2, 2)), [[1, 2], [1, 2]])
