@@ -444,6 +444,11 @@ def register_plugin(plugin: Any, name: Optional[str] = None) -> str:
         state = _get_state()
         if name in state.infos or state.pm.has_plugin(name):
             raise ValueError(f"a plugin named {name!r} is already registered")
+        existing = state.pm.get_name(plugin)
+        if existing is not None:
+            raise ValueError(f"this plugin object is already registered as {existing!r} (an installed "
+                             f"package registers through its entry point): unregister_plugin({existing!r}) "
+                             "first, or test the registered plugin directly")
         info = PluginInfo(name=name, plugin=plugin, source="in-process")
         try:
             _add_plugin(state, plugin, info)

@@ -527,3 +527,19 @@ def test_every_hookspec_is_documented_in_the_plugin_guide():
     for field in dataclasses.fields(CellSpec):
         assert f"`{field.name}`" in guide, f"docs/plugins.md does not explain CellSpec.{field.name}"
 
+
+
+def test_registering_the_same_object_twice_names_the_first_registration():
+    class Once:
+        @hookimpl
+        def register_cells(self, register):
+            register(CellSpec(name="once_rnn", description="d", gates=1, states=1, cache_width=0,
+                              forward=RNN.forward, backward=RNN.backward))
+
+    plugin = Once()
+    plugins.register_plugin(plugin, name="first-name")
+    try:
+        with pytest.raises(ValueError, match=r"already registered as 'first-name'.*unregister_plugin\('first-name'\)"):
+            plugins.register_plugin(plugin, name="second-name")
+    finally:
+        plugins.unregister_plugin("first-name")

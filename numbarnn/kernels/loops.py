@@ -6,8 +6,6 @@ weight gradients are two whole-sequence products after BPTT, as in cuDNN/oneDNN.
 """
 import numpy as np
 from numba import njit
-from numba.core.caching import IndexDataCacheFile
-from numba.core.serialize import dumps
 
 
 # ---- input projection: XZ = X @ W_x.T + b_x for all steps at once -------------------------
@@ -38,7 +36,11 @@ def project_indices(idx, W_x, b_x, xz2d):
 
 # ---- the recurrence ------------------------------------------------------------------------
 
-@njit(cache=True)
+# The two loops take a cell's kernels as arguments and are not cached on disk: Numba keys
+# such a cache entry on the kernel object of one process, so it never hits in the next one
+# and the cache would grow by one entry per process (and, once its index holds a kernel
+# that no longer exists, fail to save at all). They compile once per process, cell and dtype.
+@njit
 def sequence_forward(cell_forward, xz, W_h, b_h, states, cache, hz):
     """Run ``cell_forward`` over T steps.
 
@@ -55,7 +57,7 @@ def sequence_forward(cell_forward, xz, W_h, b_h, states, cache, hz):
         cell_forward(xz[t], hz, states, t, cache[t])
 
 
-@njit(cache=True)
+@njit
 def sequence_backward(cell_backward, W_h, states, cache, d_outputs, dstate, dstate_prev,
                       dxz, dhz, dh_recurrent):
     """Backpropagation through time.
@@ -121,31 +123,3 @@ def column_sums(a2d, out):
         for k in range(K):
             out[k] += a2d[n, k]
 
-
-# ---- on-disk cache of the loops that take a cell's kernels as arguments ------------------------
-
-class _LiveEntriesIndex(IndexDataCacheFile):
-    """A cache index that drops entries for cell kernels not alive in this process.
-
-    The loops are cached once per cell kernel passed in (``cache=True``), so their index
-    holds one key per kernel ever used, from any process: a notebook's cell, a test's
-    throw-away plugin. Such a key unpickles to a dead weak reference, and Numba then fails
-    to write the index again ("underlying object has vanished") the next time any cell
-    compiles. A dead key can never match a live kernel again, so dropping it loses nothing.
-    (Numba rebuilds an unpickled kernel as a new object, so these keys do not give cache hits
-    across processes either: the loops recompile once per process and cell.)
-    """
-
-    def _save_index(self, overloads):
-        live = {}
-        for key, data_name in overloads.items():
-            try:
-                dumps(key)
-            except ReferenceError:
-                continue
-            live[key] = data_name
-        super()._save_index(live)
-
-
-for _loop in (sequence_forward, sequence_backward):
-    _loop._cache._cache_file.__class__ = _LiveEntriesIndex
