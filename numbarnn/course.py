@@ -427,7 +427,7 @@ def char_rnn_backward(X, Y, parameters, cache):
         dlogits[t] = _check(f"cache y_hat[{t}]", y_hat[t], (Wya.shape[0], 1))[:, 0]
         dlogits[t, targets[t]] -= 1
     dWya, dby, dh = np.empty_like(Wya), np.empty(Wya.shape[0]), np.empty((T, n_a))
-    heads.linear_backward(states[0, 1:].reshape(T, n_a), Wya, dlogits, dWya, dby, dh)
+    heads.linear_backward(dlogits, states[0, 1:].reshape(T, n_a), Wya, dWya, dby, dh)
     g = _rnn_layer(Wax, Waa, b).bptt(inputs[:, None], True, states, np.empty((T, 1, 0)), dh[:, None, :])
     gradients = {"dWax": g["dW_x"], "dWaa": g["dW_h"], "dWya": dWya, "db": g["db_x"][:, None],
                  "dby": dby[:, None], "da_next": g["dstate"].T.copy()}

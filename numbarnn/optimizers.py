@@ -7,9 +7,9 @@ An optimizer owns one state array per parameter and slot (Adam's ``exp_avg`` and
 no pickle) and ``load_state_dict`` restores it, so a checkpoint resumes bit-exactly.
 
 Example:
-    >>> import numpy as np
+    >>> import numpy as np, numbarnn
     >>> params = {"w": np.ones(3)}
-    >>> opt = get_builtin_optimizer("adam").factory(params, lr=0.1)
+    >>> opt = numbarnn.get_optimizer("adam").factory(params, lr=0.1)
     >>> opt.step(params, {"w": np.array([1.0, -1.0, 0.0])})
     >>> params["w"].round(6).tolist()
     [0.9, 1.1, 1.0]
@@ -344,13 +344,6 @@ BUILTIN_OPTIMIZERS = (
     _spec(Adam, "Adam as in PyTorch, bias-corrected"),
 )
 
-
-def get_builtin_optimizer(name: str) -> OptimizerSpec:
-    """The built-in spec called ``name`` (the registry adds plugins and close-match hints)."""
-    for spec in BUILTIN_OPTIMIZERS:
-        if spec.name == name:
-            return spec
-    raise ValueError(f"unknown optimizer {name!r}; built-in: {[s.name for s in BUILTIN_OPTIMIZERS]}")
 
 
 # ---- gradient clipping ----------------------------------------------------------------------

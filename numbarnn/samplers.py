@@ -6,8 +6,8 @@ NumPy Generator the caller passes: every stochastic sampler draws exactly one
 rest, so generated text is reproducible from a seed. ``greedy`` draws nothing.
 
 Example:
-    >>> import numpy as np
-    >>> sampler = get_builtin_sampler("top_k").factory(k=2)
+    >>> import numpy as np, numbarnn
+    >>> sampler = numbarnn.get_sampler("top_k").factory(k=2)
     >>> sampler.choose(np.array([0.0, 3.0, 2.9, -1.0]), np.random.default_rng(0)) in (1, 2)
     True
 """
@@ -208,10 +208,3 @@ BUILTIN_SAMPLERS = (
     _spec(BeamSampler, "beam search over whole sequences (run by the trainer)"),
 )
 
-
-def get_builtin_sampler(name: str) -> SamplerSpec:
-    """The built-in spec called ``name`` (the registry adds plugins and close-match hints)."""
-    for spec in BUILTIN_SAMPLERS:
-        if spec.name == name:
-            return spec
-    raise ValueError(f"unknown sampler {name!r}; built-in: {[s.name for s in BUILTIN_SAMPLERS]}")

@@ -88,8 +88,8 @@ class SequenceModel:
             V = self.output_size
             grads["W_y"], grads["b_y"] = np.empty_like(self.params["W_y"]), np.empty_like(self.params["b_y"])
             d_hidden = np.empty((T, B, H), self.dtype)
-            heads.linear_backward(self._hidden.reshape(T * B, H), self.params["W_y"],
-                                  np.ascontiguousarray(d_outputs, self.dtype).reshape(T * B, V),
+            heads.linear_backward(np.ascontiguousarray(d_outputs, self.dtype).reshape(T * B, V),
+                                  self._hidden.reshape(T * B, H), self.params["W_y"],
                                   grads["W_y"], grads["b_y"], d_hidden.reshape(T * B, H))
         layer_grads = self.layer.backward(d_hidden, d_final_state)
         for name in PARAM_NAMES:

@@ -8,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
+from numbarnn import get_optimizer
 from numbarnn.kernels import optim as k
 from numbarnn.optimizers import (BUILTIN_OPTIMIZERS, Optimizer, OptimizerSpec, UnknownOptionError,
-                                 clip_gradients, get_builtin_optimizer)
+                                 clip_gradients)
 
 DTYPES = (np.float32, np.float64)
 FAST = settings(max_examples=25, deadline=None)
@@ -196,7 +197,7 @@ def test_trajectory_matches_torch(name, options, torch_name, torch_options):
     params, grads = _trajectory_setup()
     tparams = {n: torch.tensor(p.copy(), dtype=torch.float64, requires_grad=True) for n, p in params.items()}
     topt = getattr(torch.optim, torch_name)(list(tparams.values()), foreach=False, **torch_options)
-    opt = get_builtin_optimizer(name).factory(params, **options)
+    opt = get_optimizer(name).factory(params, **options)
     for g in grads:
         for n, tp in tparams.items():
             tp.grad = torch.tensor(g[n])
@@ -210,7 +211,7 @@ def test_adagrad_trajectory_matches_min_char_rnn():
     params, grads = _trajectory_setup()
     expected = {n: p.copy() for n, p in params.items()}
     mem = {n: np.zeros_like(p) for n, p in params.items()}
-    opt = get_builtin_optimizer("adagrad").factory(params)
+    opt = get_optimizer("adagrad").factory(params)
     for g in grads:
         for n in expected:  # min-char-rnn's loop, verbatim apart from names
             mem[n] += g[n] * g[n]
@@ -241,7 +242,7 @@ def test_builtin_names_and_default_learning_rates():
     assert [s.name for s in BUILTIN_OPTIMIZERS] == ["sgd", "momentum", "adagrad", "rmsprop", "adam"]
     lrs = {s.name: s.defaults["lr"] for s in BUILTIN_OPTIMIZERS}
     assert lrs == {"sgd": 0.01, "momentum": 0.01, "adagrad": 0.1, "rmsprop": 0.001, "adam": 0.001}
-    momentum = get_builtin_optimizer("momentum")
+    momentum = get_optimizer("momentum")
     assert momentum.defaults["momentum"] == 0.9 and momentum.defaults["nesterov"] is False
     for spec in BUILTIN_OPTIMIZERS:
         assert isinstance(spec, OptimizerSpec)
@@ -269,7 +270,7 @@ def test_unknown_option_names_it_and_lists_the_accepted_ones(spec):
 
 def test_unknown_option_suggests_a_close_match():
     with pytest.raises(TypeError, match="did you mean 'momentum'"):
-        get_builtin_optimizer("momentum").factory({"w": np.zeros(2)}, momentun=0.5)
+        get_optimizer("momentum").factory({"w": np.zeros(2)}, momentun=0.5)
 
 
 @pytest.mark.parametrize("name,options,needle", [
@@ -287,13 +288,13 @@ def test_unknown_option_suggests_a_close_match():
 ])
 def test_bad_option_values_raise_value_error(name, options, needle):
     with pytest.raises(ValueError) as info:
-        get_builtin_optimizer(name).factory({"w": np.zeros(2)}, **options)
+        get_optimizer(name).factory({"w": np.zeros(2)}, **options)
     assert needle in str(info.value)
 
 
 def test_step_checks_everything_before_writing():
     params = {"a": np.ones(3), "b": np.ones(2)}
-    opt = get_builtin_optimizer("sgd").factory(params)
+    opt = get_optimizer("sgd").factory(params)
     with pytest.raises(ValueError, match="keys of params"):
         opt.step(params, {"a": np.ones(3)})
     with pytest.raises(ValueError, match="gradient 'b' has shape"):
@@ -308,7 +309,7 @@ def test_step_checks_everything_before_writing():
 
 
 def test_lr_setter_validates():
-    opt = get_builtin_optimizer("adam").factory({"w": np.zeros(2)})
+    opt = get_optimizer("adam").factory({"w": np.zeros(2)})
     opt.lr = 0.5
     assert opt.options["lr"] == 0.5
     with pytest.raises(ValueError, match="'lr'"):
@@ -356,7 +357,7 @@ def test_state_dict_round_trip_continues_bit_exactly(spec, through_npz):
 
 def test_state_dict_is_a_copy():
     params = {"w": np.ones(3)}
-    opt = get_builtin_optimizer("adam").factory(params)
+    opt = get_optimizer("adam").factory(params)
     state = opt.state_dict()
     opt.step(params, {"w": np.ones(3)})
     np.testing.assert_array_equal(state["exp_avg.w"], 0.0)
@@ -365,7 +366,7 @@ def test_state_dict_is_a_copy():
 
 def test_load_state_dict_rejects_mismatches_and_changes_nothing():
     params = {"w": np.ones(3)}
-    opt = get_builtin_optimizer("momentum").factory(params)
+    opt = get_optimizer("momentum").factory(params)
     good = opt.state_dict()
     with pytest.raises(ValueError, match="missing keys \\['velocity.w'\\]"):
         opt.load_state_dict({k: v for k, v in good.items() if k != "velocity.w"})

@@ -5,9 +5,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
+from numbarnn import get_sampler
 from numbarnn.kernels import sampling as k
 from numbarnn.optimizers import UnknownOptionError
-from numbarnn.samplers import BUILTIN_SAMPLERS, Sampler, SamplerSpec, get_builtin_sampler
+from numbarnn.samplers import BUILTIN_SAMPLERS, Sampler, SamplerSpec
 
 DTYPES = (np.float32, np.float64)
 FAST = settings(max_examples=30, deadline=None)
@@ -236,21 +237,21 @@ def test_reproducible_from_a_seed(spec, dtype):
 
 
 def test_categorical_matches_numpy_choice():
-    sampler = get_builtin_sampler("categorical").factory()
+    sampler = get_sampler("categorical").factory()
     rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
     for row in logits_rows(1):
         assert sampler.choose(row, rng_a) == rng_b.choice(row.size, p=ref_softmax(row, 1.0))
 
 
 def test_temperature_matches_numpy_choice():
-    sampler = get_builtin_sampler("temperature").factory(temperature=0.7)
+    sampler = get_sampler("temperature").factory(temperature=0.7)
     rng_a, rng_b = np.random.default_rng(4), np.random.default_rng(4)
     for row in logits_rows(2):
         assert sampler.choose(row, rng_a) == rng_b.choice(row.size, p=ref_softmax(row, 0.7))
 
 
 def test_greedy_is_argmax_and_draws_nothing():
-    sampler = get_builtin_sampler("greedy").factory()
+    sampler = get_sampler("greedy").factory()
     rng = np.random.default_rng(0)
     state = rng.bit_generator.state
     rows = logits_rows(3)
@@ -262,7 +263,7 @@ def test_greedy_is_argmax_and_draws_nothing():
 
 def test_top_k_never_outside_the_top_k():
     kk = 3
-    sampler = get_builtin_sampler("top_k").factory(k=kk, temperature=2.0)
+    sampler = get_sampler("top_k").factory(k=kk, temperature=2.0)
     rng = np.random.default_rng(5)
     seen = set()
     for row in logits_rows(4, n_rows=300, V=10):
@@ -274,7 +275,7 @@ def test_top_k_never_outside_the_top_k():
 
 def test_top_p_never_outside_the_nucleus():
     p = 0.6
-    sampler = get_builtin_sampler("top_p").factory(p=p)
+    sampler = get_sampler("top_p").factory(p=p)
     rng = np.random.default_rng(6)
     for row in logits_rows(5, n_rows=300, V=10):
         _, nucleus = ref_top_p(ref_softmax(row, 1.0), p)
@@ -296,7 +297,7 @@ def test_distribution_sums_to_one_and_choose_uses_it(spec):
 
 
 def test_beam_sampler_is_flagged_and_not_chosen_from():
-    spec = get_builtin_sampler("beam")
+    spec = get_sampler("beam")
     sampler = spec.factory(beam_width=3)
     assert spec.is_beam and sampler.is_beam and sampler.beam_width == 3
     with pytest.raises(NotImplementedError, match="beam search runs in the trainer"):
@@ -317,7 +318,7 @@ def test_beam_sampler_is_flagged_and_not_chosen_from():
 ])
 def test_bad_option_values_raise_value_error(name, options, needle):
     with pytest.raises(ValueError) as info:
-        get_builtin_sampler(name).factory(**options)
+        get_sampler(name).factory(**options)
     assert needle in str(info.value) and repr(name) in str(info.value)
 
 
@@ -334,7 +335,7 @@ def test_unknown_option_lists_the_accepted_ones(spec):
 
 
 def test_bad_logits_row():
-    sampler = get_builtin_sampler("categorical").factory()
+    sampler = get_sampler("categorical").factory()
     with pytest.raises(ValueError, match="1-D float array"):
         sampler.choose(np.zeros((2, 3)), np.random.default_rng(0))
     with pytest.raises(ValueError, match="1-D float array"):

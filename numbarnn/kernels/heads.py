@@ -1,23 +1,12 @@
-"""The output head: a dense projection from hidden states to the vocabulary."""
-import numpy as np
-from numba import njit
+"""The output head: a dense projection from hidden states to the vocabulary.
 
-from .loops import column_sums
+It is the same affine map as the input projection, so it reuses those kernels:
 
+* ``linear_forward(h2d, W, b, out2d)``: ``out2d (N, V) = h2d (N, H) @ W.T + b``;
+* ``linear_backward(dout2d, h2d, W, dW, db, dh2d)``: ``dW = dout^T h``, ``db = sum dout``,
+  ``dh = dout W``.
+"""
+from .loops import input_weight_gradients_dense as linear_backward
+from .loops import project_dense as linear_forward
 
-@njit(cache=True)
-def linear_forward(h2d, W, b, out2d):
-    """out2d (N, V) = h2d (N, H) @ W.T (V, H) + b (V,)."""
-    np.dot(h2d, W.T, out2d)
-    N, V = out2d.shape
-    for n in range(N):
-        for k in range(V):
-            out2d[n, k] += b[k]
-
-
-@njit(cache=True)
-def linear_backward(h2d, W, dout2d, dW, db, dh2d):
-    """dW = dout^T h, db = sum dout, dh = dout W."""
-    np.dot(dout2d.T, h2d, dW)
-    column_sums(dout2d, db)
-    np.dot(dout2d, W, dh2d)
+__all__ = ["linear_forward", "linear_backward"]
