@@ -91,7 +91,7 @@ def main(argv=None):
     if torch is not None:
         torch.set_num_threads(2)
     print(f"numpy {np.__version__}, torch {torch.__version__ if torch else 'not installed (pip install numbarnn[torch])'}")
-    header = f"{'case':18} {'impl':9} {'median ms':>10} {'spread':>7} {'numbarnn speed-up':>18}"
+    header = f"{'case':20} {'impl':9} {'median ms':>10} {'spread':>7} {'numbarnn speed-up':>18}"
     print(header)
     print("-" * len(header))
     for name, cell, X, H, B, T, dtype in (QUICK if args.quick else CASES):
@@ -106,15 +106,15 @@ def main(argv=None):
             runs["pytorch"] = torch_step(cell, model.params, x, d_out, state, dtype)
         times = measure(runs, args.repeats)
         ours = np.median(times["numbarnn"])
-        label = f"{name} ({dtype[-2:]})"
+        label = f"{name} f{dtype[-2:]}"
         for impl, t in times.items():
             med = np.median(t)
             spread = (np.percentile(t, 75) - np.percentile(t, 25)) / med * 100
             ratio = "" if impl == "numbarnn" else f"{med / ours:17.1f}x"
-            print(f"{label:18} {impl:9} {med * 1e3:10.3f} {spread:6.0f}% {ratio:>18}")
+            print(f"{label:20} {impl:9} {med * 1e3:10.3f} {spread:6.0f}% {ratio:>18}")
             label = ""
         if torch is None:
-            print(f"{'':18} {'pytorch':9} {'not installed':>10}")
+            print(f"{'':20} {'pytorch':9} {'not installed':>10}")
     return 0
 
 
