@@ -1,24 +1,19 @@
-"""``numbarnn demo``: the kernels at work in a few seconds, until ``numbarnn train`` lands.
+"""``numbarnn demo``: the course's own character model, run by :mod:`numbarnn.course`.
 
 It checks the LSTM kernels' gradients against central finite differences, then trains the
-course's character model (:func:`numbarnn.course.model`) on a short shipped list of real
-dinosaur genus names and prints what it samples.
+course's character model (:func:`numbarnn.course.model`) on the shipped dinosaur genus
+names and prints what it samples.
 """
 from __future__ import annotations
 
 import time
-from importlib import resources
 
 import numpy as np
 
 from . import course
+from .data import dinosaur_names
 from .cells import LSTM
 from .models import RecurrentModel
-
-
-def shipped_demo_names() -> list:
-    text = resources.files("numbarnn").joinpath("data/demo_names.txt").read_text(encoding="utf-8")
-    return [line for line in text.splitlines() if line and not line.startswith("#")]
 
 
 def gradient_check(seed: int = 0) -> float:
@@ -42,7 +37,7 @@ def gradient_check(seed: int = 0) -> float:
 
 def run_demo(iterations: int = 6001) -> int:
     print(f"LSTM BPTT vs central finite differences: relative error {gradient_check():.1e}")
-    names = shipped_demo_names()
+    names = dinosaur_names()
     chars = sorted(set("\n".join(names)) | {"\n"})
     char_to_ix = {c: i for i, c in enumerate(chars)}
     ix_to_char = dict(enumerate(chars))

@@ -1,8 +1,8 @@
 """Models and trainers composed from registry names.
 
-``make_model`` puts a recurrent layer (any registered cell) and an optional dense output
-head together; ``make_trainer`` adds a loss, an optimizer, gradient clipping and a sampler,
-all picked by name::
+``make_model`` stacks recurrent layers of any registered cell (with dropout between them)
+under an optional dense output head; ``make_trainer`` adds a loss, an optimizer, gradient
+clipping and a sampler, all picked by name::
 
     >>> import numbarnn
     >>> trainer = numbarnn.make_trainer(cell="lstm", loss="softmax_cross_entropy",
@@ -15,6 +15,8 @@ all picked by name::
 from __future__ import annotations
 
 import difflib
+import math
+import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -25,24 +27,40 @@ from .models import RecurrentModel, resolve_dtype
 from .optimizers import UnknownOptionError, clip_gradients
 from .plugins import get_cell, get_loss, get_optimizer, get_sampler
 
-HEAD_NAMES = ("W_y", "b_y")
+
+def layer_param_name(name: str, layer: int) -> str:
+    """``W_x`` for the first layer, ``W_x_l1`` for the second, as PyTorch's ``_l1``."""
+    return name if layer == 0 else f"{name}_l{layer}"
 
 
 class SequenceModel:
-    """A recurrent layer plus an optional dense head ``logits = h @ W_y.T + b_y``.
+    """Stacked recurrent layers plus an optional dense head ``logits = h @ W_y.T + b_y``.
 
-    ``params`` is one flat dict (``W_x, W_h, b_x, b_h`` and, with a head, ``W_y, b_y``)
-    that optimizers update in place. Inputs are time-major here: ``(T, B)`` indices or
-    ``(T, B, X)`` floats; outputs ``(T, B, V)`` (or the hidden states without a head).
+    ``params`` is one flat dict (``W_x, W_h, b_x, b_h``, then ``W_x_l1, ...`` for deeper
+    layers, and ``W_y, b_y`` with a head) holding the layers' own arrays, which optimizers
+    update in place. Inputs are time-major: ``(T, B)`` indices or ``(T, B, X)`` floats;
+    outputs ``(T, B, V)`` (the top layer's hidden states without a head). A state is the
+    cell's state for one layer (an array, or a tuple such as ``(h, c)``) and a list of
+    those for several layers. Dropout (inverted, between layers) applies only when
+    ``forward`` gets ``train=True`` and a generator.
     """
 
     def __init__(self, cell, input_size: int, hidden_size: int, output_size: Optional[int], *,
-                 dtype="float32", seed: Optional[int] = None, index_input: bool = True):
+                 layers: int = 1, dropout: float = 0.0, dtype="float32", seed: Optional[int] = None,
+                 index_input: bool = True):
         self.cell = get_cell(cell)
         self.dtype = resolve_dtype(dtype)
+        if not isinstance(layers, (int, np.integer)) or isinstance(layers, bool) or layers < 1:
+            raise ValueError(f"layers must be a positive integer, got {layers!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
         self.index_input = index_input
-        self.layer = RecurrentModel(self.cell, input_size, hidden_size, dtype=self.dtype, seed=seed)
-        self.params = self.layer.params  # the layer's arrays themselves: updates reach it
+        self.layers = [RecurrentModel(self.cell, input_size if i == 0 else hidden_size, hidden_size,
+                                      dtype=self.dtype, seed=None if seed is None else seed + (i + 1 if i else 0))
+                       for i in range(layers)]
+        self.params = {layer_param_name(name, i): layer.params[name]
+                       for i, layer in enumerate(self.layers) for name in PARAM_NAMES}
         self.output_size = output_size
         if output_size is not None:
             if not isinstance(output_size, (int, np.integer)) or output_size < 1:
@@ -52,32 +70,75 @@ class SequenceModel:
             self.params["W_y"] = rng.uniform(-k, k, size=(output_size, hidden_size)).astype(self.dtype)
             self.params["b_y"] = np.zeros(output_size, self.dtype)
         self._hidden = None
+        self._dropout_masks = []
+
+    @property
+    def layer(self) -> RecurrentModel:
+        """The first recurrent layer."""
+        return self.layers[0]
 
     @property
     def input_size(self):
-        return self.layer.input_size
+        return self.layers[0].input_size
 
     @property
     def hidden_size(self):
-        return self.layer.hidden_size
+        return self.layers[0].hidden_size
 
     def zero_state(self, batch_size: int):
-        return self.layer.zero_state(batch_size)
+        states = [layer.zero_state(batch_size) for layer in self.layers]
+        return states[0] if len(states) == 1 else states
 
-    def forward(self, inputs, state=None):
+    def _per_layer(self, state):
+        if state is None:
+            return [None] * len(self.layers)
+        if len(self.layers) == 1:
+            return [state]
+        if not isinstance(state, list) or len(state) != len(self.layers):
+            raise ValueError(f"the state of a {len(self.layers)}-layer model is a list of "
+                             f"{len(self.layers)} layer states")
+        return state
+
+    def state_arrays(self, state) -> list:
+        """The state as a flat list of ``(B, H)`` arrays (for checkpoints)."""
+        out = []
+        for layer_state in self._per_layer(state):
+            out.extend([layer_state] if self.cell.states == 1 else list(layer_state))
+        return out
+
+    def state_from_arrays(self, arrays: list):
+        """Inverse of :meth:`state_arrays`."""
+        S = self.cell.states
+        per_layer = [arrays[i * S] if S == 1 else tuple(arrays[i * S:(i + 1) * S])
+                     for i in range(len(self.layers))]
+        return per_layer[0] if len(per_layer) == 1 else per_layer
+
+    def forward(self, inputs, state=None, *, train: bool = False, rng=None):
         """-> (outputs (T, B, V or H), final state)."""
-        hidden, final = self.layer.forward(inputs, state)
-        self._hidden = hidden
+        finals, self._dropout_masks = [], []
+        h = inputs
+        drop = train and self.dropout > 0.0 and rng is not None
+        for i, (layer, layer_state) in enumerate(zip(self.layers, self._per_layer(state))):
+            h, final = layer.forward(h, layer_state)
+            finals.append(final)
+            mask = None
+            if drop and i < len(self.layers) - 1:
+                keep = 1.0 - self.dropout
+                mask = (rng.random(h.shape) < keep).astype(self.dtype) / self.dtype.type(keep)
+                h = h * mask
+            self._dropout_masks.append(mask)
+        self._hidden = h
+        final = finals[0] if len(finals) == 1 else finals
         if self.output_size is None:
-            return hidden, final
-        T, B, H = hidden.shape
+            return h, final
+        T, B, H = h.shape
         logits = np.empty((T, B, self.output_size), self.dtype)
-        heads.linear_forward(hidden.reshape(T * B, H), self.params["W_y"], self.params["b_y"],
+        heads.linear_forward(h.reshape(T * B, H), self.params["W_y"], self.params["b_y"],
                              logits.reshape(T * B, self.output_size))
         return logits, final
 
     def backward(self, d_outputs, d_final_state=None) -> dict:
-        """Gradients of every parameter, keyed like ``params`` (``dx``/``dstate`` are not included)."""
+        """Gradients of every parameter, keyed like ``params``."""
         if self._hidden is None:
             raise RuntimeError("backward() needs a forward() first")
         grads = {}
@@ -91,20 +152,26 @@ class SequenceModel:
             heads.linear_backward(np.ascontiguousarray(d_outputs, self.dtype).reshape(T * B, V),
                                   self._hidden.reshape(T * B, H), self.params["W_y"],
                                   grads["W_y"], grads["b_y"], d_hidden.reshape(T * B, H))
-        layer_grads = self.layer.backward(d_hidden, d_final_state)
-        for name in PARAM_NAMES:
-            grads[name] = layer_grads["d" + name]
+        d_finals = self._per_layer(d_final_state)
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer_grads = self.layers[i].backward(d_hidden, d_finals[i])
+            for name in PARAM_NAMES:
+                grads[layer_param_name(name, i)] = layer_grads["d" + name]
+            if i > 0:
+                d_hidden = layer_grads["dx"]
+                if self._dropout_masks[i - 1] is not None:
+                    d_hidden = d_hidden * self._dropout_masks[i - 1]
         return grads
 
 
 def make_model(cell="lstm", *, input_size: Optional[int] = None, vocab_size: Optional[int] = None,
-               hidden_size: int = 128, output_size: Optional[int] = None, dtype="float32",
-               seed: Optional[int] = None) -> SequenceModel:
+               hidden_size: int = 128, output_size: Optional[int] = None, layers: int = 1,
+               dropout: float = 0.0, dtype="float32", seed: Optional[int] = None) -> SequenceModel:
     """A :class:`SequenceModel` from a registered cell name.
 
     Give ``vocab_size`` for integer (one-hot) inputs, whose head then defaults to
     ``vocab_size`` outputs; or ``input_size`` for dense inputs (no head unless
-    ``output_size`` is given).
+    ``output_size`` is given). ``layers`` stacks recurrent layers with ``dropout`` between.
 
     >>> model = make_model("rnn", vocab_size=27, hidden_size=50, dtype="float64", seed=1)
     >>> sorted(model.params)
@@ -113,10 +180,14 @@ def make_model(cell="lstm", *, input_size: Optional[int] = None, vocab_size: Opt
     if (input_size is None) == (vocab_size is None):
         raise ValueError("give exactly one of input_size (dense inputs) or vocab_size (integer inputs)")
     if vocab_size is not None:
-        return SequenceModel(cell, vocab_size, hidden_size, output_size or vocab_size, dtype=dtype,
-                             seed=seed, index_input=True)
-    return SequenceModel(cell, input_size, hidden_size, output_size, dtype=dtype, seed=seed,
-                         index_input=False)
+        return SequenceModel(cell, vocab_size, hidden_size, output_size or vocab_size, layers=layers,
+                             dropout=dropout, dtype=dtype, seed=seed, index_input=True)
+    return SequenceModel(cell, input_size, hidden_size, output_size, layers=layers, dropout=dropout,
+                         dtype=dtype, seed=seed, index_input=False)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradients stopped being finite; the weights were not updated."""
 
 
 class Trainer:
@@ -125,20 +196,26 @@ class Trainer:
     Batches are batch-first as users hold them (``(T,)`` or ``(B, T)`` integer arrays) and
     turned time-major for the kernels. ``state`` is the final recurrent state of the last
     ``train_step``, to continue a stream (``train_step(..., state=trainer.state)``).
+    With a ``vocab`` (:class:`numbarnn.data.Vocabulary`), ``generate`` also takes and
+    returns text.
     """
 
     def __init__(self, model: SequenceModel, loss, optimizer, sampler, *, clip: Optional[float],
-                 clip_mode: str, seed: Optional[int]):
+                 clip_mode: str, seed: Optional[int], config: Optional[dict] = None, vocab=None):
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
         self.sampler = sampler
         self.clip = clip
         self.clip_mode = clip_mode
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self.config = dict(config or {})
+        self.vocab = vocab
         self.state = None
         self.step = 0
         self.last_grad_norm = None
+        self.history = []  # (step, training loss) of every step fit() ran
 
     # -- batches -------------------------------------------------------------------------------
     def _time_major_indices(self, array, label, allow_padding):
@@ -158,14 +235,7 @@ class Trainer:
                              + (" (-1 is padding)" if allow_padding else ""))
         return np.ascontiguousarray(array.T, dtype=np.int64)
 
-    def train_step(self, inputs, targets, mask=None, state=None) -> float:
-        """One forward, BPTT, clip and update. Returns the loss summed over time steps and
-        averaged over the batch.
-
-        inputs, targets: integers ``(T,)`` or ``(B, T)`` (``-1`` in inputs is a zero input,
-        e.g. the course's start token or padding); mask: ``(B, T)`` weights, 0 for padding;
-        state: the initial recurrent state (zeros if None), e.g. ``trainer.state``.
-        """
+    def _prepare(self, inputs, targets, mask):
         model = self.model
         x = self._time_major_indices(inputs, "inputs", allow_padding=True)
         T, B = x.shape
@@ -190,52 +260,102 @@ class Trainer:
             if y.shape != (B, T, model.output_size):
                 raise ValueError(f"targets have shape {np.shape(targets)}, expected {(B, T, model.output_size)}")
             y = np.ascontiguousarray(np.swapaxes(y, 0, 1)).reshape(T * B, model.output_size)
-        outputs, final = model.forward(x, state)
-        V = outputs.shape[2]
-        d_outputs = np.empty_like(outputs)
-        scratch = np.empty_like(outputs)
-        loss = self.loss.forward_backward(outputs.reshape(T * B, V), y, weights.reshape(T * B).astype(model.dtype),
+        return x, y, weights.reshape(T * B).astype(model.dtype)
+
+    def _loss_and_gradient(self, x, y, weights, state, train):
+        outputs, final = self.model.forward(x, state, train=train, rng=self.rng)
+        T, B, V = outputs.shape
+        d_outputs, scratch = np.empty_like(outputs), np.empty_like(outputs)
+        loss = self.loss.forward_backward(outputs.reshape(T * B, V), y, weights,
                                           d_outputs.reshape(T * B, V), scratch.reshape(T * B, V))
+        return loss, d_outputs, final, B
+
+    def train_step(self, inputs, targets, mask=None, state=None) -> float:
+        """One forward, BPTT, clip and update. Returns the loss summed over time steps and
+        averaged over the batch.
+
+        inputs, targets: integers ``(T,)`` or ``(B, T)`` (``-1`` in inputs is a zero input,
+        e.g. the course's start token or padding); mask: ``(B, T)`` weights, 0 for padding;
+        state: the initial recurrent state (zeros if None), e.g. ``trainer.state``.
+        Raises :class:`NonFiniteLossError`, leaving the weights untouched, when the loss or
+        the gradient norm is not finite.
+        """
+        x, y, weights = self._prepare(inputs, targets, mask)
+        loss, d_outputs, final, B = self._loss_and_gradient(x, y, weights, state, train=True)
         if B > 1:
-            d_outputs *= model.dtype.type(1.0 / B)
-        grads = model.backward(d_outputs)
-        self.last_grad_norm = clip_gradients(grads, self.clip, self.clip_mode)
-        self.optimizer.step(model.params, grads)
+            d_outputs *= self.model.dtype.type(1.0 / B)
+        grads = self.model.backward(d_outputs)
+        norm = clip_gradients(grads, self.clip, self.clip_mode)
+        self.last_grad_norm = norm
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            raise NonFiniteLossError(f"the loss is {loss} and the gradient norm {norm} at step {self.step + 1}")
+        self.optimizer.step(self.model.params, grads)
         self.state = final
         self.step += 1
         return loss / B
 
-    # -- generation ------------------------------------------------------------------------------
-    def generate(self, prime: Sequence[int] = (), length: int = 100, *, sampler=None, seed=None,
-                 stop_index: Optional[int] = None, **sampler_options) -> list:
-        """Sample ``length`` indices after ``prime`` (not included in the result).
+    def evaluate(self, inputs, targets, mask=None, state=None):
+        """``(summed loss, token count, final state)`` without updating anything."""
+        x, y, weights = self._prepare(inputs, targets, mask)
+        loss, _, final, _ = self._loss_and_gradient(x, y, weights, state, train=False)
+        return loss, float(weights.sum()), final
 
-        The first character is sampled from a zero input when there is no prime. ``sampler``
-        (a registry name) and ``sampler_options`` override the trainer's for this call;
-        ``seed`` makes the draw reproducible; generation stops after ``stop_index`` if given.
+    # -- generation ------------------------------------------------------------------------------
+    def generate(self, prime=(), length: int = 100, *, sampler=None, seed=None,
+                 stop_index: Optional[int] = None, temperature=None, top_k=None, top_p=None,
+                 beam_width=None, **sampler_options):
+        """Sample ``length`` indices (or characters) after ``prime`` (not included).
+
+        ``prime`` is a list of indices, or text when the trainer has a vocabulary (then text
+        comes back, and generation stops at the newline in names mode). The first step
+        starts from a zero input when there is no prime. ``sampler`` (a registry name) and
+        its options override the trainer's sampler for this call; the shorthands pick one:
+        ``top_k=5`` is ``sampler="top_k", k=5``, ``top_p=0.9`` is ``"top_p"``,
+        ``beam_width=3`` is ``"beam"`` and a lone ``temperature`` is ``"temperature"``.
+        ``seed`` makes the call reproducible.
         """
-        if not isinstance(length, (int, np.integer)) or length < 1:
+        as_text = isinstance(prime, str)
+        if as_text:
+            if self.vocab is None:
+                raise ValueError("text prime needs a trainer with a vocabulary; pass indices instead")
+            prime = self.vocab.encode(prime, what="the prime")
+            if stop_index is None and self.config.get("mode") == "names":
+                stop_index = self.vocab.newline
+        chooser = self._sampler_for(sampler, temperature, top_k, top_p, beam_width, sampler_options)
+        indices = self.generate_indices(list(prime), length, chooser, seed, stop_index)
+        return self.vocab.decode(indices) if as_text else indices
+
+    def _sampler_for(self, name, temperature, top_k, top_p, beam_width, options):
+        options = dict(options)
+        shorthand = [(k, v) for k, v in (("top_k", top_k), ("top_p", top_p), ("beam", beam_width)) if v is not None]
+        if len(shorthand) > 1:
+            raise ValueError("give at most one of top_k, top_p and beam_width")
+        if shorthand:
+            kind, value = shorthand[0]
+            if name is not None and name != kind:
+                raise ValueError(f"sampler={name!r} conflicts with {kind}=")
+            name = kind
+            options[{"top_k": "k", "top_p": "p", "beam": "beam_width"}[kind]] = value
+        if temperature is not None:
+            if name is None:
+                name = "temperature"
+            options["temperature"] = temperature
+        if name is None and not options:
+            return self.sampler
+        return get_sampler(name or self.sampler_spec.name).factory(**options)
+
+    def generate_indices(self, prime: list, length: int, chooser, seed=None, stop_index=None) -> list:
+        if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or length < 1:
             raise ValueError(f"length must be a positive integer, got {length!r}")
-        if sampler is None and not sampler_options:
-            chooser = self.sampler
-        else:
-            spec = get_sampler(sampler or self.sampler_spec.name)
-            chooser = spec.factory(**sampler_options)
-        rng = self.rng if seed is None else np.random.default_rng(seed)
-        prime = list(prime)
         if prime:
             self._time_major_indices(prime, "inputs", allow_padding=False)
         if getattr(chooser, "is_beam", False):
             return self._beam_search(prime, length, chooser.beam_width, stop_index)
+        rng = self.rng if seed is None else np.random.default_rng(seed)
         model = self.model
-        state = None
-        x = np.array([[-1]])
-        if prime:
-            logits, state = model.forward(np.array(prime)[:, None])
-            last = logits[-1, 0]
-        else:
-            logits, state = model.forward(x)
-            last = logits[0, 0]
+        x = np.array([[START_INPUT]])
+        logits, state = model.forward(np.array(prime)[:, None] if prime else x)
+        last = logits[-1, 0]
         out = []
         for _ in range(length):
             idx = int(chooser.choose(np.asarray(last, np.float64), rng))
@@ -250,10 +370,7 @@ class Trainer:
     def _beam_search(self, prime, length, width, stop_index):
         """Highest total log-probability continuation kept among ``width`` beams."""
         model = self.model
-        if prime:
-            logits, state = model.forward(np.array(prime)[:, None])
-        else:
-            logits, state = model.forward(np.array([[-1]]))
+        logits, state = model.forward(np.array(prime)[:, None] if prime else np.array([[START_INPUT]]))
         beams = [([], 0.0, state, logits[-1, 0].astype(np.float64), False)]
         for _ in range(length):
             candidates = []
@@ -277,25 +394,155 @@ class Trainer:
                 break
         return beams[0][0]
 
+    # -- training loop -----------------------------------------------------------------------------
+    def fit(self, batches, *, steps: Optional[int] = None, epochs: Optional[float] = None,
+            validation=None, eval_every: int = 200, sample_every: int = 500, samples: int = 5,
+            patience: Optional[int] = None, progress: bool = True, checkpoint: Optional[str] = None,
+            checkpoint_every: Optional[int] = None, print_fn=print) -> dict:
+        """Train on ``batches`` (:class:`numbarnn.data.NamesBatches` or ``StreamBatches``).
 
-_TRAINER_KINDS = ("cell", "loss", "optimizer", "sampler")
+        Runs ``steps`` more steps (or ``epochs`` more passes). Shows a progress bar (step,
+        smoothed loss, tokens/s), prints ``samples`` generated texts every ``sample_every``
+        steps, evaluates the ``validation`` batches every ``eval_every`` steps (loss per
+        token and perplexity) and stops early after ``patience`` evaluations without
+        improvement, keeping the best weights. A non-finite loss stops training and restores
+        the last good weights; Ctrl-C saves ``checkpoint`` (if given) before returning.
+        Returns a summary dict: ``stopped`` ("done", "early-stop", "non-finite",
+        "interrupted"), ``reason``, ``steps``, ``loss`` (smoothed), ``val_loss``, ``val_perplexity``.
+        """
+        from .checkpoint import save_checkpoint
+
+        if steps is None:
+            steps = max(1, int(round((epochs or 1.0) * batches.steps_per_epoch())))
+        summary = {"stopped": "done", "reason": f"ran {steps} steps", "val_loss": None, "val_perplexity": None}
+        bar = _progress_bar(steps, progress)
+        smooth = self.config.get("smoothed_loss")
+        best, since_best, best_params = math.inf, 0, None
+        tokens, started = 0, time.perf_counter()
+        write = bar.write if bar is not None else print_fn
+        try:
+            for _ in range(steps):
+                inputs, targets, mask, carry = batches.next_batch()
+                state = self.state if carry else None
+                snapshot = {k: v.copy() for k, v in self.model.params.items()}
+                try:
+                    loss = self.train_step(inputs, targets, mask, state=state)
+                    if not all(np.isfinite(v).all() for v in self.model.params.values()):
+                        raise NonFiniteLossError(f"the weights stopped being finite at step {self.step}")
+                except NonFiniteLossError as error:
+                    for key, value in snapshot.items():
+                        self.model.params[key][...] = value
+                    summary.update(stopped="non-finite",
+                                   reason=f"stopped: {error}; restored the weights of the last good step "
+                                          "(try a lower --lr or a smaller --clip)")
+                    write(summary["reason"])
+                    break
+                self.history.append((self.step, loss))
+                tokens += batches.tokens(mask)
+                smooth = loss if smooth is None else 0.98 * smooth + 0.02 * loss
+                self.config["smoothed_loss"] = smooth
+                if bar is not None:
+                    rate = tokens / max(time.perf_counter() - started, 1e-9)
+                    bar.set_postfix_str(f"loss {smooth:.3f}, {rate:,.0f} tok/s", refresh=False)
+                    bar.update(1)
+                if sample_every and self.step % sample_every == 0 and self.vocab is not None:
+                    write(f"-- step {self.step}, loss {smooth:.3f}, samples:")
+                    for text in self.sample_texts(samples, seed=self.step):
+                        write("   " + text.replace("\n", " / "))
+                if validation is not None and eval_every and self.step % eval_every == 0:
+                    val = self.validation_loss(validation)
+                    summary.update(val_loss=val, val_perplexity=math.exp(min(val, 700)))
+                    write(f"-- step {self.step}: validation loss {val:.4f} per token, perplexity "
+                          f"{summary['val_perplexity']:.2f}")
+                    if val < best - 1e-6:
+                        best, since_best = val, 0
+                        best_params = {k: v.copy() for k, v in self.model.params.items()}
+                    else:
+                        since_best += 1
+                        if patience is not None and since_best >= patience:
+                            for key, value in best_params.items():
+                                self.model.params[key][...] = value
+                            summary.update(stopped="early-stop", val_loss=best,
+                                           val_perplexity=math.exp(min(best, 700)),
+                                           reason=f"early stop at step {self.step}: no validation improvement "
+                                                  f"in {patience} evaluations; kept the best weights "
+                                                  f"(validation loss {best:.4f})")
+                            write(summary["reason"])
+                            break
+                if checkpoint and checkpoint_every and self.step % checkpoint_every == 0:
+                    save_checkpoint(self, checkpoint, batches)
+        except KeyboardInterrupt:
+            summary.update(stopped="interrupted", reason=f"interrupted at step {self.step}")
+            if checkpoint:
+                save_checkpoint(self, checkpoint, batches)
+                summary["reason"] += f"; checkpoint saved to {checkpoint}"
+            write(summary["reason"])
+        finally:
+            if bar is not None:
+                bar.close()
+        summary.update(steps=self.step, loss=smooth)
+        return summary
+
+    def sample_texts(self, n: int, *, seed: Optional[int] = None, length: Optional[int] = None, prime: str = "",
+                     **sampler_kwargs) -> list:
+        """``n`` generated texts (names, in names mode), reproducible from ``seed``.
+
+        Uses its own generator, so sampling never changes the training random stream.
+        """
+        names = self.config.get("mode") == "names"
+        length = length or (50 if names else 200)
+        rng = np.random.default_rng([0 if seed is None else seed, 7])
+        out = []
+        for _ in range(n):
+            text = self.generate(prime, length, seed=int(rng.integers(2**31)), **sampler_kwargs)
+            out.append(prime + (text.rstrip("\n") if names else text))
+        return out
+
+    def validation_loss(self, validation) -> float:
+        """Mean loss per token over ``validation``: a list of ``(inputs, targets, mask, carry)`` batches."""
+        total, count, state = 0.0, 0.0, None
+        for inputs, targets, mask, carry in validation:
+            loss, n, state = self.evaluate(inputs, targets, mask, state=state if carry else None)
+            total, count = total + loss, count + n
+        return total / max(count, 1.0)
+
+
+START_INPUT = -1
+
+
+def _progress_bar(total, enabled):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="step", dynamic_ncols=True, mininterval=0.5)
 
 
 def make_trainer(cell="lstm", loss="softmax_cross_entropy", optimizer="adam", sampler="categorical", *,
-                 vocab_size: int, hidden_size: int = 128, lr: Optional[float] = None,
-                 clip: Optional[float] = 5.0, clip_mode: str = "value", dtype="float32",
-                 seed: Optional[int] = None, optimizer_options=None, sampler_options=None,
+                 vocab_size: Optional[int] = None, hidden_size: int = 128, layers: int = 1,
+                 dropout: float = 0.0, lr: Optional[float] = None, clip: Optional[float] = 5.0,
+                 clip_mode: str = "value", dtype="float32", seed: Optional[int] = None, vocab=None,
+                 mode: Optional[str] = None, optimizer_options=None, sampler_options=None,
                  **options) -> Trainer:
     """A :class:`Trainer` composed from registry names (or spec objects).
 
-    ``lr`` defaults to the optimizer's own default. ``clip`` clips gradients by value (the
-    course's, ``clip_mode="value"``) or by global norm (``clip_mode="norm"``); None turns
-    clipping off. Further keyword options go to the one component that accepts them (e.g.
-    ``momentum=0.9`` to the optimizer, ``top_p=...`` is spelled ``p=0.8`` for ``top_p``);
-    an option no component accepts is an error listing what each accepts.
+    ``vocab_size`` (or a ``vocab``, a :class:`numbarnn.data.Vocabulary`, which also lets
+    ``generate`` speak text) sets the input and output size. ``lr`` defaults to the
+    optimizer's own default. ``clip`` clips gradients by value (the course's,
+    ``clip_mode="value"``) or by global norm (``clip_mode="norm"``); None turns clipping off.
+    ``layers`` stacks recurrent layers with ``dropout`` between them. Further keyword options
+    go to the one component that accepts them (e.g. ``momentum=0.9`` to the optimizer,
+    ``p=0.8`` to ``top_p``); an option no component accepts is an error listing what each
+    accepts. ``mode`` ("names" or "stream") is recorded for generation and checkpoints.
     """
     cell_spec, loss_spec = get_cell(cell), get_loss(loss)
     opt_spec, sampler_spec = get_optimizer(optimizer), get_sampler(sampler)
+    if vocab is not None:
+        if vocab_size is not None and vocab_size != len(vocab):
+            raise ValueError(f"vocab_size={vocab_size} but the vocabulary has {len(vocab)} characters")
+        vocab_size = len(vocab)
+    if vocab_size is None:
+        raise ValueError("make_trainer needs vocab_size (or a vocab)")
     opt_opts, smp_opts = dict(optimizer_options or {}), dict(sampler_options or {})
     for key, value in options.items():
         owners = [spec for spec in (opt_spec, sampler_spec) if key in spec.defaults]
@@ -311,9 +558,16 @@ def make_trainer(cell="lstm", loss="softmax_cross_entropy", optimizer="adam", sa
         (opt_opts if owners[0] is opt_spec else smp_opts)[key] = value
     if lr is not None:
         opt_opts["lr"] = lr
-    model = make_model(cell_spec, vocab_size=vocab_size, hidden_size=hidden_size, dtype=dtype, seed=seed)
+    model = make_model(cell_spec, vocab_size=vocab_size, hidden_size=hidden_size, layers=layers,
+                       dropout=dropout, dtype=dtype, seed=seed)
+    config = {"cell": cell_spec.name, "loss": loss_spec.name, "optimizer": opt_spec.name,
+              "sampler": sampler_spec.name, "vocab_size": int(vocab_size), "hidden_size": int(hidden_size),
+              "layers": int(layers), "dropout": float(dropout), "clip": clip, "clip_mode": clip_mode,
+              "dtype": model.dtype.name, "seed": seed, "mode": mode, "optimizer_options": opt_opts,
+              "sampler_options": smp_opts}
     trainer = Trainer(model, loss_spec, opt_spec.factory(model.params, **opt_opts),
-                      sampler_spec.factory(**smp_opts), clip=clip, clip_mode=clip_mode, seed=seed)
+                      sampler_spec.factory(**smp_opts), clip=clip, clip_mode=clip_mode, seed=seed,
+                      config=config, vocab=vocab)
     trainer.cell_spec, trainer.loss_spec = cell_spec, loss_spec
     trainer.optimizer_spec, trainer.sampler_spec = opt_spec, sampler_spec
     return trainer

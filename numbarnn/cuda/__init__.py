@@ -1,0 +1,195 @@
+"""numba.cuda kernels for numbarnn: the same trainer on an NVIDIA GPU (``device="cuda"``).
+
+Importing :mod:`numbarnn` never imports this package, and importing this package does
+not import ``numba.cuda`` either: the kernel modules (:mod:`numbarnn.cuda.cells`,
+``loops``, ``matmul``, ``heads``, ``losses``, ``optim``, ``sampling``, ``trainer``; the
+names mirror :mod:`numbarnn.kernels`) import it when they are first imported themselves,
+which :func:`require` does only after checking that the target can work.
+
+The CUDA target is an optional extra, ``pip install "numbarnn[cuda]"``, which installs
+NVIDIA's ``numba-cuda`` package. :func:`available` says whether a GPU can be used and
+:func:`require` raises :class:`CudaUnavailableError` naming what is missing: the
+``numba-cuda`` package, the NVIDIA driver, or a GPU. Under the CUDA simulator
+(``NUMBA_ENABLE_CUDASIM=1`` set before numba is imported) everything is available; that
+is how the kernels are tested without a GPU (``tests/cuda_sim``).
+
+``config`` holds the launch shapes (thread-block sizes and tiles). The defaults are for a
+real GPU; the simulator tests shrink them so that tiny problems still span several
+blocks. Kernels are built per configuration, so changing it takes effect on the next
+trainer or kernel request.
+
+Example (no GPU on the machine that runs the doctests, so this shows the error path):
+    >>> import numbarnn.cuda as nc
+    >>> isinstance(nc.available(), bool)
+    True
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, fields
+from typing import Optional
+
+__all__ = ["CudaUnavailableError", "UnsupportedOnCuda", "available", "require", "unavailable_reason", "simulator", "config",
+           "make_cuda_trainer", "CudaTrainer"]
+
+INSTALL_HINT = 'pip install "numbarnn[cuda]"'
+
+
+class CudaUnavailableError(RuntimeError):
+    """``device="cuda"`` was asked for but cannot work here; the message says why.
+
+    ``missing`` is ``"package"`` (neither numba-cuda nor numba's built-in CUDA target is
+    importable), ``"driver"`` (no usable NVIDIA driver) or ``"gpu"`` (a driver but no GPU).
+    """
+
+    def __init__(self, missing: str, message: str):
+        super().__init__(message)
+        self.missing = missing
+
+
+class UnsupportedOnCuda(ValueError):
+    """A component (cell, loss, optimizer, sampler, option) that has no CUDA implementation."""
+
+
+@dataclass
+class Config:
+    """Launch shapes. Tests shrink them to force several thread blocks on tiny problems.
+
+    Attributes:
+        threads: threads per block of the one-dimensional (elementwise) kernels.
+        gemm_tile: ``(BM, BN, BK, TM, TN)`` of the tiled matrix product: a block computes a
+            BM x BN tile of the output in K-steps of BK through shared memory, each thread a
+            TM x TN register tile (so a block has (BM/TM) * (BN/TN) threads).
+        step_tile: ``(BM, BJ, BK, TM)`` of the fused recurrent step, or None to derive it
+            from the batch and hidden sizes (:func:`numbarnn.cuda.loops.step_tiles`). A
+            forward block computes rows BM of the batch and hidden units BJ of every gate.
+        loop: ``"launch"`` (one kernel launch per time step), ``"persistent"`` (one
+            cooperative launch for the whole sequence, the grid synchronised between
+            steps) or ``"auto"`` (persistent where the grid fits on the device at once,
+            else per-step launches; always per-step launches on the simulator).
+        reduce_threads: threads of the single block that reduces a loss or a norm to one number.
+    """
+
+    threads: int = 256
+    gemm_tile: tuple = (64, 64, 16, 4, 4)
+    step_tile: Optional[tuple] = None
+    loop: str = "auto"
+    reduce_threads: int = 256
+
+    def update(self, **changes) -> "Config":
+        """Set fields by name (unknown names are an error); returns self."""
+        names = {f.name for f in fields(self)}
+        for key, value in changes.items():
+            if key not in names:
+                raise ValueError(f"numbarnn.cuda.config has no field {key!r}; fields: {sorted(names)}")
+            setattr(self, key, value)
+        self.check()
+        return self
+
+    def check(self):
+        BM, BN, BK, TM, TN = self.gemm_tile
+        if BM % TM or BN % TN or min(BM, BN, BK, TM, TN) < 1:
+            raise ValueError(f"gemm_tile {self.gemm_tile}: TM must divide BM and TN divide BN")
+        if self.step_tile is not None:
+            BM, BJ, BK, TM = self.step_tile
+            if BM % TM or min(BM, BJ, BK, TM) < 1:
+                raise ValueError(f"step_tile {self.step_tile}: TM must divide BM")
+        if self.loop not in ("auto", "launch", "persistent"):
+            raise ValueError(f"loop must be 'auto', 'launch' or 'persistent', got {self.loop!r}")
+        for name in ("threads", "reduce_threads"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"{name} must be a power of two, got {value}")
+
+    def key(self) -> tuple:
+        return (self.threads, tuple(self.gemm_tile), None if self.step_tile is None else tuple(self.step_tile),
+                self.loop, self.reduce_threads)
+
+
+config = Config()
+
+
+def simulator() -> bool:
+    """True when numba runs CUDA kernels on its simulator (``NUMBA_ENABLE_CUDASIM=1``)."""
+    try:
+        from numba.core import config as numba_config
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return False
+    return bool(getattr(numba_config, "ENABLE_CUDASIM", False))
+
+
+# ---- what can be missing ---------------------------------------------------------------------
+# Three probes, each its own function so tests can replace one to simulate a machine.
+
+def _has_package() -> bool:
+    """numba-cuda installed, or numba's own (deprecated) built-in CUDA target present."""
+    if importlib.util.find_spec("numba_cuda") is not None:
+        return True
+    try:
+        return importlib.util.find_spec("numba.cuda") is not None
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _driver_error() -> Optional[str]:
+    """None when the NVIDIA driver initialises; else the driver's message."""
+    from numba import cuda  # imported only here, after the package check
+
+    if cuda.is_available():
+        return None
+    error = cuda.cuda_error()
+    return str(error) if error is not None else "the CUDA driver reported no usable device"
+
+
+def _gpu_count() -> int:
+    from numba import cuda
+
+    try:
+        return len(cuda.gpus)
+    except Exception:  # noqa: BLE001 - the driver's own errors are reported by _driver_error
+        return 0
+
+
+def unavailable_reason() -> Optional[tuple]:
+    """None when ``device="cuda"`` can work; else ``(missing, message)``."""
+    if simulator():
+        return None
+    if not _has_package():
+        return ("package", "device='cuda' needs the numba-cuda package, which is not installed: "
+                f'{INSTALL_HINT} (for the CUDA toolkit libraries too: pip install "numba-cuda[cu12]" '
+                'or "numba-cuda[cu13]", matching your driver)')
+    message = _driver_error()
+    if message is not None:
+        lowered = message.lower()
+        if "no_device" in lowered or "no cuda-capable device" in lowered or "no device" in lowered:
+            return ("gpu", "device='cuda': the NVIDIA driver is installed but found no GPU "
+                           f"({message.strip()})")
+        return ("driver", "device='cuda': no usable NVIDIA driver (numba-cuda is installed, but "
+                          f"the driver did not load: {message.strip()})")
+    if _gpu_count() < 1:
+        return ("gpu", "device='cuda': the NVIDIA driver is installed but found no GPU")
+    return None
+
+
+def available() -> bool:
+    """True when ``device="cuda"`` can work here (always on the simulator)."""
+    try:
+        return unavailable_reason() is None
+    except Exception:  # noqa: BLE001 - a probe that crashes means "not available"
+        return False
+
+
+def require() -> None:
+    """Raise :class:`CudaUnavailableError` naming what is missing, or return None."""
+    reason = unavailable_reason()
+    if reason is not None:
+        raise CudaUnavailableError(*reason)
+
+
+def __getattr__(name):
+    # Lazy: the trainer module imports numba.cuda, so it is only loaded when asked for.
+    if name in ("make_cuda_trainer", "CudaTrainer"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'numbarnn.cuda' has no attribute {name!r}")

@@ -1,0 +1,232 @@
+"""CUDA pointwise kernels of the built-in cells, and the factory that builds kernels per cell.
+
+The GPU mirror of :mod:`numbarnn.kernels.cells`. A cell's CUDA pair is two
+``@cuda.jit(device=True)`` functions that compute **one element** ``(b, j)``
+(batch row b, hidden unit j) of the CPU kernels' loops, with the same arrays:
+
+``forward(xz_t, hz_t, states, t, cache_t, b, j)``
+    xz_t, hz_t (B, G*H): the two projections of step t (``hz_t`` includes ``b_h``).
+    Reads ``states[:, t, b, j]``; writes ``states[:, t+1, b, j]`` and, for each saved
+    block c, ``cache_t[b, c*H + j]``.
+
+``backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev, b, j)``
+    Reads ``dstate[:, b, j]`` (total gradient w.r.t. ``states[:, t+1]``); writes
+    ``dxz_t[b, g*H + j]`` and ``dhz_t[b, g*H + j]`` for every gate g (the same array
+    when the cell's ``shared_gate_grad`` is True), and ``dstate_prev[:, b, j]``, the
+    *direct* gradient w.r.t. ``states[:, t]`` (the loop adds ``dhz_t @ W_h`` to h's).
+
+A device function touches only its own element's entries, so the loops may run any
+elements on any thread and fuse the pointwise step into the recurrent matrix product.
+
+Device functions are not first-class values on the GPU (a kernel cannot take one as an
+argument the way ``@njit`` loops take the CPU kernels), so kernels are built per cell
+by small factories that close over the pair, and cached in dicts keyed by cell and
+dtype: :func:`pointwise_kernels` here (one launch computes one step over all elements)
+and the fused step kernels in :mod:`numbarnn.cuda.loops`.
+
+A cell declares its pair lazily, as a dotted path in ``CellSpec.cuda_pointwise``
+(``"package.module:NAME"``, NAME a :class:`CudaPointwise`), so that importing numbarnn
+or a plugin never imports numba.cuda; :func:`resolve` imports it on first use.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from numba import cuda
+
+from . import UnsupportedOnCuda, config
+
+
+@dataclass(frozen=True)
+class CudaPointwise:
+    """A cell's CUDA pair: two ``@cuda.jit(device=True)`` functions (see the module docstring)."""
+
+    forward: Callable
+    backward: Callable
+
+
+# ---- activations (the CPU ones branch the same way, so float64 results agree) --------------
+
+@cuda.jit(device=True)
+def sigmoid(z):
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+@cuda.jit(device=True)
+def tanh(z):
+    return math.tanh(z)
+
+
+# ---- tanh RNN: G = 1, S = 1, C = 0 ----------------------------------------------------------
+
+@cuda.jit(device=True)
+def rnn_forward(xz_t, hz_t, states, t, cache_t, b, j):
+    states[0, t + 1, b, j] = tanh(xz_t[b, j] + hz_t[b, j])
+
+
+@cuda.jit(device=True)
+def rnn_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev, b, j):
+    h = states[0, t + 1, b, j]
+    dz = dstate[0, b, j] * (1.0 - h * h)
+    dxz_t[b, j] = dz
+    dhz_t[b, j] = dz
+    dstate_prev[0, b, j] = 0.0
+
+
+# ---- LSTM: G = 4 (i, f, g, o), S = 2 (h, c), C = 5 (i, f, g, o, tanh c) -------------------
+
+@cuda.jit(device=True)
+def lstm_forward(xz_t, hz_t, states, t, cache_t, b, j):
+    H = states.shape[3]
+    i = sigmoid(xz_t[b, j] + hz_t[b, j])
+    f = sigmoid(xz_t[b, H + j] + hz_t[b, H + j])
+    g = tanh(xz_t[b, 2 * H + j] + hz_t[b, 2 * H + j])
+    o = sigmoid(xz_t[b, 3 * H + j] + hz_t[b, 3 * H + j])
+    c = f * states[1, t, b, j] + i * g
+    tc = tanh(c)
+    states[1, t + 1, b, j] = c
+    states[0, t + 1, b, j] = o * tc
+    cache_t[b, j] = i
+    cache_t[b, H + j] = f
+    cache_t[b, 2 * H + j] = g
+    cache_t[b, 3 * H + j] = o
+    cache_t[b, 4 * H + j] = tc
+
+
+@cuda.jit(device=True)
+def lstm_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev, b, j):
+    H = states.shape[3]
+    i = cache_t[b, j]
+    f = cache_t[b, H + j]
+    g = cache_t[b, 2 * H + j]
+    o = cache_t[b, 3 * H + j]
+    tc = cache_t[b, 4 * H + j]
+    dh = dstate[0, b, j]
+    dc = dstate[1, b, j] + dh * o * (1.0 - tc * tc)
+    di = dc * g * i * (1.0 - i)
+    df = dc * states[1, t, b, j] * f * (1.0 - f)
+    dg = dc * i * (1.0 - g * g)
+    do = dh * tc * o * (1.0 - o)
+    dxz_t[b, j] = di
+    dxz_t[b, H + j] = df
+    dxz_t[b, 2 * H + j] = dg
+    dxz_t[b, 3 * H + j] = do
+    dhz_t[b, j] = di
+    dhz_t[b, H + j] = df
+    dhz_t[b, 2 * H + j] = dg
+    dhz_t[b, 3 * H + j] = do
+    dstate_prev[0, b, j] = 0.0
+    dstate_prev[1, b, j] = dc * f
+
+
+RNN_CUDA = CudaPointwise(forward=rnn_forward, backward=rnn_backward)
+LSTM_CUDA = CudaPointwise(forward=lstm_forward, backward=lstm_backward)
+
+
+# ---- resolving a cell's pair -------------------------------------------------------------
+
+def resolve(cell) -> CudaPointwise:
+    """The :class:`CudaPointwise` a cell names in ``cuda_pointwise``, imported now.
+
+    A cell without one (or naming something that is not a pair) is a clear
+    :class:`~numbarnn.cuda.UnsupportedOnCuda` error saying how to add one.
+    """
+    path = getattr(cell, "cuda_pointwise", None)
+    name = getattr(cell, "name", repr(cell))
+    if not path:
+        raise UnsupportedOnCuda(
+            f"cell {name!r} has no CUDA kernels, so it cannot run with device='cuda' (it runs on "
+            "device='cpu'). A cell supplies them by setting CellSpec.cuda_pointwise to "
+            "'package.module:NAME', NAME a numbarnn.cuda.cells.CudaPointwise of two "
+            "@cuda.jit(device=True) functions (see docs/gpu.md)")
+    module_name, sep, attr = str(path).partition(":")
+    if not sep or not module_name or not attr:
+        raise UnsupportedOnCuda(f"cell {name!r}: cuda_pointwise must be 'package.module:NAME', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnsupportedOnCuda(f"cell {name!r}: cannot import {module_name!r} named by its "
+                                f"cuda_pointwise {path!r}: {exc}") from exc
+    try:
+        pair = getattr(module, attr)
+    except AttributeError:
+        raise UnsupportedOnCuda(f"cell {name!r}: module {module_name!r} has no {attr!r} "
+                                f"(its cuda_pointwise is {path!r})") from None
+    if isinstance(pair, tuple) and len(pair) == 2:
+        pair = CudaPointwise(*pair)
+    if not (callable(getattr(pair, "forward", None)) and callable(getattr(pair, "backward", None))):
+        raise UnsupportedOnCuda(f"cell {name!r}: {path!r} must be a CudaPointwise (forward, backward), "
+                                f"got {type(pair).__name__}")
+    return pair
+
+
+def cell_key(cell, dtype) -> tuple:
+    """Cache key of the kernels built for one cell and dtype."""
+    return (cell.name, getattr(cell, "cuda_pointwise", None), np.dtype(dtype).name)
+
+
+# ---- one launch per step over all elements: the factory --------------------------------------
+
+_POINTWISE = {}
+
+
+@dataclass(frozen=True)
+class PointwiseKernels:
+    """Launchers of a cell's pair over every element of one step (B*H threads).
+
+    ``forward(xz_t, hz_t, states, t, cache_t)`` and
+    ``backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev)`` take the same
+    arguments as the CPU kernels (device arrays) and launch one kernel each.
+    """
+
+    forward_kernel: Callable
+    backward_kernel: Callable
+    threads: int
+
+    def _grid(self, states):
+        n = states.shape[2] * states.shape[3]
+        return (n + self.threads - 1) // self.threads
+
+    def forward(self, xz_t, hz_t, states, t, cache_t, stream=0):
+        self.forward_kernel[self._grid(states), self.threads, stream](xz_t, hz_t, states, t, cache_t)
+
+    def backward(self, dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev, stream=0):
+        self.backward_kernel[self._grid(states), self.threads, stream](
+            dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev)
+
+
+def _build_pointwise(pair: CudaPointwise):
+    cell_forward, cell_backward = pair.forward, pair.backward
+
+    @cuda.jit
+    def forward_kernel(xz_t, hz_t, states, t, cache_t):
+        i = cuda.grid(1)
+        H = states.shape[3]
+        if i < states.shape[2] * H:
+            cell_forward(xz_t, hz_t, states, t, cache_t, i // H, i % H)
+
+    @cuda.jit
+    def backward_kernel(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev):
+        i = cuda.grid(1)
+        H = states.shape[3]
+        if i < states.shape[2] * H:
+            cell_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev, i // H, i % H)
+
+    return forward_kernel, backward_kernel
+
+
+def pointwise_kernels(cell, dtype) -> PointwiseKernels:
+    """The per-step pointwise kernels of ``cell`` for ``dtype``, built once and cached."""
+    key = cell_key(cell, dtype) + (config.threads,)
+    kernels = _POINTWISE.get(key)
+    if kernels is None:
+        forward_kernel, backward_kernel = _build_pointwise(resolve(cell))
+        kernels = _POINTWISE[key] = PointwiseKernels(forward_kernel, backward_kernel, config.threads)
+    return kernels

@@ -1,0 +1,365 @@
+"""Character-level language modelling end to end: data, batching, fit, checkpoints, resume."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+import naive
+import numbarnn
+from numbarnn import data as D
+from numbarnn.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+
+
+def names_setup(dtype="float64", layers=1, dropout=0.0, cell="lstm", n=120, seed=0):
+    names = D.dinosaur_names()[:n]
+    vocab = D.Vocabulary.from_text("\n".join(D.dinosaur_names()))
+    batches = D.NamesBatches(names, vocab, 8, seed=seed)
+    trainer = numbarnn.make_trainer(cell=cell, vocab=vocab, hidden_size=12, layers=layers, dropout=dropout,
+                                    dtype=dtype, seed=seed, mode="names", lr=0.01)
+    return trainer, batches
+
+
+def stream_setup(dtype="float64", layers=1, dropout=0.0):
+    text = D.pydoc_text()[:6000]
+    vocab = D.Vocabulary.from_text(text)
+    batches = D.StreamBatches(text, vocab, 3, 10)
+    trainer = numbarnn.make_trainer(cell="gru" if "gru" in numbarnn.list_cells() else "rnn", vocab=vocab,
+                                    hidden_size=12, layers=layers, dropout=dropout, dtype=dtype, seed=1,
+                                    mode="stream", lr=0.01)
+    return trainer, batches
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+def test_shipped_data():
+    names = D.dinosaur_names()
+    assert len(names) >= 1000 and len(set(names)) == len(names)
+    assert all(n == n.lower() and n.isalpha() for n in names)
+    assert "tyrannosaurus" in names and "skeleton" not in names
+    text = D.pydoc_text()
+    assert 300_000 < len(text) < 1_000_000
+
+
+def test_user_text_files_and_their_errors(tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("alpha\nbeta\r\n", encoding="utf-8")
+    text, mode = D.load_corpus(str(good))
+    assert text == "alpha\nbeta\n" and mode == "names"
+    cases = {"empty.txt": b"  \n", "binary.bin": b"\x00\x01\x02abc", "latin1.txt": "café".encode("latin-1")}
+    messages = {"empty.txt": "the file is empty", "binary.bin": "looks like a binary file",
+                "latin1.txt": r"not UTF-8 text \(invalid byte at offset 3\)"}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(D.DataError, match=messages[name]):
+            D.load_corpus(str(tmp_path / name))
+    with pytest.raises(D.DataError, match="no such file"):
+        D.load_corpus(str(tmp_path / "missing.txt"))
+    with pytest.raises(D.DataError, match="is a directory"):
+        D.load_corpus(str(tmp_path))
+
+
+def test_vocabulary_refuses_unknown_characters():
+    vocab = D.Vocabulary.from_text("abc\n")
+    assert vocab.decode(vocab.encode("cab")) == "cab"
+    with pytest.raises(D.DataError, match=r"the prime has 2 character\(s\) outside the vocabulary: 'X', 'é'"):
+        vocab.encode("aXé", what="the prime")
+
+
+def test_names_are_padded_like_the_course():
+    vocab = D.Vocabulary.from_text("ab\n")
+    inputs, targets, mask = D.pad_names([vocab.encode("ab"), vocab.encode("b")], vocab.newline)
+    np.testing.assert_array_equal(inputs, [[-1, 1, 2], [-1, 2, -1]])  # X = [start] + chars
+    np.testing.assert_array_equal(targets, [[1, 2, 0], [2, 0, -1]])   # Y = chars + [newline]
+    np.testing.assert_array_equal(mask, [[1, 1, 1], [1, 1, 0]])
+
+
+def test_names_batches_cover_an_epoch_and_streams_carry():
+    names = D.dinosaur_names()[:50]
+    vocab = D.Vocabulary.from_text("\n".join(names))
+    batches = D.NamesBatches(names, vocab, 8, seed=0)
+    seen = []
+    for _ in range(batches.steps_per_epoch()):
+        inputs, targets, mask, carry = batches.next_batch()
+        assert not carry
+        seen += ["".join(vocab.chars[i] for i in row[1:] if i >= 0) for row in inputs]
+    assert sorted(seen) == sorted(names)
+    stream = D.StreamBatches("abcdefghij" * 10, D.Vocabulary.from_text("abcdefghij"), 2, 5)
+    x0, y0, _, c0 = stream.next_batch()
+    x1, y1, _, c1 = stream.next_batch()
+    assert not c0 and c1
+    np.testing.assert_array_equal(x1[:, 0], y0[:, -1])  # the next chunk continues the stream
+
+
+# ---- stacked layers --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_stacked_layers_gradients_match_finite_differences(dropout):
+    model = numbarnn.make_model("lstm", vocab_size=4, hidden_size=3, layers=3, dropout=dropout, dtype="float64",
+                                seed=0)
+    x = np.random.default_rng(0).integers(-1, 4, size=(4, 2))
+    d = np.random.default_rng(1).normal(size=(4, 2, 4))
+
+    def loss():  # the same dropout masks every call
+        return np.sum(model.forward(x, train=True, rng=np.random.default_rng(5))[0] * d)
+
+    loss()
+    grads = model.backward(d)
+    assert {"W_x_l1", "W_h_l2", "W_y"} <= set(grads)
+    for key, value in model.params.items():
+        np.testing.assert_allclose(grads[key], naive.finite_difference_grad(loss, value), rtol=1e-6, atol=1e-8,
+                                   err_msg=key)
+
+
+def test_dropout_only_in_training():
+    model = numbarnn.make_model("rnn", vocab_size=4, hidden_size=5, layers=2, dropout=0.5, seed=0)
+    x = np.zeros((3, 1), dtype=int)
+    a, _ = model.forward(x)
+    b, _ = model.forward(x)
+    c, _ = model.forward(x, train=True, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+# ---- fit -------------------------------------------------------------------------------------
+
+def test_fit_learns_validates_and_samples_names(capsys):
+    trainer, batches = names_setup(n=60)
+    val = [D.pad_names([trainer.vocab.encode(n) for n in D.dinosaur_names()[60:80]], trainer.vocab.newline) + (False,)]
+    summary = trainer.fit(batches, steps=80, validation=val, eval_every=40, sample_every=40, samples=3,
+                          progress=False)
+    out = capsys.readouterr().out
+    assert summary["stopped"] == "done" and trainer.step == 80
+    assert trainer.history[-1][1] < trainer.history[0][1]
+    assert summary["val_perplexity"] == pytest.approx(math.exp(summary["val_loss"]))
+    assert out.count("samples:") == 2 and "validation loss" in out
+    names = trainer.sample_texts(4, seed=3)
+    assert names == trainer.sample_texts(4, seed=3)  # reproducible, and
+    assert all("\n" not in n for n in names)          # one name each, stopped at the newline
+
+
+def test_early_stopping_keeps_the_best_weights():
+    trainer, batches = names_setup(n=40)
+    val = [D.pad_names([trainer.vocab.encode(n) for n in D.dinosaur_names()[40:60]], trainer.vocab.newline) + (False,)]
+    trainer.optimizer.lr = 0.2  # overfits fast
+    summary = trainer.fit(batches, steps=400, validation=val, eval_every=10, patience=2, progress=False,
+                          sample_every=0)
+    assert summary["stopped"] == "early-stop"
+    assert trainer.validation_loss(val) == pytest.approx(summary["val_loss"], rel=1e-12)
+
+
+def test_non_finite_loss_stops_and_restores_the_last_good_weights(capsys):
+    trainer, batches = names_setup()
+    trainer.fit(batches, steps=3, progress=False, sample_every=0)
+    good = {k: v.copy() for k, v in trainer.model.params.items()}
+    trainer.model.params["W_h"][0, 0] = np.nan  # as if the last update had blown up
+    poisoned = {k: v.copy() for k, v in trainer.model.params.items()}
+    summary = trainer.fit(batches, steps=5, progress=False, sample_every=0)
+    assert summary["stopped"] == "non-finite" and "restored the weights" in summary["reason"]
+    assert trainer.step == 3
+    for key in good:
+        np.testing.assert_array_equal(trainer.model.params[key], poisoned[key])  # untouched, not updated
+    with pytest.raises(numbarnn.trainer.NonFiniteLossError):
+        trainer.train_step(*batches.next_batch()[:3])
+
+
+def test_keyboard_interrupt_saves_a_checkpoint(tmp_path):
+    trainer, batches = names_setup()
+    calls = {"n": 0}
+    real = batches.next_batch
+
+    def interrupt_on_fourth():
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real()
+
+    batches.next_batch = interrupt_on_fourth
+    path = tmp_path / "ctrl-c.ckpt"
+    summary = trainer.fit(batches, steps=10, checkpoint=str(path), progress=False, sample_every=0)
+    assert summary["stopped"] == "interrupted" and str(path) in summary["reason"]
+    assert load_checkpoint(path).step == 3
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("setup", [names_setup, stream_setup], ids=["names", "stream"])
+def test_resume_is_bit_identical(tmp_path, dtype, setup):
+    straight, batches = setup(dtype=dtype, layers=2, dropout=0.2)
+    straight.fit(batches, steps=14, progress=False, sample_every=0)
+    first, batches = setup(dtype=dtype, layers=2, dropout=0.2)
+    first.fit(batches, steps=6, progress=False, sample_every=0)
+    save_checkpoint(first, tmp_path / "c.ckpt", batches)
+    _, fresh_batches = setup(dtype=dtype, layers=2, dropout=0.2)
+    resumed = load_checkpoint(tmp_path / "c.ckpt", fresh_batches)
+    resumed.fit(fresh_batches, steps=8, progress=False, sample_every=0)
+    assert resumed.step == straight.step == 14
+    for key, value in straight.model.params.items():
+        assert value.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(resumed.model.params[key], value, err_msg=key)
+    assert resumed.history == straight.history
+
+
+def test_checkpoint_holds_names_versions_and_no_pickle(tmp_path):
+    trainer, batches = names_setup()
+    trainer.fit(batches, steps=2, progress=False, sample_every=0)
+    path = save_checkpoint(trainer, tmp_path / "m.ckpt", batches)
+    meta, arrays = read_checkpoint(path)
+    assert meta["components"]["cell"] == {"name": "lstm", "plugin": "numbarnn.cells", "distribution": "numbarnn",
+                                          "version": numbarnn.__version__}
+    assert meta["vocab"] == "".join(trainer.vocab.chars) and meta["step"] == 2
+    assert all(a.dtype != object for a in arrays.values())
+    with np.load(path, allow_pickle=False) as npz:  # a plain npz, readable without pickle
+        assert "param/W_h" in npz.files
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    trainer, batches = names_setup()
+    good = save_checkpoint(trainer, tmp_path / "good.ckpt", batches)
+    raw = good.read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "garbage.ckpt").write_bytes(os.urandom(2000))
+    np.savez(tmp_path / "foreign.npz", weights=np.ones(3))
+    for name, message in (("truncated.ckpt", "corrupt or truncated"), ("garbage.ckpt", "corrupt or truncated"),
+                          ("foreign.npz", "not a numbarnn checkpoint"), ("missing.ckpt", "no such checkpoint")):
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(tmp_path / name)
+    # A checkpoint whose cell comes from a plugin that is not installed names the plugin.
+    meta, arrays = read_checkpoint(good)
+    meta["components"]["cell"] = {"name": "fancy_cell", "plugin": "fancy", "distribution": "numbarnn-fancy",
+                                  "version": "1.2"}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with open(tmp_path / "plugin.ckpt", "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(CheckpointError, match=r"needs the cell 'fancy_cell' from the package 'numbarnn-fancy' 1.2, "
+                                              r"which is not installed: pip install numbarnn-fancy"):
+        load_checkpoint(tmp_path / "plugin.ckpt")
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    trainer, batches = names_setup()
+    path = save_checkpoint(trainer, tmp_path / "m.ckpt", batches)
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", crash)
+    trainer.fit(batches, steps=1, progress=False, sample_every=0)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(trainer, path, batches)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.ckpt"]  # no temporary file left behind
+
+
+KILL_WRITER = """
+import sys, numpy as np, numbarnn
+from numbarnn.checkpoint import save_checkpoint
+trainer = numbarnn.make_trainer(cell="lstm", vocab_size=60, hidden_size=600, dtype="float64", seed=0)
+print("ready", flush=True)
+while True:
+    save_checkpoint(trainer, sys.argv[1])
+"""
+
+
+def test_killing_the_writer_mid_save_leaves_a_readable_checkpoint(tmp_path):
+    path = tmp_path / "big.ckpt"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.time() + 60
+        while not path.exists() and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # several saves in, one surely under way
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    trainer = load_checkpoint(path)
+    assert trainer.model.hidden_size == 600
+
+
+# ---- the command line ----------------------------------------------------------------------------
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "numbarnn", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_train_then_sample_through_the_command_line(tmp_path):
+    result = run_cli("train", "--steps", "30", "--hidden", "16", "--no-progress", "--sample-every", "0",
+                     "--eval-every", "10", "--out", "dinos.ckpt", "--plot", "loss.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "checkpoint saved to dinos.ckpt" in result.stdout and (tmp_path / "dinos.ckpt").exists()
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    samples = run_cli("sample", "dinos.ckpt", "--n", "4", "--seed", "3", cwd=tmp_path)
+    assert samples.returncode == 0, samples.stderr
+    lines = samples.stdout.splitlines()
+    assert len(lines) == 4 and all(line[0].isupper() and line[1:].islower() for line in lines)
+    assert run_cli("sample", "dinos.ckpt", "--n", "4", "--seed", "3", cwd=tmp_path).stdout == samples.stdout
+    primed = run_cli("sample", "dinos.ckpt", "--n", "2", "--prime", "tyr", "--top-k", "3", cwd=tmp_path)
+    assert primed.returncode == 0 and all(line.startswith("Tyr") for line in primed.stdout.splitlines())
+
+
+def test_stream_mode_on_a_user_file_and_resume(tmp_path):
+    (tmp_path / "poem.txt").write_text("the quick brown fox jumps over the lazy dog. " * 80)
+    first = run_cli("train", "poem.txt", "--mode", "stream", "--steps", "10", "--hidden", "8", "--batch", "4",
+                    "--seq-length", "12", "--no-progress", "--sample-every", "0", "--dtype", "float64", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    resumed = run_cli("train", "poem.txt", "--mode", "stream", "--steps", "5", "--resume", "poem.ckpt",
+                      "--out", "poem2.ckpt", "--no-progress", "--sample-every", "0", "--batch", "4",
+                      "--seq-length", "12", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(tmp_path / "poem2.ckpt").step == 15
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--steps", "0"], "--steps must be at least 1"),
+    (["train", "nowhere.txt"], "nowhere.txt: no such file"),
+    (["train", "--cell", "lstn"], "unknown cell 'lstn'. Did you mean 'lstm'?"),
+    (["train", "--mode", "words"], "invalid choice: 'words'"),
+    (["train", "--steps", "5", "--epochs", "1"], "not allowed with argument"),
+    (["sample", "nowhere.ckpt"], "no such checkpoint"),
+    (["sample"], "the following arguments are required: CKPT"),
+    (["fly"], "invalid choice: 'fly'"),
+])
+def test_wrong_arguments_are_usage_errors(tmp_path, args, message):
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr and message in result.stderr
+
+
+def test_sampling_outside_the_vocabulary_is_a_usage_error(tmp_path):
+    trainer, batches = names_setup()
+    save_checkpoint(trainer, tmp_path / "m.ckpt", batches)
+    result = run_cli("sample", "m.ckpt", "--prime", "T-Rex", cwd=tmp_path)
+    assert result.returncode == 2 and "the prime has 3 character(s) outside the vocabulary: '-', 'R', 'T'" in result.stderr
+
+
+def test_help_on_every_command(tmp_path):
+    for command in ("train", "sample", "list", "plugins", "demo"):
+        result = run_cli(command, "--help", cwd=tmp_path)
+        assert result.returncode == 0 and result.stdout.startswith("usage: numbarnn " + command)
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    from numbarnn.cli import main
+
+    assert main(["train", "--plot", str(tmp_path / "x.png"), "--steps", "1"]) == 2
+    assert "pip install 'numbarnn[plot]'" in capsys.readouterr().err
