@@ -159,7 +159,7 @@ def run_demo(args) -> int:
 
 TRAIN_DEFAULTS = {
     # Tuned on two cores for the shipped dinosaur names: plausible names in well under a minute.
-    # Validation perplexity bottoms out near step 500-700 (about 15 epochs), so early stopping
+    # Validation perplexity bottoms out near step 500 (about 11 epochs), so early stopping
     # with patience 3 keeps the best weights.
     "names": dict(cell="lstm", hidden=128, layers=1, batch=32, lr=0.005, steps=1000, seq_length=None,
                   eval_every=100, patience=3),
