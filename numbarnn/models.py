@@ -137,19 +137,18 @@ class RecurrentModel:
             raise ValueError(f"need at least one step and one sequence, got input shape {x.shape}")
         cell, H, p = self.cell, self.hidden_size, self.params
         GH = cell.gates * H
-        xz = np.empty((T, B, GH), self.dtype)
-        if is_index:
-            loops.project_indices(x.reshape(T * B), p["W_x"], p["b_x"], xz.reshape(T * B, GH))
-        else:
-            loops.project_dense(x.reshape(T * B, self.input_size), p["W_x"], p["b_x"],
-                                xz.reshape(T * B, GH))
         states = np.empty((cell.states, T + 1, B, H), self.dtype)
         initial = self._unpack_state(state, B, "initial state") if state is not None else None
         for s in range(cell.states):
             states[s, 0] = 0.0 if initial is None else initial[s]
         cache = np.empty((T, B, cell.cache_width * H), self.dtype)
-        hz = np.empty((B, GH), self.dtype)
-        loops.sequence_forward(cell.forward, xz, p["W_h"], p["b_h"], states, cache, hz)
+        xz, hz = np.empty((T, B, GH), self.dtype), np.empty((B, GH), self.dtype)
+        if is_index:
+            loops.loops_for(cell).forward_indices(x.reshape(T * B), p["W_x"], p["b_x"], p["W_h"], p["b_h"],
+                                        xz, states, cache, hz)
+        else:
+            loops.loops_for(cell).forward_dense(x.reshape(T * B, self.input_size), p["W_x"], p["b_x"],
+                                      p["W_h"], p["b_h"], xz, states, cache, hz)
         self.context = (x, is_index, states, cache)
         outputs = states[0, 1:]
         if self.batch_first:
@@ -181,13 +180,15 @@ class RecurrentModel:
             grads["dx"] = np.swapaxes(grads["dx"], 0, 1)
         return grads
 
-    def bptt(self, x, is_index, states, cache, d_outputs=None, d_final_state=None) -> dict:
+    def bptt(self, x, is_index, states, cache, d_outputs=None, d_final_state=None, out=None) -> dict:
         """Backward through time from saved tensors in kernel layout (time-major).
 
         x: the checked input (``(T, B, X)`` floats or ``(T, B)`` int64); states
         ``(S, T+1, B, H)`` and cache ``(T, B, C*H)`` as the forward kernel wrote them.
         ``backward`` calls this with what ``forward`` saved in ``self.context``;
         :mod:`numbarnn.course` calls it with tensors rebuilt from the course's caches.
+        ``out`` optionally gives the arrays ``{W_x, W_h, b_x, b_h}`` to write the weight
+        gradients into (e.g. views of one flat gradient buffer).
         """
         cell, H = self.cell, self.hidden_size
         T, B, GH = states.shape[1] - 1, states.shape[2], cell.gates * H
@@ -200,21 +201,20 @@ class RecurrentModel:
                 dstate[s] = value
         dxz = np.empty((T, B, GH), self.dtype)
         dhz = dxz if cell.shared_gate_grad else np.empty((T, B, GH), self.dtype)
-        loops.sequence_backward(cell.backward, self.params["W_h"], states, cache, d_outputs, dstate,
-                                np.empty_like(dstate), dxz, dhz, np.empty((B, H), self.dtype))
-        grads = {name: np.empty_like(self.params[name]) for name in PARAM_NAMES}
-        loops.recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H),
-                                         grads["W_h"], grads["b_h"])
+        grads = out if out is not None else {name: np.empty_like(self.params[name]) for name in PARAM_NAMES}
+        scratch = (np.empty_like(dstate), dxz, dhz, np.empty((B, H), self.dtype))
         dx = None
         if is_index:
-            loops.input_weight_gradients_indices(dxz.reshape(T * B, GH), x.reshape(T * B),
-                                                 grads["W_x"], grads["b_x"])
+            loops.loops_for(cell).backward_indices(x.reshape(T * B), self.params["W_h"], states, cache,
+                                         d_outputs, dstate, *scratch, grads["W_x"], grads["W_h"], grads["b_x"],
+                                         grads["b_h"])
         else:
             dx = np.empty((T, B, self.input_size), self.dtype)
-            loops.input_weight_gradients_dense(dxz.reshape(T * B, GH), x.reshape(T * B, self.input_size),
-                                               self.params["W_x"], grads["W_x"], grads["b_x"],
-                                               dx.reshape(T * B, self.input_size))
-        result = {"d" + name: value for name, value in grads.items()}
+            loops.loops_for(cell).backward_dense(x.reshape(T * B, self.input_size), self.params["W_x"],
+                                       self.params["W_h"], states, cache, d_outputs, dstate, *scratch,
+                                       grads["W_x"], grads["W_h"], grads["b_x"], grads["b_h"],
+                                       dx.reshape(T * B, self.input_size))
+        result = {"d" + name: grads[name] for name in PARAM_NAMES}
         result["dx"] = dx
         result["dstate"] = self._pack_state([dstate[s].copy() for s in range(cell.states)])
         return result

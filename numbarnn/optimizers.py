@@ -148,8 +148,22 @@ class Optimizer:
                 raise ValueError(f"parameter {key!r} must be a float32 or float64 ndarray, "
                                  f"got {type(p).__name__} {getattr(p, 'dtype', '')}")
             self._layout[key] = (p.shape, p.dtype)
-        self.state = {slot: {key: np.zeros(shape, dtype) for key, (shape, dtype) in self._layout.items()}
-                      for slot in self.slots}
+        # Each state slot is one flat buffer in ``params`` order, with a view per parameter,
+        # so element-wise optimizers can update everything in one call (``step_flat``).
+        dtypes = {dtype for _, dtype in self._layout.values()}
+        flat_dtype = dtypes.pop() if len(dtypes) == 1 else None
+        self.flat_size = sum(int(np.prod(shape)) for shape, _ in self._layout.values()) if flat_dtype else None
+        self._flat_state, self.state = {}, {}
+        for slot in self.slots:
+            if flat_dtype is None:
+                self.state[slot] = {key: np.zeros(shape, dtype) for key, (shape, dtype) in self._layout.items()}
+                continue
+            flat = self._flat_state[slot] = np.zeros(self.flat_size, flat_dtype)
+            self.state[slot], offset = {}, 0
+            for key, (shape, _) in self._layout.items():
+                size = int(np.prod(shape))
+                self.state[slot][key] = flat[offset:offset + size].reshape(shape)
+                offset += size
         self.step_count = 0
 
     # -- options ----------------------------------------------------------------------------
@@ -203,6 +217,30 @@ class Optimizer:
     def _update(self, p, g, *state):
         raise NotImplementedError
 
+    #: True when the update of each element depends only on that element (and the step):
+    #: then one call over a flat buffer of every parameter equals one call per parameter.
+    elementwise = False
+
+    def state_keys(self):
+        """The parameter names, in the order of the flat state buffers."""
+        return self._layout.keys()
+
+    def step_flat(self, flat_params: np.ndarray, flat_grads: np.ndarray) -> None:
+        """:meth:`step` on one flat buffer holding every parameter in ``params`` order.
+
+        Only for element-wise optimizers built on parameters of one dtype; the trainer
+        uses it with the model's ``flat_params`` / ``flat_grads``.
+        """
+        if not self.elementwise or self.flat_size is None:
+            raise ValueError(f"optimizer {self.name!r} cannot update a flat buffer")
+        dtype = next(iter(self._layout.values()))[1]
+        for label, array in (("flat_params", flat_params), ("flat_grads", flat_grads)):
+            if array.shape != (self.flat_size,) or array.dtype != dtype or not array.flags.c_contiguous:
+                raise ValueError(f"{label} must be a contiguous ({self.flat_size},) {dtype} array, got "
+                                 f"{array.shape} {array.dtype}")
+        self.step_count += 1
+        self._update(flat_params, flat_grads, *(self._flat_state[s] for s in self.slots))
+
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Plain data: ``step``, every option, and ``"<slot>.<param>"`` arrays (copies)."""
@@ -247,6 +285,7 @@ class SGD(Optimizer):
     """Plain gradient descent: p -= lr * g."""
 
     name = "sgd"
+    elementwise = True
     defaults = MappingProxyType({"lr": 0.01})
 
     def _update(self, p, g):
@@ -257,6 +296,7 @@ class Momentum(Optimizer):
     """PyTorch's SGD with momentum (dampening 0), optionally Nesterov."""
 
     name = "momentum"
+    elementwise = True
     defaults = MappingProxyType({"lr": 0.01, "momentum": 0.9, "nesterov": False})
     slots = ("velocity",)
 
@@ -279,6 +319,7 @@ class Adagrad(Optimizer):
     """min-char-rnn's Adagrad: memory += g*g; p -= lr * g / sqrt(memory + eps)."""
 
     name = "adagrad"
+    elementwise = True
     defaults = MappingProxyType({"lr": 0.1, "eps": 1e-8})
     slots = ("memory",)
 
@@ -296,6 +337,7 @@ class RMSprop(Optimizer):
     """PyTorch's RMSprop: v = alpha v + (1-alpha) g^2; p -= lr g / (sqrt(v) + eps)."""
 
     name = "rmsprop"
+    elementwise = True
     defaults = MappingProxyType({"lr": 0.001, "alpha": 0.99, "eps": 1e-8})
     slots = ("square_avg",)
 
@@ -315,6 +357,7 @@ class Adam(Optimizer):
     """PyTorch's Adam with bias correction (amsgrad off, weight decay 0)."""
 
     name = "adam"
+    elementwise = True
     defaults = MappingProxyType({"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8})
     slots = ("exp_avg", "exp_avg_sq")
 

@@ -69,8 +69,30 @@ class SequenceModel:
             k = 1.0 / np.sqrt(hidden_size)
             self.params["W_y"] = rng.uniform(-k, k, size=(output_size, hidden_size)).astype(self.dtype)
             self.params["b_y"] = np.zeros(output_size, self.dtype)
+        self._flatten()
         self._hidden = None
         self._dropout_masks = []
+
+    def _flatten(self):
+        """Move every parameter into one contiguous buffer and keep views of it.
+
+        ``flat_params`` (P,) holds all weights in ``params`` order and ``flat_grads`` all
+        gradients: the optimizer updates and the clip work on the whole buffer in one kernel
+        call each, instead of one call per array.
+        """
+        total = sum(v.size for v in self.params.values())
+        self.flat_params = np.empty(total, self.dtype)
+        self.flat_grads = np.zeros(total, self.dtype)
+        self._grad_views, offset = {}, 0
+        for key, value in list(self.params.items()):
+            view = self.flat_params[offset:offset + value.size].reshape(value.shape)
+            view[...] = value
+            self.params[key] = view
+            self._grad_views[key] = self.flat_grads[offset:offset + value.size].reshape(value.shape)
+            offset += value.size
+        for i, layer in enumerate(self.layers):
+            for name in PARAM_NAMES:
+                layer.params[name] = self.params[layer_param_name(name, i)]
 
     @property
     def layer(self) -> RecurrentModel:
@@ -138,25 +160,30 @@ class SequenceModel:
         return logits, final
 
     def backward(self, d_outputs, d_final_state=None) -> dict:
-        """Gradients of every parameter, keyed like ``params``."""
+        """Gradients of every parameter, keyed like ``params`` (new arrays)."""
+        return {key: value.copy() for key, value in self.backward_into_buffer(d_outputs, d_final_state).items()}
+
+    def backward_into_buffer(self, d_outputs, d_final_state=None) -> dict:
+        """Like :meth:`backward`, but the gradients are views of ``flat_grads``, overwritten by
+        the next call (what the trainer uses: no copies)."""
         if self._hidden is None:
             raise RuntimeError("backward() needs a forward() first")
-        grads = {}
+        grads = self._grad_views
         if self.output_size is None:
             d_hidden = d_outputs
         else:
             T, B, H = self._hidden.shape
             V = self.output_size
-            grads["W_y"], grads["b_y"] = np.empty_like(self.params["W_y"]), np.empty_like(self.params["b_y"])
             d_hidden = np.empty((T, B, H), self.dtype)
             heads.linear_backward(np.ascontiguousarray(d_outputs, self.dtype).reshape(T * B, V),
                                   self._hidden.reshape(T * B, H), self.params["W_y"],
                                   grads["W_y"], grads["b_y"], d_hidden.reshape(T * B, H))
         d_finals = self._per_layer(d_final_state)
         for i in range(len(self.layers) - 1, -1, -1):
-            layer_grads = self.layers[i].backward(d_hidden, d_finals[i])
-            for name in PARAM_NAMES:
-                grads[layer_param_name(name, i)] = layer_grads["d" + name]
+            layer = self.layers[i]
+            x, is_index, states, cache = layer.context
+            out = {name: grads[layer_param_name(name, i)] for name in PARAM_NAMES}
+            layer_grads = layer.bptt(x, is_index, states, cache, d_hidden, d_finals[i], out=out)
             if i > 0:
                 d_hidden = layer_grads["dx"]
                 if self._dropout_masks[i - 1] is not None:
@@ -216,6 +243,10 @@ class Trainer:
         self.step = 0
         self.last_grad_norm = None
         self.history = []  # (step, training loss) of every step fit() ran
+        # Element-wise optimizers update the model's one flat buffer in a single call.
+        self._flat_optimizer = (getattr(optimizer, "elementwise", False)
+                                and getattr(optimizer, "flat_size", None) == model.flat_params.size
+                                and list(optimizer.state_keys()) == list(model.params))
 
     # -- batches -------------------------------------------------------------------------------
     def _time_major_indices(self, array, label, allow_padding):
@@ -229,8 +260,8 @@ class Trainer:
             raise ValueError(f"{label} is empty")
         V = self.model.input_size if label == "inputs" else self.model.output_size
         low = -1 if allow_padding else 0
-        bad = (array < low) | (array >= V)
-        if bad.any():
+        if array.min() < low or array.max() >= V:
+            bad = (array < low) | (array >= V)
             raise ValueError(f"{label} holds {array[bad][0]}, outside the vocabulary [0, {V})"
                              + (" (-1 is padding)" if allow_padding else ""))
         return np.ascontiguousarray(array.T, dtype=np.int64)
@@ -284,12 +315,16 @@ class Trainer:
         loss, d_outputs, final, B = self._loss_and_gradient(x, y, weights, state, train=True)
         if B > 1:
             d_outputs *= self.model.dtype.type(1.0 / B)
-        grads = self.model.backward(d_outputs)
-        norm = clip_gradients(grads, self.clip, self.clip_mode)
+        grads = self.model.backward_into_buffer(d_outputs)
+        flat = self._flat_optimizer
+        norm = clip_gradients({"all": self.model.flat_grads} if flat else grads, self.clip, self.clip_mode)
         self.last_grad_norm = norm
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise NonFiniteLossError(f"the loss is {loss} and the gradient norm {norm} at step {self.step + 1}")
-        self.optimizer.step(self.model.params, grads)
+        if flat:
+            self.optimizer.step_flat(self.model.flat_params, self.model.flat_grads)
+        else:
+            self.optimizer.step(self.model.params, grads)
         self.state = final
         self.step += 1
         return loss / B

@@ -123,3 +123,68 @@ def column_sums(a2d, out):
         for k in range(K):
             out[k] += a2d[n, k]
 
+
+
+# ---- one call per layer and direction ---------------------------------------------------------
+
+class CellLoops:
+    """The four per-layer entry points for one cell, compiled with its kernels built in.
+
+    Each training step crosses from Python into compiled code once per layer and direction,
+    not once per kernel: at course sizes the per-call cost is as large as the arithmetic.
+    The cell's kernels are captured as constants rather than passed as arguments, which
+    spares Numba re-typing a function object on every call. Numba does not cache such
+    functions on disk, so they compile once per process, cell and dtype (as the loops that
+    take kernels as arguments would too: see ``sequence_forward``).
+    """
+
+    def __init__(self, cell_forward, cell_backward):
+        @njit
+        def forward_indices(idx, W_x, b_x, W_h, b_h, xz, states, cache, hz):
+            """project_indices then sequence_forward; idx (T*B,) integer inputs, xz (T, B, G*H)."""
+            T, B, GH = xz.shape
+            project_indices(idx, W_x, b_x, xz.reshape(T * B, GH))
+            sequence_forward(cell_forward, xz, W_h, b_h, states, cache, hz)
+
+        @njit
+        def forward_dense(x2d, W_x, b_x, W_h, b_h, xz, states, cache, hz):
+            """project_dense then sequence_forward; x2d (T*B, X)."""
+            T, B, GH = xz.shape
+            project_dense(x2d, W_x, b_x, xz.reshape(T * B, GH))
+            sequence_forward(cell_forward, xz, W_h, b_h, states, cache, hz)
+
+        @njit
+        def backward_indices(idx, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz, dh_recurrent,
+                             dW_x, dW_h, db_x, db_h):
+            """sequence_backward then the hoisted weight gradients, for integer inputs."""
+            T, B, GH = dxz.shape
+            H = W_h.shape[1]
+            sequence_backward(cell_backward, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz,
+                              dh_recurrent)
+            recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h)
+            input_weight_gradients_indices(dxz.reshape(T * B, GH), idx, dW_x, db_x)
+
+        @njit
+        def backward_dense(x2d, W_x, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz, dh_recurrent,
+                           dW_x, dW_h, db_x, db_h, dx2d):
+            """sequence_backward then the hoisted weight gradients and dx, for dense inputs."""
+            T, B, GH = dxz.shape
+            H = W_h.shape[1]
+            sequence_backward(cell_backward, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz,
+                              dh_recurrent)
+            recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h)
+            input_weight_gradients_dense(dxz.reshape(T * B, GH), x2d, W_x, dW_x, db_x, dx2d)
+
+        self.forward_indices, self.forward_dense = forward_indices, forward_dense
+        self.backward_indices, self.backward_dense = backward_indices, backward_dense
+
+
+_CELL_LOOPS = {}
+
+
+def loops_for(cell) -> CellLoops:
+    """The :class:`CellLoops` of a cell, built once per pair of kernels."""
+    key = (cell.forward, cell.backward)
+    if key not in _CELL_LOOPS:
+        _CELL_LOOPS[key] = CellLoops(cell.forward, cell.backward)
+    return _CELL_LOOPS[key]

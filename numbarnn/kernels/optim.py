@@ -98,12 +98,29 @@ def clip_by_value(g, max_value):
 def sum_of_squares(g):
     """sum(g*g) of a flat array in a float64 accumulator, so a caller can add several
     arrays' sums and take one square root for a global norm."""
-    s = 0.0
-    for i in range(g.shape[0]):
+    # Eight independent partial sums: without fastmath the compiler may not reorder one
+    # running sum, so a single accumulator would serialise on the add latency.
+    n = g.shape[0]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    i = 0
+    while i + 8 <= n:
         # np.float64, not float(): numba's float() leaves a float32 a float32.
+        x0, x1, x2, x3 = np.float64(g[i]), np.float64(g[i + 1]), np.float64(g[i + 2]), np.float64(g[i + 3])
+        x4, x5, x6, x7 = np.float64(g[i + 4]), np.float64(g[i + 5]), np.float64(g[i + 6]), np.float64(g[i + 7])
+        s0 += x0 * x0
+        s1 += x1 * x1
+        s2 += x2 * x2
+        s3 += x3 * x3
+        s4 += x4 * x4
+        s5 += x5 * x5
+        s6 += x6 * x6
+        s7 += x7 * x7
+        i += 8
+    while i < n:
         x = np.float64(g[i])
-        s += x * x
-    return s
+        s0 += x * x
+        i += 1
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
 @njit(cache=True)

@@ -11,39 +11,44 @@ from numba import njit
 from numbarnn.kernels.activations import sigmoid, tanh
 
 
+# One short loop per output array, as numbarnn's own kernels: loops that write a single
+# array are vectorised; one loop writing seven arrays would stay scalar.
+
 @njit(cache=True)
 def gru_forward(xz_t, hz_t, states, t, cache_t):
     B, H = states.shape[2], states.shape[3]
+    one = states.dtype.type(1.0)
     for b in range(B):
+        for j in range(H):  # reset gate
+            cache_t[b, j] = sigmoid(xz_t[b, j] + hz_t[b, j])
+        for j in range(H, 2 * H):  # update gate
+            cache_t[b, j] = sigmoid(xz_t[b, j] + hz_t[b, j])
+        for j in range(H):  # hz_n = W_hn h + b_hn, saved for the backward
+            cache_t[b, 3 * H + j] = hz_t[b, 2 * H + j]
+        for j in range(H):  # candidate: the reset gate multiplies hz_n
+            cache_t[b, 2 * H + j] = tanh(xz_t[b, 2 * H + j] + cache_t[b, j] * cache_t[b, 3 * H + j])
         for j in range(H):
-            r = sigmoid(xz_t[b, j] + hz_t[b, j])
-            z = sigmoid(xz_t[b, H + j] + hz_t[b, H + j])
-            hn = hz_t[b, 2 * H + j]
-            n = tanh(xz_t[b, 2 * H + j] + r * hn)
-            states[0, t + 1, b, j] = (1.0 - z) * n + z * states[0, t, b, j]
-            cache_t[b, j] = r
-            cache_t[b, H + j] = z
-            cache_t[b, 2 * H + j] = n
-            cache_t[b, 3 * H + j] = hn
+            z = cache_t[b, H + j]
+            states[0, t + 1, b, j] = (one - z) * cache_t[b, 2 * H + j] + z * states[0, t, b, j]
 
 
 @njit(cache=True)
 def gru_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev):
     B, H = states.shape[2], states.shape[3]
+    one = states.dtype.type(1.0)
     for b in range(B):
-        for j in range(H):
+        for j in range(H):  # dn_raw
+            z, n = cache_t[b, H + j], cache_t[b, 2 * H + j]
+            dxz_t[b, 2 * H + j] = dstate[0, b, j] * (one - z) * (one - n * n)
+        for j in range(H):  # dr
             r = cache_t[b, j]
+            dxz_t[b, j] = dxz_t[b, 2 * H + j] * cache_t[b, 3 * H + j] * r * (one - r)
+        for j in range(H):  # dz
             z = cache_t[b, H + j]
-            n = cache_t[b, 2 * H + j]
-            hn = cache_t[b, 3 * H + j]
-            dh = dstate[0, b, j]
-            dn = dh * (1.0 - z) * (1.0 - n * n)
-            dr = dn * hn * r * (1.0 - r)
-            dz = dh * (states[0, t, b, j] - n) * z * (1.0 - z)
-            dxz_t[b, j] = dr
-            dxz_t[b, H + j] = dz
-            dxz_t[b, 2 * H + j] = dn
-            dhz_t[b, j] = dr
-            dhz_t[b, H + j] = dz
-            dhz_t[b, 2 * H + j] = dn * r
-            dstate_prev[0, b, j] = dh * z
+            dxz_t[b, H + j] = dstate[0, b, j] * (states[0, t, b, j] - cache_t[b, 2 * H + j]) * z * (one - z)
+        for j in range(2 * H):
+            dhz_t[b, j] = dxz_t[b, j]
+        for j in range(H):
+            dhz_t[b, 2 * H + j] = dxz_t[b, 2 * H + j] * cache_t[b, j]
+        for j in range(H):
+            dstate_prev[0, b, j] = dstate[0, b, j] * cache_t[b, H + j]
