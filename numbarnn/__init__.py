@@ -10,6 +10,7 @@ from .models import RecurrentModel
 from .plugins import (get_cell, get_loss, get_optimizer, get_registry, get_sampler, list_cells,
                       list_losses, list_optimizers, list_plugins, list_samplers)
 from .registry import DuplicateNameError, UnknownNameError
+from .runtime import set_threads, warmup
 from .trainer import SequenceModel, Trainer, make_model, make_trainer
 
 __version__ = "0.1.0"
@@ -19,5 +20,5 @@ __all__ = [
     "hookimpl",
     "get_cell", "get_loss", "get_optimizer", "get_sampler", "get_registry",
     "list_cells", "list_losses", "list_optimizers", "list_samplers", "list_plugins",
-    "DuplicateNameError", "UnknownNameError", "__version__",
+    "DuplicateNameError", "UnknownNameError", "set_threads", "warmup", "__version__",
 ]

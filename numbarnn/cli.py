@@ -214,6 +214,7 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="CKPT", help="continue training from this checkpoint")
     parser.add_argument("--plot", metavar="PNG", help="write a loss-curve picture (needs matplotlib)")
     parser.add_argument("--device", choices=("cpu",), default="cpu", help="where to train (default: cpu)")
+    parser.add_argument("--threads", type=int, help="cap Numba's and BLAS's threads together (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_train, parser=parser)
     return parser
@@ -226,12 +227,16 @@ def run_train(args) -> int:
     from .trainer import make_trainer
 
     parser = args.parser
-    for name in ("hidden", "layers", "batch", "seq_length", "steps"):
+    for name in ("hidden", "layers", "batch", "seq_length", "steps", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             return _usage_error(parser, f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.epochs is not None and args.epochs <= 0:
         return _usage_error(parser, f"--epochs must be positive, got {args.epochs}")
+    if args.threads:
+        from .runtime import set_threads
+
+        _limits = set_threads(args.threads)  # noqa: F841 (kept alive while training)
     if args.plot:
         try:
             import matplotlib  # noqa: F401

@@ -1,0 +1,53 @@
+"""Runtime settings: one thread count for Numba and BLAS, and paying compile time up front."""
+from __future__ import annotations
+
+import time
+from typing import Iterable, Optional
+
+import numpy as np
+
+
+def set_threads(n: Optional[int]):
+    """Cap both Numba's and BLAS's thread pools at ``n`` threads (None: leave them as they are).
+
+    On a small machine the two pools must not fight: oversubscribing two cores costs more
+    than it gains. Returns the threadpoolctl limiter (kept alive for the process).
+
+    >>> import numba
+    >>> before = numba.get_num_threads()
+    >>> limiter = set_threads(1)
+    >>> numba.get_num_threads()
+    1
+    >>> limiter.restore_original_limits(); numba.set_num_threads(before)
+    """
+    if n is None:
+        return None
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"threads must be a positive integer, got {n!r}")
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    return threadpool_limits(limits=n)
+
+
+def warmup(cells: Iterable[str] = ("rnn", "lstm"), dtypes: Iterable[str] = ("float32", "float64"),
+           optimizer: str = "adam", verbose: bool = False) -> float:
+    """Compile (or load from the disk cache) everything a training step and generation need.
+
+    A fresh process otherwise pays this on its first ``train_step``. Returns the seconds spent.
+
+    >>> seconds = warmup(cells=("rnn",), dtypes=("float64",))
+    """
+    from .trainer import make_trainer
+
+    start = time.perf_counter()
+    for cell in cells:
+        for dtype in dtypes:
+            t0 = time.perf_counter()
+            trainer = make_trainer(cell=cell, optimizer=optimizer, vocab_size=3, hidden_size=2, dtype=dtype, seed=0)
+            trainer.train_step(np.array([[-1, 0, 1]]), np.array([[0, 1, 2]]), mask=np.ones((1, 3)))
+            trainer.generate(prime=[0], length=2)
+            if verbose:
+                print(f"warmup {cell} {dtype}: {time.perf_counter() - t0:.2f} s")
+    return time.perf_counter() - start
