@@ -44,6 +44,11 @@ class CellSpec:
         to_course, from_course: conversions to and from the course's named matrices, if any.
         state_names: names of the states, for messages and docs.
         defaults: default options, shown by ``numbarnn list cells``.
+        cuda_pointwise: where the cell's CUDA pointwise pair lives, as a dotted path
+            ``"package.module:NAME"`` (NAME a :class:`numbarnn.cuda.cells.CudaPointwise` of two
+            ``@cuda.jit(device=True)`` functions), imported only when ``device="cuda"`` is
+            asked for, so importing the cell never imports numba.cuda. None: CPU only
+            (``device="cuda"`` is then a clear error). See ``docs/gpu.md``.
     """
 
     name: str
@@ -60,6 +65,7 @@ class CellSpec:
     from_course: Optional[Callable[[Mapping[str, np.ndarray]], dict]] = None
     state_names: tuple = ("h",)
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    cuda_pointwise: Optional[str] = None
 
     def __post_init__(self):
         for attr in ("gates", "states", "cache_width"):
@@ -109,13 +115,14 @@ RNN = CellSpec(
     name="rnn", description="Elman RNN with tanh: h = tanh(W_x x + b_x + W_h h_prev + b_h)",
     gates=1, states=1, cache_width=0, forward=_k.rnn_forward, backward=_k.rnn_backward,
     torch_module="RNN", to_course=_rnn_to_course, from_course=_rnn_from_course,
+    cuda_pointwise="numbarnn.cuda.cells:RNN_CUDA",
 )
 
 LSTM = CellSpec(
     name="lstm", description="LSTM with PyTorch's gate equations (gate order i, f, g, o)",
     gates=4, states=2, cache_width=5, forward=_k.lstm_forward, backward=_k.lstm_backward,
     torch_module="LSTM", to_course=_lstm_to_course, from_course=_lstm_from_course,
-    state_names=("h", "c"),
+    state_names=("h", "c"), cuda_pointwise="numbarnn.cuda.cells:LSTM_CUDA",
 )
 
 BUILTIN_CELLS = (RNN, LSTM)

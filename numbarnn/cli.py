@@ -213,7 +213,8 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="CKPT", help="checkpoint to write (default: <data name>.ckpt)")
     parser.add_argument("--resume", metavar="CKPT", help="continue training from this checkpoint")
     parser.add_argument("--plot", metavar="PNG", help="write a loss-curve picture (needs matplotlib)")
-    parser.add_argument("--device", choices=("cpu",), default="cpu", help="where to train (default: cpu)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help='cpu (default), or cuda: an NVIDIA GPU (pip install "numbarnn[cuda]")')
     parser.add_argument("--threads", type=int, help="cap Numba's and BLAS's threads together (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_train, parser=parser)
@@ -223,6 +224,7 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
 def run_train(args) -> int:
     from . import data as D
     from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from .cuda import CudaUnavailableError, UnsupportedOnCuda
     from .registry import UnknownNameError
     from .trainer import make_trainer
 
@@ -281,8 +283,9 @@ def run_train(args) -> int:
                                    sampler=args.sampler,
                                    vocab=vocab, hidden_size=hidden, layers=args.layers or defaults["layers"],
                                    dropout=args.dropout, lr=args.lr or defaults["lr"], clip=args.clip or None,
-                                   clip_mode=args.clip_mode, dtype=args.dtype, seed=args.seed, mode=mode)
-    except (UnknownNameError, CheckpointError, ValueError) as error:
+                                   clip_mode=args.clip_mode, dtype=args.dtype, seed=args.seed, mode=mode,
+                                   device=args.device)
+    except (UnknownNameError, CheckpointError, ValueError, CudaUnavailableError, UnsupportedOnCuda) as error:
         return _usage_error(parser, str(error))
     steps = args.steps if args.steps or args.epochs else defaults["steps"]
     print(f"training a {trainer.config['layers']}-layer {trainer.config['cell']} ({trainer.config['hidden_size']} "

@@ -193,7 +193,7 @@ class SequenceModel:
 
 def make_model(cell="lstm", *, input_size: Optional[int] = None, vocab_size: Optional[int] = None,
                hidden_size: int = 128, output_size: Optional[int] = None, layers: int = 1,
-               dropout: float = 0.0, dtype="float32", seed: Optional[int] = None) -> SequenceModel:
+               dropout: float = 0.0, dtype="float32", seed: Optional[int] = None, device: str = "cpu"):
     """A :class:`SequenceModel` from a registered cell name.
 
     Give ``vocab_size`` for integer (one-hot) inputs, whose head then defaults to
@@ -206,11 +206,23 @@ def make_model(cell="lstm", *, input_size: Optional[int] = None, vocab_size: Opt
     """
     if (input_size is None) == (vocab_size is None):
         raise ValueError("give exactly one of input_size (dense inputs) or vocab_size (integer inputs)")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        from . import cuda as _cuda
+
+        _cuda.require()
     if vocab_size is not None:
-        return SequenceModel(cell, vocab_size, hidden_size, output_size or vocab_size, layers=layers,
-                             dropout=dropout, dtype=dtype, seed=seed, index_input=True)
-    return SequenceModel(cell, input_size, hidden_size, output_size, layers=layers, dropout=dropout,
-                         dtype=dtype, seed=seed, index_input=False)
+        model = SequenceModel(cell, vocab_size, hidden_size, output_size or vocab_size, layers=layers,
+                              dropout=dropout, dtype=dtype, seed=seed, index_input=True)
+    else:
+        model = SequenceModel(cell, input_size, hidden_size, output_size, layers=layers, dropout=dropout,
+                              dtype=dtype, seed=seed, index_input=False)
+    if device == "cuda":
+        from .cuda.trainer import CudaSequenceModel
+
+        return CudaSequenceModel(model)
+    return model
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -430,6 +442,16 @@ class Trainer:
         return beams[0][0]
 
     # -- training loop -----------------------------------------------------------------------------
+    def snapshot_params(self):
+        """A copy of every weight (one flat array), for :meth:`restore_params`."""
+        return self.model.flat_params.copy()
+
+    def restore_params(self, snapshot) -> None:
+        self.model.flat_params[...] = snapshot
+
+    def params_finite(self) -> bool:
+        return bool(np.isfinite(self.model.flat_params).all())
+
     def fit(self, batches, *, steps: Optional[int] = None, epochs: Optional[float] = None,
             validation=None, eval_every: int = 200, sample_every: int = 500, samples: int = 5,
             patience: Optional[int] = None, progress: bool = True, checkpoint: Optional[str] = None,
@@ -459,14 +481,13 @@ class Trainer:
             for _ in range(steps):
                 inputs, targets, mask, carry = batches.next_batch()
                 state = self.state if carry else None
-                snapshot = {k: v.copy() for k, v in self.model.params.items()}
+                snapshot = self.snapshot_params()
                 try:
                     loss = self.train_step(inputs, targets, mask, state=state)
-                    if not all(np.isfinite(v).all() for v in self.model.params.values()):
+                    if not self.params_finite():
                         raise NonFiniteLossError(f"the weights stopped being finite at step {self.step}")
                 except NonFiniteLossError as error:
-                    for key, value in snapshot.items():
-                        self.model.params[key][...] = value
+                    self.restore_params(snapshot)
                     summary.update(stopped="non-finite",
                                    reason=f"stopped: {error}; restored the weights of the last good step "
                                           "(try a lower --lr or a smaller --clip)")
@@ -491,12 +512,11 @@ class Trainer:
                           f"{summary['val_perplexity']:.2f}")
                     if val < best - 1e-6:
                         best, since_best = val, 0
-                        best_params = {k: v.copy() for k, v in self.model.params.items()}
+                        best_params = self.snapshot_params()
                     else:
                         since_best += 1
                         if patience is not None and since_best >= patience:
-                            for key, value in best_params.items():
-                                self.model.params[key][...] = value
+                            self.restore_params(best_params)
                             summary.update(stopped="early-stop", val_loss=best,
                                            val_perplexity=math.exp(min(best, 700)),
                                            reason=f"early stop at step {self.step}: no validation improvement "
@@ -558,7 +578,7 @@ def make_trainer(cell="lstm", loss="softmax_cross_entropy", optimizer="adam", sa
                  dropout: float = 0.0, lr: Optional[float] = None, clip: Optional[float] = 5.0,
                  clip_mode: str = "value", dtype="float32", seed: Optional[int] = None, vocab=None,
                  mode: Optional[str] = None, optimizer_options=None, sampler_options=None,
-                 **options) -> Trainer:
+                 device: str = "cpu", **options) -> Trainer:
     """A :class:`Trainer` composed from registry names (or spec objects).
 
     ``vocab_size`` (or a ``vocab``, a :class:`numbarnn.data.Vocabulary`, which also lets
@@ -569,7 +589,15 @@ def make_trainer(cell="lstm", loss="softmax_cross_entropy", optimizer="adam", sa
     go to the one component that accepts them (e.g. ``momentum=0.9`` to the optimizer,
     ``p=0.8`` to ``top_p``); an option no component accepts is an error listing what each
     accepts. ``mode`` ("names" or "stream") is recorded for generation and checkpoints.
+    ``device="cuda"`` runs the same trainer on an NVIDIA GPU (``pip install "numbarnn[cuda]"``;
+    see ``docs/gpu.md``); without the package, a driver or a GPU it says which is missing.
     """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        from . import cuda as _cuda
+
+        _cuda.require()  # a light check that fails before any work
     cell_spec, loss_spec = get_cell(cell), get_loss(loss)
     opt_spec, sampler_spec = get_optimizer(optimizer), get_sampler(sampler)
     if vocab is not None:
@@ -605,4 +633,8 @@ def make_trainer(cell="lstm", loss="softmax_cross_entropy", optimizer="adam", sa
                       config=config, vocab=vocab)
     trainer.cell_spec, trainer.loss_spec = cell_spec, loss_spec
     trainer.optimizer_spec, trainer.sampler_spec = opt_spec, sampler_spec
+    if device == "cuda":
+        from .cuda.trainer import cuda_trainer_from
+
+        trainer = cuda_trainer_from(trainer)
     return trainer

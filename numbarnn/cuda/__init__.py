@@ -26,7 +26,7 @@ Example (no GPU on the machine that runs the doctests, so this shows the error p
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Optional
 
 __all__ = ["CudaUnavailableError", "UnsupportedOnCuda", "available", "require", "unavailable_reason", "simulator", "config",
@@ -57,6 +57,8 @@ class Config:
 
     Attributes:
         threads: threads per block of the one-dimensional (elementwise) kernels.
+        max_blocks: at most this many blocks for those kernels; they loop over the rest
+            (grid-stride loops), so the simulator can run big arrays on few threads.
         gemm_tile: ``(BM, BN, BK, TM, TN)`` of the tiled matrix product: a block computes a
             BM x BN tile of the output in K-steps of BK through shared memory, each thread a
             TM x TN register tile (so a block has (BM/TM) * (BN/TN) threads).
@@ -71,6 +73,7 @@ class Config:
     """
 
     threads: int = 256
+    max_blocks: int = 1024
     gemm_tile: tuple = (64, 64, 16, 4, 4)
     step_tile: Optional[tuple] = None
     loop: str = "auto"
@@ -79,11 +82,12 @@ class Config:
     def update(self, **changes) -> "Config":
         """Set fields by name (unknown names are an error); returns self."""
         names = {f.name for f in fields(self)}
-        for key, value in changes.items():
+        for key in changes:
             if key not in names:
                 raise ValueError(f"numbarnn.cuda.config has no field {key!r}; fields: {sorted(names)}")
+        replace(self, **changes).check()  # nothing changes unless everything checks
+        for key, value in changes.items():
             setattr(self, key, value)
-        self.check()
         return self
 
     def check(self):
@@ -96,17 +100,20 @@ class Config:
                 raise ValueError(f"step_tile {self.step_tile}: TM must divide BM")
         if self.loop not in ("auto", "launch", "persistent"):
             raise ValueError(f"loop must be 'auto', 'launch' or 'persistent', got {self.loop!r}")
+        if self.max_blocks < 1:
+            raise ValueError(f"max_blocks must be at least 1, got {self.max_blocks}")
         for name in ("threads", "reduce_threads"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"{name} must be a power of two, got {value}")
 
-    def key(self) -> tuple:
-        return (self.threads, tuple(self.gemm_tile), None if self.step_tile is None else tuple(self.step_tile),
-                self.loop, self.reduce_threads)
-
 
 config = Config()
+
+
+def grid1d(n: int) -> int:
+    """Blocks for a one-dimensional kernel over n items (grid-stride loops do the rest)."""
+    return int(max(1, min(config.max_blocks, (n + config.threads - 1) // config.threads)))
 
 
 def simulator() -> bool:

@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 from numba import cuda
 
-from . import UnsupportedOnCuda, config
+from . import UnsupportedOnCuda, config, grid1d
 
 
 @dataclass(frozen=True)
@@ -191,8 +191,7 @@ class PointwiseKernels:
     threads: int
 
     def _grid(self, states):
-        n = states.shape[2] * states.shape[3]
-        return (n + self.threads - 1) // self.threads
+        return grid1d(states.shape[2] * states.shape[3])
 
     def forward(self, xz_t, hz_t, states, t, cache_t, stream=0):
         self.forward_kernel[self._grid(states), self.threads, stream](xz_t, hz_t, states, t, cache_t)
@@ -207,16 +206,14 @@ def _build_pointwise(pair: CudaPointwise):
 
     @cuda.jit
     def forward_kernel(xz_t, hz_t, states, t, cache_t):
-        i = cuda.grid(1)
         H = states.shape[3]
-        if i < states.shape[2] * H:
+        for i in range(cuda.grid(1), states.shape[2] * H, cuda.gridsize(1)):
             cell_forward(xz_t, hz_t, states, t, cache_t, i // H, i % H)
 
     @cuda.jit
     def backward_kernel(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev):
-        i = cuda.grid(1)
         H = states.shape[3]
-        if i < states.shape[2] * H:
+        for i in range(cuda.grid(1), states.shape[2] * H, cuda.gridsize(1)):
             cell_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev, i // H, i % H)
 
     return forward_kernel, backward_kernel

@@ -35,7 +35,7 @@ import numpy as np
 from numba import cuda
 from numba.np import numpy_support
 
-from . import config, simulator
+from . import config, grid1d, simulator
 from .cells import cell_key, resolve
 from .matmul import gemm
 
@@ -49,10 +49,9 @@ def project_dense(x2d, W_x, b_x, xz2d, stream=0):
 
 @cuda.jit
 def _project_indices_kernel(idx, W_x, b_x, xz2d):
-    p = cuda.grid(1)
     N = xz2d.shape[0]
     GH = xz2d.shape[1]
-    if p < N * GH:
+    for p in range(cuda.grid(1), N * GH, cuda.gridsize(1)):
         n = p // GH
         k = p - n * GH
         i = idx[n]
@@ -63,7 +62,7 @@ def _project_indices_kernel(idx, W_x, b_x, xz2d):
 
 
 def _blocks(n: int) -> int:
-    return max(1, (n + config.threads - 1) // config.threads)
+    return grid1d(n)
 
 
 def project_indices(idx, W_x, b_x, xz2d, stream=0):
@@ -74,30 +73,33 @@ def project_indices(idx, W_x, b_x, xz2d, stream=0):
 
 # ---- weight gradients, hoisted out of the loop -------------------------------------------
 
-_COLSUM_ROWS = 8  # row slices per block of the column sums (blocks are 32 columns x 8 slices)
+def _colsum_shape() -> tuple:
+    """Block of the column sums: CW columns x CR row slices (32 x 8 with 256 threads)."""
+    cw = min(32, config.threads)
+    return cw, max(1, config.threads // cw)
 
 
-def _build_column_sums(dtype):
+def _build_column_sums(dtype, CW: int, CR: int):
     nb_dtype = numpy_support.from_dtype(dtype)
     zero = dtype.type(0)
 
     @cuda.jit
     def column_sums_kernel(a2d, out):
-        partial = cuda.shared.array((_COLSUM_ROWS, 32), nb_dtype)
+        partial = cuda.shared.array((CR, CW), nb_dtype)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        k = cuda.blockIdx.x * 32 + tx
+        k = cuda.blockIdx.x * CW + tx
         N = a2d.shape[0]
         K = a2d.shape[1]
         s = zero
         if k < K:
-            for n in range(ty, N, _COLSUM_ROWS):
+            for n in range(ty, N, CR):
                 s += a2d[n, k]
         partial[ty, tx] = s
         cuda.syncthreads()
         if ty == 0 and k < K:
             total = zero
-            for r in range(_COLSUM_ROWS):
+            for r in range(CR):
                 total += partial[r, tx]
             out[k] = total
 
@@ -108,13 +110,14 @@ _COLSUMS = {}
 
 
 def column_sums(a2d, out, stream=0):
-    """out (K,) = sum over the rows of a2d (N, K)."""
+    """out (K,) = sum over the rows of a2d (N, K): a block sums CW columns in CR row slices."""
     dtype = np.dtype(a2d.dtype)
-    kernel = _COLSUMS.get(dtype.name)
+    CW, CR = _colsum_shape()
+    kernel = _COLSUMS.get((dtype.name, CW, CR))
     if kernel is None:
-        kernel = _COLSUMS[dtype.name] = _build_column_sums(dtype)
+        kernel = _COLSUMS[dtype.name, CW, CR] = _build_column_sums(dtype, CW, CR)
     K = a2d.shape[1]
-    kernel[(K + 31) // 32, (32, _COLSUM_ROWS), stream](a2d, out)
+    kernel[(K + CW - 1) // CW, (CW, CR), stream](a2d, out)
 
 
 def recurrent_weight_gradients(dhz2d, h_prev2d, dW_h, db_h, stream=0):
@@ -147,13 +150,14 @@ def _build_segment_sums(dtype):
 
     @cuda.jit
     def segment_sums_kernel(dxz2d, order, starts, dW_x):
-        k, i = cuda.grid(2)
         GH = dW_x.shape[0]
         V = dW_x.shape[1]
-        if k < GH and i < V:
+        for p in range(cuda.grid(1), GH * V, cuda.gridsize(1)):
+            i = p // GH
+            k = p - i * GH  # neighbouring threads: neighbouring columns of dxz2d
             s = zero
-            for p in range(starts[i], starts[i + 1]):
-                s += dxz2d[order[p], k]
+            for r in range(starts[i], starts[i + 1]):
+                s += dxz2d[order[r], k]
             dW_x[k, i] = s
 
     return segment_sums_kernel
@@ -169,9 +173,7 @@ def input_weight_gradients_indices(dxz2d, order, starts, dW_x, db_x, stream=0):
     kernel = _SEGMENT_SUMS.get(dtype.name)
     if kernel is None:
         kernel = _SEGMENT_SUMS[dtype.name] = _build_segment_sums(dtype)
-    tx = min(config.threads, 32)
-    ty = max(1, config.threads // tx)
-    kernel[((GH + tx - 1) // tx, (V + ty - 1) // ty), (tx, ty), stream](dxz2d, order, starts, dW_x)
+    kernel[grid1d(GH * V), config.threads, stream](dxz2d, order, starts, dW_x)
     column_sums(dxz2d, db_x, stream=stream)
 
 
@@ -466,3 +468,84 @@ def sequence_backward(kernels: StepKernels, W_h, states, cache, d_outputs, dstat
     launch = kernels.backward_step[ntiles, block, stream]
     for t in range(T - 1, t_stop - 1, -1):
         launch(t, T, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz)
+
+
+# ---- small helpers on device arrays ------------------------------------------------------
+
+@cuda.jit
+def fill_kernel(a, value):
+    for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
+        a[i] = value
+
+
+@cuda.jit
+def _copy_kernel(src, dst):
+    for i in range(cuda.grid(1), src.shape[0], cuda.gridsize(1)):
+        dst[i] = src[i]
+
+
+def copy_flat(src, dst, stream=0):
+    """dst[:] = src for two 1-D device arrays of the same size (device to device)."""
+    if src.shape != dst.shape:
+        raise ValueError(f"copy_flat: shapes differ, {src.shape} and {dst.shape}")
+    _copy_kernel[_blocks(src.shape[0]), config.threads, stream](src, dst)
+
+
+def fill(a1d, value, stream=0):
+    """a1d[:] = value for a 1-D (or flattened contiguous) device array."""
+    fill_kernel[_blocks(a1d.shape[0]), config.threads, stream](a1d, a1d.dtype.type(value))
+
+
+@cuda.jit
+def _state_out_kernel(states, t, out):
+    S = out.shape[0]
+    B = out.shape[1]
+    H = out.shape[2]
+    for p in range(cuda.grid(1), S * B * H, cuda.gridsize(1)):
+        s = p // (B * H)
+        r = p - s * B * H
+        b = r // H
+        j = r - b * H
+        out[s, b, j] = states[s, t, b, j]
+
+
+@cuda.jit
+def _state_in_kernel(src, states, t):
+    S = src.shape[0]
+    B = src.shape[1]
+    H = src.shape[2]
+    for p in range(cuda.grid(1), S * B * H, cuda.gridsize(1)):
+        s = p // (B * H)
+        r = p - s * B * H
+        b = r // H
+        j = r - b * H
+        states[s, t, b, j] = src[s, b, j]
+
+
+@cuda.jit
+def _state_copy_kernel(src, ts, dst, td):
+    S = src.shape[0]
+    B = src.shape[2]
+    H = src.shape[3]
+    for p in range(cuda.grid(1), S * B * H, cuda.gridsize(1)):
+        s = p // (B * H)
+        r = p - s * B * H
+        b = r // H
+        j = r - b * H
+        dst[s, td, b, j] = src[s, ts, b, j]
+
+
+def state_out(states, t, out, stream=0):
+    """out (S, B, H) = states[:, t]."""
+    _state_out_kernel[_blocks(out.size), config.threads, stream](states, t, out)
+
+
+def state_in(src, states, t, stream=0):
+    """states[:, t] = src (S, B, H)."""
+    _state_in_kernel[_blocks(src.size), config.threads, stream](src, states, t)
+
+
+def state_copy(src, ts, dst, td, stream=0):
+    """dst[:, td] = src[:, ts] for two (S, T+1, B, H) state arrays of the same S, B, H."""
+    n = src.shape[0] * src.shape[2] * src.shape[3]
+    _state_copy_kernel[_blocks(n), config.threads, stream](src, ts, dst, td)

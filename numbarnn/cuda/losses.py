@@ -3,7 +3,7 @@
 One thread per row computes what the CPU kernel computes for that row (the same
 max-shifted softmax, log-sum-exp in float64, the same gradient) and writes the row's
 loss to a float64 buffer; a two-stage reduction then sums the rows into one float64
-number on the device, so a training step copies back 8 bytes. The trainer's ``1/B``
+number on the device, so only that number comes back to the host. The trainer's ``1/B``
 scaling of the gradient is folded in (``scale``; 1 leaves the gradient as the CPU
 kernel writes it). fastmath stays off: these feed NaN checks.
 
@@ -17,14 +17,16 @@ import math
 import numpy as np
 from numba import cuda
 
-from . import config
+from . import config, grid1d
 
 # ---- reductions: x (n,) -> out[slot], float64 accumulation -----------------------------
 
 _REDUCE = {}
 
+SUM, SQUARES, NONFINITE = 0, 1, 2  # what reduce_sum adds up: x, x*x, or x - x (NaN iff x is not finite)
 
-def _build_reduce(threads: int, square: bool):
+
+def _build_reduce(threads: int, mode: int):
     @cuda.jit
     def partial_kernel(x, partials):
         buf = cuda.shared.array(threads, np.float64)
@@ -35,8 +37,10 @@ def _build_reduce(threads: int, square: bool):
         n = x.shape[0]
         while i < n:
             v = np.float64(x[i])
-            if square:
+            if mode == SQUARES:
                 s += v * v
+            elif mode == NONFINITE:
+                s += v - v
             else:
                 s += v
             i += stride
@@ -77,21 +81,23 @@ def _build_reduce(threads: int, square: bool):
 MAX_PARTIALS = 64
 
 
-def reduce_sum(x, out, slot=0, partials=None, square=False, stream=0):
-    """``out[slot] = sum(x)`` (or ``sum(x*x)`` with ``square``) in float64, on the device.
+def reduce_sum(x, out, slot=0, partials=None, square=False, stream=0, mode=None):
+    """``out[slot] = sum(x)`` (``sum(x*x)`` with ``square`` or ``mode=SQUARES``; with
+    ``mode=NONFINITE`` 0 when every element is finite, else NaN) in float64, on the device.
 
     x (n,) any float dtype; out a float64 device array; partials a float64 device scratch
     array of at least ``MAX_PARTIALS`` entries (allocated if None).
     """
     threads = config.reduce_threads
-    key = (threads, bool(square))
+    mode = (SQUARES if square else SUM) if mode is None else int(mode)
+    key = (threads, mode)
     kernels = _REDUCE.get(key)
     if kernels is None:
-        kernels = _REDUCE[key] = _build_reduce(threads, bool(square))
+        kernels = _REDUCE[key] = _build_reduce(threads, mode)
     partial_kernel, final_kernel = kernels
     if partials is None:
         partials = cuda.device_array(MAX_PARTIALS, np.float64)
-    nblocks = int(min(MAX_PARTIALS, max(1, (x.shape[0] + threads - 1) // threads)))
+    nblocks = int(min(MAX_PARTIALS, config.max_blocks, max(1, (x.shape[0] + threads - 1) // threads)))
     partial_kernel[nblocks, threads, stream](x, partials)
     final_kernel[1, threads, stream](partials, nblocks, out, slot)
 
@@ -102,10 +108,9 @@ def reduce_sum(x, out, slot=0, partials=None, square=False, stream=0):
 def softmax_cross_entropy_kernel(logits2d, targets, mask, scale, probs2d, dlogits2d, row_loss):
     """Row n of the CPU kernel: probs, ``dlogits = mask * (probs - onehot(target))`` (times
     ``scale`` unless it is 1) and ``row_loss[n] = -mask * log softmax(logits)[target]``."""
-    n = cuda.grid(1)
     N = logits2d.shape[0]
     V = logits2d.shape[1]
-    if n < N:
+    for n in range(cuda.grid(1), N, cuda.gridsize(1)):
         m = logits2d[n, 0]
         for k in range(1, V):
             if logits2d[n, k] > m:
@@ -138,7 +143,7 @@ def softmax_cross_entropy(logits2d, targets, mask, probs2d, dlogits2d, row_loss,
     CPU kernel, with the gradient multiplied by ``scale`` (a number of the logits' dtype)."""
     N = logits2d.shape[0]
     scale = np.dtype(logits2d.dtype).type(1 if scale is None else scale)
-    softmax_cross_entropy_kernel[max(1, (N + config.threads - 1) // config.threads), config.threads, stream](
+    softmax_cross_entropy_kernel[grid1d(N), config.threads, stream](
         logits2d, targets, mask, scale, probs2d, dlogits2d, row_loss)
     reduce_sum(row_loss, out, slot, partials, stream=stream)
 
@@ -147,10 +152,9 @@ def softmax_cross_entropy(logits2d, targets, mask, probs2d, dlogits2d, row_loss,
 
 @cuda.jit
 def squared_error_kernel(outputs2d, targets2d, mask, scale, dout2d, row_loss):
-    n = cuda.grid(1)
     N = outputs2d.shape[0]
     V = outputs2d.shape[1]
-    if n < N:
+    for n in range(cuda.grid(1), N, cuda.gridsize(1)):
         w = mask[n]
         if w == 0.0:
             for k in range(V):
@@ -173,6 +177,6 @@ def squared_error(outputs2d, targets2d, mask, dout2d, row_loss, out, slot=0, sca
     """Device arrays; ``out[slot]`` = ``0.5 * sum_n mask[n] * sum_k (out - target)^2`` (float64)."""
     N = outputs2d.shape[0]
     scale = np.dtype(outputs2d.dtype).type(1 if scale is None else scale)
-    squared_error_kernel[max(1, (N + config.threads - 1) // config.threads), config.threads, stream](
+    squared_error_kernel[grid1d(N), config.threads, stream](
         outputs2d, targets2d, mask, scale, dout2d, row_loss)
     reduce_sum(row_loss, out, slot, partials, stream=stream)

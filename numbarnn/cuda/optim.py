@@ -5,8 +5,9 @@ optimizer slot in buffers of the same layout), so each update or clip is one lau
 all parameters, one thread per element, with the CPU kernel's formula for that element.
 Scalar hyperparameters are Python floats (float64 arithmetic per element, rounded once
 when stored, as on the CPU); Adam's bias corrections are computed on the host exactly as
-the CPU kernel computes them. The global gradient norm stays on the device (``norm_sq``,
-a float64 device scalar) unless someone asks for it. fastmath stays off.
+the CPU kernel computes them. The squared global gradient norm is reduced on the device
+into a float64 device scalar (``norm_sq``), which clipping by norm reads there. fastmath
+stays off.
 """
 from __future__ import annotations
 
@@ -14,25 +15,23 @@ import math
 
 from numba import cuda
 
-from . import config
+from . import config, grid1d
 from .losses import reduce_sum
 
 
 def _grid(n: int) -> int:
-    return max(1, (n + config.threads - 1) // config.threads)
+    return grid1d(n)
 
 
 @cuda.jit
 def sgd_kernel(p, g, lr):
-    i = cuda.grid(1)
-    if i < p.shape[0]:
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
         p[i] -= lr * g[i]
 
 
 @cuda.jit
 def momentum_kernel(p, g, velocity, lr, momentum, nesterov):
-    i = cuda.grid(1)
-    if i < p.shape[0]:
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
         v = momentum * velocity[i] + g[i]
         velocity[i] = v
         if nesterov:
@@ -43,8 +42,7 @@ def momentum_kernel(p, g, velocity, lr, momentum, nesterov):
 
 @cuda.jit
 def adagrad_kernel(p, g, memory, lr, eps):
-    i = cuda.grid(1)
-    if i < p.shape[0]:
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
         gi = g[i]
         mem = memory[i] + gi * gi
         memory[i] = mem
@@ -53,8 +51,7 @@ def adagrad_kernel(p, g, memory, lr, eps):
 
 @cuda.jit
 def rmsprop_kernel(p, g, square_avg, lr, alpha, eps):
-    i = cuda.grid(1)
-    if i < p.shape[0]:
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
         gi = g[i]
         v = alpha * square_avg[i] + (1.0 - alpha) * (gi * gi)
         square_avg[i] = v
@@ -63,8 +60,7 @@ def rmsprop_kernel(p, g, square_avg, lr, alpha, eps):
 
 @cuda.jit
 def adam_kernel(p, g, m, v, step_size, beta1, beta2, eps, bc2_sqrt):
-    i = cuda.grid(1)
-    if i < p.shape[0]:
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
         gi = g[i]
         mi = beta1 * m[i] + (1.0 - beta1) * gi
         vi = beta2 * v[i] + (1.0 - beta2) * (gi * gi)
@@ -107,8 +103,7 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, stream=0):
 
 @cuda.jit
 def clip_by_value_kernel(g, max_value):
-    i = cuda.grid(1)
-    if i < g.shape[0]:
+    for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
         if g[i] > max_value:
             g[i] = max_value
         elif g[i] < -max_value:
@@ -119,10 +114,9 @@ def clip_by_value_kernel(g, max_value):
 def clip_by_norm_kernel(g, norm_sq, clip):
     """torch's clip_grad_norm_: scale by clip / (norm + 1e-6) when that is below 1 (a NaN
     norm scales nothing, an infinite one scales by 0), the norm read on the device."""
-    i = cuda.grid(1)
-    if i < g.shape[0]:
-        coef = clip / (math.sqrt(norm_sq[0]) + 1e-6)
-        if coef < 1.0:
+    coef = clip / (math.sqrt(norm_sq[0]) + 1e-6)
+    if coef < 1.0:
+        for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
             g[i] *= coef
 
 

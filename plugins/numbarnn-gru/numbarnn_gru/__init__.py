@@ -30,6 +30,7 @@ GRU = CellSpec(
     shared_gate_grad=False,
     torch_module="GRU",
     state_names=("h",),
+    cuda_pointwise="numbarnn_gru.cuda:GRU_CUDA",  # imported only for device="cuda"
 )
 
 

@@ -1,0 +1,239 @@
+"""The device check: one run on a real NVIDIA GPU says whether device="cuda" is right and how fast.
+
+    python benchmarks/gpu_check.py                 # on a GPU machine: full sizes, under 5 minutes
+    python benchmarks/gpu_check.py --sim --quick   # anywhere: CUDA simulator, tiny sizes (plumbing check)
+
+In one run it
+
+1. runs the ``gpu``-marked tests (``tests/test_gpu.py``; they skip on the simulator);
+2. compares outputs and gradients of every registered cell with a CUDA pair against the
+   CPU kernels in float64, and prints the relative error per cell (float64 and float32
+   on the device, both against CPU float64);
+3. times an LSTM training step (forward, BPTT, clip, Adam) at hidden 1024, batch 64,
+   T 100, float32, for each loop strategy, against PyTorch's cuDNN LSTM doing the same
+   step on the same GPU; and the same at batch 1 and 4;
+4. prints one table last.
+
+Targets (from the issue): within 2x of cuDNN at batch 64, ahead of it at batch 1 to 4.
+Timings are medians over repeats after a warm-up that pays the compilation.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sim", action="store_true", help="run on numba's CUDA simulator (no GPU needed)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case")
+    parser.add_argument("--skip-tests", action="store_true", help="do not run the gpu-marked tests")
+    return parser.parse_args(argv)
+
+
+ARGS = parse_args()
+if ARGS.sim:  # must be set before numba is imported
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+import numbarnn  # noqa: E402
+import numbarnn.cuda as nc  # noqa: E402
+
+ROWS = []  # (section, item, value) for the final table
+
+
+def row(section, item, value):
+    ROWS.append((section, item, value))
+    print(f"  {item}: {value}", flush=True)
+
+
+def run_gpu_tests():
+    started = time.perf_counter()
+    env = dict(os.environ)
+    result = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_gpu.py"), "-q", "-m", "gpu",
+                             "-p", "no:cacheprovider", "-o", "addopts="],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    summary = lines[-1] if lines else "(no output)"
+    if result.returncode not in (0, 5):
+        print(result.stdout[-4000:], result.stderr[-2000:])
+    row("tests", "gpu-marked tests", f"{summary.strip('= ')} ({time.perf_counter() - started:.0f} s)")
+
+
+def rel_err(actual, expected):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    scale = max(np.abs(expected).max(), 1e-300)
+    return float(np.abs(actual - expected).max() / scale)
+
+
+def check_cells(sizes):
+    from numbarnn.cuda.trainer import make_cuda_model
+
+    V, H, T, B = sizes
+    for name in numbarnn.list_cells():
+        cell = numbarnn.get_cell(name)
+        if not cell.cuda_pointwise:
+            row("accuracy", f"{name}", "no CUDA pair (CPU only)")
+            continue
+        x = np.random.default_rng(0).integers(-1, V, size=(T, B))
+        cpu = numbarnn.make_model(name, vocab_size=V, hidden_size=H, dtype="float64", seed=0)
+        out_c, _ = cpu.forward(x)
+        d = np.random.default_rng(1).normal(size=out_c.shape)
+        grads_c = cpu.backward(d)
+        for dtype in ("float64", "float32"):
+            gpu = make_cuda_model(name, vocab_size=V, hidden_size=H, dtype=dtype, seed=0)
+            gpu.load_params(cpu.params)
+            out_g, _ = gpu.forward(x)
+            grads_g = gpu.backward(d)
+            grad_err = max(rel_err(grads_g[k], grads_c[k]) for k in grads_c)
+            row("accuracy", f"{name} {dtype} vs CPU float64 (outputs / gradients)",
+                f"{rel_err(out_g, out_c):.1e} / {grad_err:.1e}")
+
+
+def median_time(fn, repeats, sync):
+    fn()  # warm-up: compilation, buffer allocation
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def time_numbarnn(V, H, B, T, loop, repeats):
+    from numba import cuda
+
+    from numbarnn.cuda.trainer import make_cuda_trainer
+
+    trainer = make_cuda_trainer("lstm", "softmax_cross_entropy", "adam", "categorical", vocab_size=V,
+                                hidden_size=H, lr=1e-3, clip=5.0, dtype="float32", seed=0, loop=loop)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, V, size=(B, T)), rng.integers(0, V, size=(B, T))
+    return median_time(lambda: trainer.train_step(x, y), repeats, cuda.synchronize)
+
+
+def torch_step(V, H, B, T, repeats):
+    """(seconds, device label) of the same step in PyTorch, or (None, reason)."""
+    try:
+        import torch
+    except ImportError:
+        return None, "PyTorch not installed"
+    on_gpu = torch.cuda.is_available() and not ARGS.sim
+    if not on_gpu and not ARGS.sim:
+        return None, "PyTorch has no CUDA here (a CPU build?)"
+    device = torch.device("cuda" if on_gpu else "cpu")
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(V, H).to(device)
+    head = torch.nn.Linear(H, V).to(device)
+    params = list(lstm.parameters()) + list(head.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3)
+    rng = np.random.default_rng(0)
+    x = torch.nn.functional.one_hot(torch.tensor(rng.integers(0, V, size=(T, B))), V).float().to(device)
+    y = torch.tensor(rng.integers(0, V, size=(T * B,))).to(device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out, _ = lstm(x)
+        loss = torch.nn.functional.cross_entropy(head(out).reshape(T * B, V), y, reduction="sum") / B
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(params, 5.0)
+        opt.step()
+        return loss.item()  # one copy back, as numbarnn's
+
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    label = f"cuDNN {torch.backends.cudnn.version()}" if on_gpu else "PyTorch CPU (simulator run)"
+    return median_time(step, repeats, sync), label
+
+
+def time_steps(cases, repeats):
+    for (V, H, B, T) in cases:
+        label = f"LSTM step V{V} H{H} B{B} T{T} float32"
+        ours = {}
+        for loop in ("launch", "persistent"):
+            try:
+                ours[loop] = time_numbarnn(V, H, B, T, loop, repeats)
+                row("speed", f"{label}, numbarnn loop={loop}", f"{ours[loop] * 1e3:.2f} ms")
+            except Exception as error:  # noqa: BLE001 - report and go on (e.g. no cooperative launch)
+                row("speed", f"{label}, numbarnn loop={loop}", f"failed: {type(error).__name__}: {error}"[:160])
+        seconds, where = torch_step(V, H, B, T, repeats)
+        if seconds is None:
+            row("speed", f"{label}, PyTorch", where)
+            continue
+        row("speed", f"{label}, {where}", f"{seconds * 1e3:.2f} ms")
+        if ours:
+            best_loop = min(ours, key=ours.get)
+            row("speed", f"{label}, best numbarnn / PyTorch", f"{ours[best_loop] / seconds:.2f}x (loop={best_loop})")
+
+
+def print_table():
+    print()
+    print("=" * 100)
+    width = max(len(item) for _, item, _ in ROWS) if ROWS else 10
+    print(f"{'section':<9} {'check':<{width}}  result")
+    print(f"{'-' * 9} {'-' * width}  {'-' * 30}")
+    for section, item, value in ROWS:
+        print(f"{section:<9} {item:<{width}}  {value}")
+    print("=" * 100)
+
+
+def main():
+    started = time.perf_counter()
+    if ARGS.sim:
+        # Tiny launch shapes, as the simulator tests use, so tiny sizes still span several blocks.
+        nc.config.update(threads=4, max_blocks=3, gemm_tile=(8, 8, 4, 2, 2), step_tile=(2, 4, 4, 1), reduce_threads=4)
+    nc.require()
+    import numba
+
+    versions = f"numba {numba.__version__}"
+    try:
+        from importlib.metadata import version
+
+        versions += f", numba-cuda {version('numba-cuda')}"
+    except Exception:  # noqa: BLE001
+        versions += ", numba-cuda not installed (numba's built-in target)"
+    if nc.simulator():
+        device = "CUDA simulator"
+    else:
+        from numba import cuda
+
+        device = cuda.get_current_device().name
+        device = device.decode() if isinstance(device, bytes) else str(device)
+    row("setup", "device", device)
+    row("setup", "versions", versions)
+    row("setup", "launch config", f"{nc.config}")
+
+    print("\n[1/3] gpu tests", flush=True)
+    if ARGS.skip_tests:
+        row("tests", "gpu-marked tests", "skipped (--skip-tests)")
+    else:
+        run_gpu_tests()
+
+    print("\n[2/3] outputs and gradients against CPU float64", flush=True)
+    check_cells((7, 6, 3, 2) if ARGS.quick else (65, 128, 20, 8))
+
+    print("\n[3/3] training step timings", flush=True)
+    repeats = ARGS.repeats or (1 if ARGS.quick else 5)
+    if ARGS.quick:
+        cases = [(7, 6, 2, 3), (7, 6, 1, 3)]
+    else:
+        cases = [(65, 1024, 64, 100), (65, 1024, 4, 100), (65, 1024, 1, 100)]
+    time_steps(cases, repeats)
+    row("setup", "total time", f"{time.perf_counter() - started:.0f} s")
+    print_table()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
