@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .cells import PARAM_NAMES
-from .kernels import heads
+from .kernels import heads, loops
 from .models import RecurrentModel, resolve_dtype
 from .optimizers import UnknownOptionError, clip_gradients
 from .plugins import get_cell, get_loss, get_optimizer, get_sampler
@@ -400,6 +400,9 @@ class Trainer:
             return self._beam_search(prime, length, chooser.beam_width, stop_index)
         rng = self.rng if seed is None else np.random.default_rng(seed)
         model = self.model
+        mode = _FAST_SAMPLERS.get(type(chooser).__name__) if type(chooser).__module__ == "numbarnn.samplers" else None
+        if mode is not None and type(model) is SequenceModel and len(model.layers) == 1 and model.output_size:
+            return self._generate_compiled(prime, length, chooser, mode, rng, stop_index)
         x = np.array([[START_INPUT]])
         logits, state = model.forward(np.array(prime)[:, None] if prime else x)
         last = logits[-1, 0]
@@ -413,6 +416,29 @@ class Trainer:
             logits, state = model.forward(x, state)
             last = logits[0, 0]
         return out
+
+    def _generate_compiled(self, prime, length, chooser, mode, rng, stop_index):
+        """The whole generation in one compiled call: identical to stepping ``forward`` and
+        calling the sampler, including what the generator draws (the uniforms are drawn
+        ahead from a copy of its state, then exactly the used ones from the generator)."""
+        model, layer = self.model, self.model.layers[0]
+        cell, H, dtype = model.cell, model.hidden_size, model.dtype
+        options = chooser.options
+        state_before = rng.bit_generator.state
+        uniforms = rng.random(length) if mode != 1 else np.zeros(1)
+        rng.bit_generator.state = state_before
+        out = np.empty(length, np.int64)
+        p = model.params
+        n, used = loops.loops_for(cell).generate(
+            np.asarray(prime, np.int64), length, p["W_x"], p["b_x"], p["W_h"], p["b_h"], p["W_y"], p["b_y"], mode,
+            float(options.get("temperature", 1.0)), int(options.get("k", 1)), float(options.get("p", 1.0)), uniforms,
+            -2 if stop_index is None else int(stop_index), out, np.zeros((cell.states, 2, 1, H), dtype),
+            np.empty((1, 1, cell.cache_width * H), dtype), np.empty((1, 1, cell.gates * H), dtype),
+            np.empty((1, cell.gates * H), dtype), np.empty((1, model.output_size), dtype),
+            np.empty(model.output_size), np.empty(model.output_size), np.empty(1, np.int64))
+        if used:
+            rng.random(used)  # advance the generator past exactly the draws that were used
+        return out[:n].tolist()
 
     def _beam_search(self, prime, length, width, stop_index):
         """Highest total log-probability continuation kept among ``width`` beams."""
@@ -563,6 +589,9 @@ class Trainer:
 
 
 START_INPUT = -1
+# Built-in samplers the compiled generation loop implements (the sampler mode it takes).
+_FAST_SAMPLERS = {"CategoricalSampler": 0, "GreedySampler": 1, "TemperatureSampler": 2, "TopKSampler": 3,
+                  "TopPSampler": 4}
 
 
 def _progress_bar(total, enabled):

@@ -190,3 +190,23 @@ def test_bad_batches_are_refused_before_the_kernels():
         trainer.train_step([0, 1], [1, 2], mask=np.ones((2, 2)))
     with pytest.raises(ValueError, match=r"inputs must be integers"):
         trainer.train_step(np.zeros((2, 2)), [[1, 2], [1, 2]])
+
+
+@pytest.mark.parametrize("name, options", [("categorical", {}), ("greedy", {}), ("temperature", {"temperature": 0.7}),
+                                           ("top_k", {"k": 3}), ("top_p", {"p": 0.8})])
+@pytest.mark.parametrize("cell", CELLS)
+def test_compiled_generation_equals_stepping_the_model(monkeypatch, name, options, cell):
+    from numbarnn import trainer as T
+
+    trainer = numbarnn.make_trainer(cell=cell, sampler=name, vocab_size=5, hidden_size=8, seed=0, **options)
+    for _ in range(10):
+        trainer.train_step(SEQ[:-1], SEQ[1:])
+    runs = []
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(T, "_FAST_SAMPLERS", {})
+        trainer.rng = np.random.default_rng(11)
+        long = trainer.generate(prime=[0, 1], length=40)
+        stopped = trainer.generate(length=40, stop_index=3)
+        runs.append((long, stopped, trainer.rng.random()))  # the generator ends in the same state
+    assert runs[0] == runs[1]

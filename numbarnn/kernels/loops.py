@@ -7,6 +7,10 @@ weight gradients are two whole-sequence products after BPTT, as in cuDNN/oneDNN.
 import numpy as np
 from numba import njit
 
+from .sampling import apply_temperature as apply_softmax
+from .sampling import argmax as argmax_row
+from .sampling import sample_categorical, top_k_filter, top_p_filter
+
 
 # ---- input projection: XZ = X @ W_x.T + b_x for all steps at once -------------------------
 
@@ -175,8 +179,55 @@ class CellLoops:
             recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h)
             input_weight_gradients_dense(dxz.reshape(T * B, GH), x2d, W_x, dW_x, db_x, dx2d)
 
+        @njit
+        def generate(prime, length, W_x, b_x, W_h, b_h, W_y, b_y, mode, temperature, top_k, top_p, uniforms,
+                     stop_index, out, states, cache, xz, hz, logits, probs, kept, index):
+            """Generate up to ``length`` indices into ``out`` with one layer and a dense head.
+
+            The same operations as stepping ``RecurrentModel.forward`` one index at a time
+            and choosing with a built-in sampler (``mode``: 0 categorical, 1 greedy,
+            2 temperature, 3 top-k, 4 top-p), with ``uniforms`` pre-drawn. states
+            (S, 2, 1, H) start at the initial state. Returns (indices written, uniforms used).
+            """
+            n_prime = prime.shape[0]
+            for t in range(max(n_prime, 1)):  # feed the prime (or the zero input)
+                index[0] = prime[t] if n_prime else -1
+                _step(index, W_x, b_x, W_h, b_h, W_y, b_y, states, cache, xz, hz, logits)
+            used = 0
+            for n in range(length):
+                if mode == 1:
+                    chosen = argmax_row(logits[0])
+                else:
+                    apply_softmax(logits[0], temperature, probs)
+                    if mode == 3:
+                        top_k_filter(probs, top_k, kept)
+                        chosen = sample_categorical(kept, uniforms[used])
+                    elif mode == 4:
+                        top_p_filter(probs, top_p, kept)
+                        chosen = sample_categorical(kept, uniforms[used])
+                    else:
+                        chosen = sample_categorical(probs, uniforms[used])
+                    used += 1
+                out[n] = chosen
+                if chosen == stop_index:
+                    return n + 1, used
+                if n + 1 < length:
+                    index[0] = chosen
+                    _step(index, W_x, b_x, W_h, b_h, W_y, b_y, states, cache, xz, hz, logits)
+            return length, used
+
+        @njit
+        def _step(index, W_x, b_x, W_h, b_h, W_y, b_y, states, cache, xz, hz, logits):
+            project_indices(index, W_x, b_x, xz[0])
+            sequence_forward(cell_forward, xz, W_h, b_h, states, cache, hz)
+            for s in range(states.shape[0]):
+                for j in range(states.shape[3]):
+                    states[s, 0, 0, j] = states[s, 1, 0, j]
+            project_dense(states[0, 1], W_y, b_y, logits)
+
         self.forward_indices, self.forward_dense = forward_indices, forward_dense
         self.backward_indices, self.backward_dense = backward_indices, backward_dense
+        self.generate = generate
 
 
 _CELL_LOOPS = {}
