@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .cells import PARAM_NAMES
+from . import losses as _builtin_losses
 from .kernels import heads, loops
 from .models import RecurrentModel, resolve_dtype
 from .optimizers import UnknownOptionError, clip_gradients
@@ -255,6 +256,12 @@ class Trainer:
         self.step = 0
         self.last_grad_norm = None
         self.history = []  # (step, training loss) of every step fit() ran
+        # The common model (one layer of any cell, integer inputs, a head, the built-in
+        # softmax cross-entropy) trains through one compiled call per step.
+        self._workspace = {}
+        self._compiled_step = (type(model) is SequenceModel and len(model.layers) == 1 and model.index_input
+                               and model.output_size is not None
+                               and loss.forward_backward is _builtin_losses.softmax_cross_entropy)
         # Element-wise optimizers update the model's one flat buffer in a single call.
         self._flat_optimizer = (getattr(optimizer, "elementwise", False)
                                 and getattr(optimizer, "flat_size", None) == model.flat_params.size
@@ -324,10 +331,14 @@ class Trainer:
         the gradient norm is not finite.
         """
         x, y, weights = self._prepare(inputs, targets, mask)
-        loss, d_outputs, final, B = self._loss_and_gradient(x, y, weights, state, train=True)
-        if B > 1:
-            d_outputs *= self.model.dtype.type(1.0 / B)
-        grads = self.model.backward_into_buffer(d_outputs)
+        if self._compiled_step:
+            loss, final, B = self._language_model_step(x, y, weights, state)
+            grads = self.model._grad_views
+        else:
+            loss, d_outputs, final, B = self._loss_and_gradient(x, y, weights, state, train=True)
+            if B > 1:
+                d_outputs *= self.model.dtype.type(1.0 / B)
+            grads = self.model.backward_into_buffer(d_outputs)
         flat = self._flat_optimizer
         norm = clip_gradients({"all": self.model.flat_grads} if flat else grads, self.clip, self.clip_mode)
         self.last_grad_norm = norm
@@ -340,6 +351,32 @@ class Trainer:
         self.state = final
         self.step += 1
         return loss / B
+
+    def _language_model_step(self, x, y, weights, state):
+        """The common model's forward, loss and backward in one compiled call (see
+        ``CellLoops.language_model_step``); buffers are reused between steps of one shape."""
+        model = self.model
+        layer, cell, dtype = model.layers[0], model.cell, model.dtype
+        T, B = x.shape
+        H, V, GH, S = model.hidden_size, model.output_size, cell.gates * model.hidden_size, cell.states
+        work = self._workspace.get((T, B))
+        if work is None:
+            empty = lambda *shape: np.empty(shape, dtype)  # noqa: E731
+            dxz = empty(T, B, GH)
+            work = self._workspace[(T, B)] = (
+                empty(T, B, GH), empty(S, T + 1, B, H), empty(T, B, cell.cache_width * H), empty(B, GH),
+                empty(T * B, V), empty(T * B, V), empty(T * B, V), empty(T, B, H), empty(S, B, H), empty(S, B, H),
+                dxz, dxz if cell.shared_gate_grad else empty(T, B, GH), empty(B, H))
+        xz, states = work[0], work[1]
+        initial = layer._unpack_state(state, B, "initial state") if state is not None else None
+        for s in range(S):
+            states[s, 0] = 0.0 if initial is None else initial[s]
+        p, g = model.params, model._grad_views
+        loss = loops.loops_for(cell).language_model_step(
+            x.reshape(T * B), y, weights, dtype.type(1.0 / B), p["W_x"], p["b_x"], p["W_h"], p["b_h"], p["W_y"],
+            p["b_y"], *work, g["W_x"], g["W_h"], g["b_x"], g["b_h"], g["W_y"], g["b_y"])
+        final = layer._pack_state([states[s, T].copy() for s in range(S)])
+        return float(loss), final, B
 
     def evaluate(self, inputs, targets, mask=None, state=None):
         """``(summed loss, token count, final state)`` without updating anything."""

@@ -210,3 +210,23 @@ def test_compiled_generation_equals_stepping_the_model(monkeypatch, name, option
         stopped = trainer.generate(length=40, stop_index=3)
         runs.append((long, stopped, trainer.rng.random()))  # the generator ends in the same state
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_compiled_training_step_equals_the_general_path(dtype, cell):
+    x = np.array([[0, 1, 2, 3, 4], [4, 3, -1, -1, -1]])
+    y = np.array([[1, 2, 3, 4, 0], [2, 1, -1, -1, -1]])
+    mask = (y >= 0).astype(float)
+    runs = []
+    for compiled in (True, False):
+        trainer = numbarnn.make_trainer(cell=cell, optimizer="adam", vocab_size=5, hidden_size=6, dtype=dtype, seed=4)
+        assert trainer._compiled_step
+        trainer._compiled_step = compiled
+        losses = [trainer.train_step(x, y, mask=mask) for _ in range(3)]
+        losses.append(trainer.train_step(SEQ[:-1], SEQ[1:], state=None))
+        losses.append(trainer.train_step(x[:1], y[:1], state=trainer.model.zero_state(1)))
+        runs.append((losses, trainer.model.flat_params.copy(), trainer.state))
+    assert runs[0][0] == runs[1][0]
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    np.testing.assert_array_equal(np.asarray(runs[0][2]), np.asarray(runs[1][2]))

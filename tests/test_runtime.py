@@ -26,13 +26,18 @@ def test_set_threads_caps_numba_and_blas():
 SECOND_TRAINER = """
 import numpy as np, numbarnn
 from numbarnn.kernels import loops
+
+def compiled():
+    cell_loops = loops.loops_for(numbarnn.get_cell("lstm"))
+    names = ("forward_indices", "backward_indices", "language_model_step", "generate")
+    return {name: len(getattr(cell_loops, name).signatures) for name in names}
+
 numbarnn.warmup(cells=("lstm",), dtypes=("float32",))
-compiled = {name: len(getattr(loops.loops_for(numbarnn.get_cell("lstm")), name).signatures)
-            for name in ("forward_indices", "backward_indices")}
+before = compiled()
 trainer = numbarnn.make_trainer(cell="lstm", vocab_size=7, hidden_size=5, dtype="float32", seed=1)
 trainer.train_step(np.array([[0, 1, 2]]), np.array([[1, 2, 3]]))
-after = {name: len(getattr(loops.loops_for(numbarnn.get_cell("lstm")), name).signatures) for name in compiled}
-print(compiled == after and all(v == 1 for v in after.values()))
+trainer.generate(prime=[1], length=3)
+print(before == compiled() and before["language_model_step"] == 1 and before["generate"] == 1)
 """
 
 

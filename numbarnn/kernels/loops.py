@@ -10,6 +10,7 @@ from numba import njit
 from .sampling import apply_temperature as apply_softmax
 from .sampling import argmax as argmax_row
 from .sampling import sample_categorical, top_k_filter, top_p_filter
+from .losses import softmax_cross_entropy
 
 
 # ---- input projection: XZ = X @ W_x.T + b_x for all steps at once -------------------------
@@ -225,9 +226,41 @@ class CellLoops:
                     states[s, 0, 0, j] = states[s, 1, 0, j]
             project_dense(states[0, 1], W_y, b_y, logits)
 
+        @njit
+        def language_model_step(idx, targets, weights, scale, W_x, b_x, W_h, b_h, W_y, b_y, xz, states, cache, hz,
+                                logits, probs, dlogits, d_hidden, dstate, dstate_prev, dxz, dhz, dh_recurrent,
+                                dW_x, dW_h, db_x, db_h, dW_y, db_y):
+            """Forward, softmax cross-entropy and BPTT of one layer with a dense head, in one call.
+
+            The same kernels, in the same order, as ``RecurrentModel.forward``, the head,
+            the ``softmax_cross_entropy`` loss, the head's backward and ``RecurrentModel.bptt``
+            (bit for bit): the trainer's path for the common model, without a dozen
+            crossings from Python. idx, targets, weights (T*B,); dlogits are scaled by
+            ``scale`` (1/B, the batch mean). Returns the summed loss.
+            """
+            T, B, GH = xz.shape
+            H = W_h.shape[1]
+            project_indices(idx, W_x, b_x, xz.reshape(T * B, GH))
+            sequence_forward(cell_forward, xz, W_h, b_h, states, cache, hz)
+            hidden = states[0, 1:].reshape(T * B, H)
+            project_dense(hidden, W_y, b_y, logits)
+            loss = softmax_cross_entropy(logits, targets, weights, probs, dlogits)
+            if scale != 1.0:
+                for n in range(T * B):
+                    for v in range(logits.shape[1]):
+                        dlogits[n, v] *= scale
+            input_weight_gradients_dense(dlogits, hidden, W_y, dW_y, db_y, d_hidden.reshape(T * B, H))
+            dstate[...] = 0.0
+            sequence_backward(cell_backward, W_h, states, cache, d_hidden, dstate, dstate_prev, dxz, dhz,
+                              dh_recurrent)
+            recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h)
+            input_weight_gradients_indices(dxz.reshape(T * B, GH), idx, dW_x, db_x)
+            return loss
+
         self.forward_indices, self.forward_dense = forward_indices, forward_dense
         self.backward_indices, self.backward_dense = backward_indices, backward_dense
         self.generate = generate
+        self.language_model_step = language_model_step
 
 
 _CELL_LOOPS = {}
