@@ -45,3 +45,32 @@ def test_a_second_trainer_with_the_same_dtypes_compiles_nothing():
     result = subprocess.run([sys.executable, "-c", SECOND_TRAINER], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
+
+
+def test_per_cell_loops_are_generated_into_the_cache_and_reused(tmp_path, monkeypatch):
+    from numbarnn.kernels import loops
+
+    monkeypatch.setenv("NUMBARNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(loops, "_CELL_LOOPS", {})
+    module = loops.loops_for(numbarnn.get_cell("rnn"))
+    assert loops.loops_for(numbarnn.get_cell("rnn")) is module
+    files = list(tmp_path.glob("numbarnn_loops_rnn_*.py"))
+    assert [module.__file__] == [str(f) for f in files]
+    assert "from numbarnn.kernels.cells import rnn_forward as cell_forward" in files[0].read_text()
+
+
+def test_kernels_that_are_not_importable_run_from_memory():
+    import numpy as np
+    from numba import njit
+
+    from numbarnn.cells import RNN, CellSpec
+    from numbarnn.kernels import loops
+    from numbarnn.models import RecurrentModel
+
+    local = CellSpec(name="local_rnn", description="d", gates=1, states=1, cache_width=0,
+                     forward=njit(RNN.forward.py_func), backward=njit(RNN.backward.py_func))
+    assert loops._importable(local.forward) is None
+    x = np.random.default_rng(0).normal(size=(4, 2, 3))
+    outputs = [RecurrentModel(cell, 3, 5, seed=1).forward(x)[0] for cell in (local, RNN)]
+    np.testing.assert_array_equal(*outputs)
+    assert loops.loops_for(local).__name__.endswith("_in_memory")

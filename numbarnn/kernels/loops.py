@@ -4,13 +4,17 @@ Only the recurrence is sequential. The input projection of all steps is one
 matrix product (or a row gather for integer inputs) before the loop, and the
 weight gradients are two whole-sequence products after BPTT, as in cuDNN/oneDNN.
 """
+import hashlib
+import importlib.util
+import inspect
+import os
+import sys
+import tempfile
+import types
+from pathlib import Path
+
 import numpy as np
 from numba import njit
-
-from .sampling import apply_temperature as apply_softmax
-from .sampling import argmax as argmax_row
-from .sampling import sample_categorical, top_k_filter, top_p_filter
-from .losses import softmax_cross_entropy
 
 
 # ---- input projection: XZ = X @ W_x.T + b_x for all steps at once -------------------------
@@ -41,10 +45,11 @@ def project_indices(idx, W_x, b_x, xz2d):
 
 # ---- the recurrence ------------------------------------------------------------------------
 
-# The two loops take a cell's kernels as arguments and are not cached on disk: Numba keys
-# such a cache entry on the kernel object of one process, so it never hits in the next one
-# and the cache would grow by one entry per process (and, once its index holds a kernel
-# that no longer exists, fail to save at all). They compile once per process, cell and dtype.
+# These two take a cell's kernels as arguments, for use from anyone's @njit code. They are
+# not cached on disk: Numba keys such an entry on the kernel object of one process, so it
+# never hits in the next, and a cached caller cannot take a kernel as a value either (a
+# "dynamic global"). numbarnn itself runs the per-cell copies of ``loops_for(cell)``, which
+# are cached: see cell_loops.py.
 @njit
 def sequence_forward(cell_forward, xz, W_h, b_h, states, cache, hz):
     """Run ``cell_forward`` over T steps.
@@ -130,145 +135,101 @@ def column_sums(a2d, out):
 
 
 
-# ---- one call per layer and direction ---------------------------------------------------------
-
-class CellLoops:
-    """The four per-layer entry points for one cell, compiled with its kernels built in.
-
-    Each training step crosses from Python into compiled code once per layer and direction,
-    not once per kernel: at course sizes the per-call cost is as large as the arithmetic.
-    The cell's kernels are captured as constants rather than passed as arguments, which
-    spares Numba re-typing a function object on every call. Numba does not cache such
-    functions on disk, so they compile once per process, cell and dtype (as the loops that
-    take kernels as arguments would too: see ``sequence_forward``).
-    """
-
-    def __init__(self, cell_forward, cell_backward):
-        @njit
-        def forward_indices(idx, W_x, b_x, W_h, b_h, xz, states, cache, hz):
-            """project_indices then sequence_forward; idx (T*B,) integer inputs, xz (T, B, G*H)."""
-            T, B, GH = xz.shape
-            project_indices(idx, W_x, b_x, xz.reshape(T * B, GH))
-            sequence_forward(cell_forward, xz, W_h, b_h, states, cache, hz)
-
-        @njit
-        def forward_dense(x2d, W_x, b_x, W_h, b_h, xz, states, cache, hz):
-            """project_dense then sequence_forward; x2d (T*B, X)."""
-            T, B, GH = xz.shape
-            project_dense(x2d, W_x, b_x, xz.reshape(T * B, GH))
-            sequence_forward(cell_forward, xz, W_h, b_h, states, cache, hz)
-
-        @njit
-        def backward_indices(idx, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz, dh_recurrent,
-                             dW_x, dW_h, db_x, db_h):
-            """sequence_backward then the hoisted weight gradients, for integer inputs."""
-            T, B, GH = dxz.shape
-            H = W_h.shape[1]
-            sequence_backward(cell_backward, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz,
-                              dh_recurrent)
-            recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h)
-            input_weight_gradients_indices(dxz.reshape(T * B, GH), idx, dW_x, db_x)
-
-        @njit
-        def backward_dense(x2d, W_x, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz, dh_recurrent,
-                           dW_x, dW_h, db_x, db_h, dx2d):
-            """sequence_backward then the hoisted weight gradients and dx, for dense inputs."""
-            T, B, GH = dxz.shape
-            H = W_h.shape[1]
-            sequence_backward(cell_backward, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz,
-                              dh_recurrent)
-            recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h)
-            input_weight_gradients_dense(dxz.reshape(T * B, GH), x2d, W_x, dW_x, db_x, dx2d)
-
-        @njit
-        def generate(prime, length, W_x, b_x, W_h, b_h, W_y, b_y, mode, temperature, top_k, top_p, uniforms,
-                     stop_index, out, states, cache, xz, hz, logits, probs, kept, index):
-            """Generate up to ``length`` indices into ``out`` with one layer and a dense head.
-
-            The same operations as stepping ``RecurrentModel.forward`` one index at a time
-            and choosing with a built-in sampler (``mode``: 0 categorical, 1 greedy,
-            2 temperature, 3 top-k, 4 top-p), with ``uniforms`` pre-drawn. states
-            (S, 2, 1, H) start at the initial state. Returns (indices written, uniforms used).
-            """
-            n_prime = prime.shape[0]
-            for t in range(max(n_prime, 1)):  # feed the prime (or the zero input)
-                index[0] = prime[t] if n_prime else -1
-                _step(index, W_x, b_x, W_h, b_h, W_y, b_y, states, cache, xz, hz, logits)
-            used = 0
-            for n in range(length):
-                if mode == 1:
-                    chosen = argmax_row(logits[0])
-                else:
-                    apply_softmax(logits[0], temperature, probs)
-                    if mode == 3:
-                        top_k_filter(probs, top_k, kept)
-                        chosen = sample_categorical(kept, uniforms[used])
-                    elif mode == 4:
-                        top_p_filter(probs, top_p, kept)
-                        chosen = sample_categorical(kept, uniforms[used])
-                    else:
-                        chosen = sample_categorical(probs, uniforms[used])
-                    used += 1
-                out[n] = chosen
-                if chosen == stop_index:
-                    return n + 1, used
-                if n + 1 < length:
-                    index[0] = chosen
-                    _step(index, W_x, b_x, W_h, b_h, W_y, b_y, states, cache, xz, hz, logits)
-            return length, used
-
-        @njit
-        def _step(index, W_x, b_x, W_h, b_h, W_y, b_y, states, cache, xz, hz, logits):
-            project_indices(index, W_x, b_x, xz[0])
-            sequence_forward(cell_forward, xz, W_h, b_h, states, cache, hz)
-            for s in range(states.shape[0]):
-                for j in range(states.shape[3]):
-                    states[s, 0, 0, j] = states[s, 1, 0, j]
-            project_dense(states[0, 1], W_y, b_y, logits)
-
-        @njit
-        def language_model_step(idx, targets, weights, scale, W_x, b_x, W_h, b_h, W_y, b_y, xz, states, cache, hz,
-                                logits, probs, dlogits, d_hidden, dstate, dstate_prev, dxz, dhz, dh_recurrent,
-                                dW_x, dW_h, db_x, db_h, dW_y, db_y):
-            """Forward, softmax cross-entropy and BPTT of one layer with a dense head, in one call.
-
-            The same kernels, in the same order, as ``RecurrentModel.forward``, the head,
-            the ``softmax_cross_entropy`` loss, the head's backward and ``RecurrentModel.bptt``
-            (bit for bit): the trainer's path for the common model, without a dozen
-            crossings from Python. idx, targets, weights (T*B,); dlogits are scaled by
-            ``scale`` (1/B, the batch mean). Returns the summed loss.
-            """
-            T, B, GH = xz.shape
-            H = W_h.shape[1]
-            project_indices(idx, W_x, b_x, xz.reshape(T * B, GH))
-            sequence_forward(cell_forward, xz, W_h, b_h, states, cache, hz)
-            hidden = states[0, 1:].reshape(T * B, H)
-            project_dense(hidden, W_y, b_y, logits)
-            loss = softmax_cross_entropy(logits, targets, weights, probs, dlogits)
-            if scale != 1.0:
-                for n in range(T * B):
-                    for v in range(logits.shape[1]):
-                        dlogits[n, v] *= scale
-            input_weight_gradients_dense(dlogits, hidden, W_y, dW_y, db_y, d_hidden.reshape(T * B, H))
-            dstate[...] = 0.0
-            sequence_backward(cell_backward, W_h, states, cache, d_hidden, dstate, dstate_prev, dxz, dhz,
-                              dh_recurrent)
-            recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h)
-            input_weight_gradients_indices(dxz.reshape(T * B, GH), idx, dW_x, db_x)
-            return loss
-
-        self.forward_indices, self.forward_dense = forward_indices, forward_dense
-        self.backward_indices, self.backward_dense = backward_indices, backward_dense
-        self.generate = generate
-        self.language_model_step = language_model_step
-
+# ---- per-cell loops, compiled and cached on disk -----------------------------------------------
 
 _CELL_LOOPS = {}
+_TEMPLATE = Path(__file__).with_name("cell_loops.py")
+_MARK = "# CELL KERNELS"
 
 
-def loops_for(cell) -> CellLoops:
-    """The :class:`CellLoops` of a cell, built once per pair of kernels."""
+def _importable(fn):
+    """(module, name) when ``fn`` is a module-level attribute of an importable module, else None."""
+    py = getattr(fn, "py_func", fn)
+    module = sys.modules.get(getattr(py, "__module__", None) or "")
+    name = getattr(py, "__name__", None)
+    if module is None or name is None or getattr(module, name, None) is not fn or module.__name__ == "__main__":
+        return None
+    return module.__name__, name
+
+
+def cache_dir() -> Path:
+    """Where the per-cell loop modules go: ``$NUMBARNN_CACHE_DIR``, else ``$NUMBA_CACHE_DIR/numbarnn``,
+    else the user cache directory (``~/.cache/numbarnn``)."""
+    if os.environ.get("NUMBARNN_CACHE_DIR"):
+        return Path(os.environ["NUMBARNN_CACHE_DIR"])
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"]) / "numbarnn"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "numbarnn"
+
+
+def _cell_source(cell, forward, backward):
+    """The template's text importing this cell's kernels."""
+    lines = []
+    for line in _TEMPLATE.read_text().splitlines():
+        if line.endswith(_MARK):
+            module, name = forward if "cell_forward" in line else backward
+            alias = "cell_forward" if "cell_forward" in line else "cell_backward"
+            line = f"from {module} import {name} as {alias}  {_MARK}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _fingerprint(source, modules) -> str:
+    """Changes whenever anything compiled into the loops changes: the template, the cell's
+    module, numbarnn's kernels, Numba or Python (Numba's own cache only checks the one file)."""
+    digest = hashlib.sha256(source.encode())
+    for path in sorted(set(Path(__file__).parent.glob("*.py")) | {Path(m) for m in modules}):
+        digest.update(str(path).encode())
+        digest.update(Path(path).read_bytes())
+    import numba
+
+    digest.update(f"{numba.__version__} {sys.version}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _load_module(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def loops_for(cell):
+    """The compiled loops of ``cell`` (a module with ``forward_indices``, ``forward_dense``,
+    ``backward_indices``, ``backward_dense``, ``generate``, ``language_model_step``,
+    ``sequence_forward`` and ``sequence_backward``), built once per pair of kernels.
+
+    Kernels defined at module level in an importable module get a generated module in
+    :func:`cache_dir`, cached on disk by Numba like any ``cache=True`` code. Others (a
+    notebook's, a closure's) get the same code in memory, compiled once per process.
+    """
     key = (cell.forward, cell.backward)
-    if key not in _CELL_LOOPS:
-        _CELL_LOOPS[key] = CellLoops(cell.forward, cell.backward)
-    return _CELL_LOOPS[key]
+    if key in _CELL_LOOPS:
+        return _CELL_LOOPS[key]
+    forward, backward = _importable(cell.forward), _importable(cell.backward)
+    module = None
+    if forward and backward:
+        source = _cell_source(cell, forward, backward)
+        files = [inspect.getsourcefile(sys.modules[m]) for m, _ in (forward, backward)]
+        try:
+            name = f"numbarnn_loops_{cell.name.replace('-', '_').replace('.', '_')}_{_fingerprint(source, files)}"
+            directory = cache_dir()
+            path = directory / f"{name}.py"
+            if not path.exists() or path.read_text() != source:
+                directory.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+                with os.fdopen(fd, "w") as f:
+                    f.write(source)
+                os.replace(tmp, path)  # atomic: concurrent processes write the same text
+            module = _load_module(path, name)
+        except OSError:
+            module = None  # no writable cache directory: compile in memory below
+    if module is None:
+        module = types.ModuleType(f"numbarnn_loops_{cell.name}_in_memory")
+        source = _TEMPLATE.read_text().replace("@njit(cache=True)", "@njit")
+        namespace = module.__dict__
+        exec(compile(source, str(_TEMPLATE), "exec"), namespace)
+        namespace["cell_forward"], namespace["cell_backward"] = cell.forward, cell.backward
+    _CELL_LOOPS[key] = module
+    return module
