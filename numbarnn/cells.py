@@ -18,7 +18,16 @@ PARAM_NAMES = ("W_x", "W_h", "b_x", "b_h")
 
 def uniform_init(rng: np.random.Generator, input_size: int, hidden_size: int, gates: int,
                  dtype) -> dict:
-    """PyTorch's default: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))."""
+    """PyTorch's default: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H)).
+
+    Returns ``{"W_x": (G*H, X), "W_h": (G*H, H), "b_x": (G*H,), "b_h": (G*H,)}`` in ``dtype``.
+
+    >>> params = uniform_init(np.random.default_rng(0), input_size=3, hidden_size=4, gates=4, dtype=np.float32)
+    >>> {name: value.shape for name, value in params.items()}
+    {'W_x': (16, 3), 'W_h': (16, 4), 'b_x': (16,), 'b_h': (16,)}
+    >>> bool(np.abs(params["W_h"]).max() <= 0.5)
+    True
+    """
     k = 1.0 / np.sqrt(hidden_size)
     shapes = {"W_x": (gates * hidden_size, input_size), "W_h": (gates * hidden_size, hidden_size),
               "b_x": (gates * hidden_size,), "b_h": (gates * hidden_size,)}
@@ -49,6 +58,14 @@ class CellSpec:
             ``@cuda.jit(device=True)`` functions), imported only when ``device="cuda"`` is
             asked for, so importing the cell never imports numba.cuda. None: CPU only
             (``device="cuda"`` is then a clear error). See ``docs/gpu.md``.
+
+    Example, the built-in LSTM and a variant of the RNN under another name:
+        >>> LSTM.gates, LSTM.states, LSTM.cache_width, LSTM.torch_module
+        (4, 2, 5, 'LSTM')
+        >>> import dataclasses
+        >>> variant = dataclasses.replace(RNN, name="my_rnn", description="the rnn kernels, another name")
+        >>> variant.name, variant.forward is RNN.forward
+        ('my_rnn', True)
     """
 
     name: str

@@ -29,7 +29,13 @@ KINDS = ("cell", "loss", "optimizer", "sampler")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read: missing, corrupt, truncated, foreign, or needing a plugin."""
+    """A checkpoint that cannot be read: missing, corrupt, truncated, foreign, or needing a plugin.
+
+    >>> load_checkpoint("no-such.ckpt")
+    Traceback (most recent call last):
+    ...
+    numbarnn.checkpoint.CheckpointError: no-such.ckpt: no such checkpoint
+    """
 
 
 def _component(kind, name):
@@ -50,7 +56,18 @@ def _jsonable(value):
 
 
 def save_checkpoint(trainer, path, batches=None) -> Path:
-    """Write ``trainer`` (and the data position of ``batches``) to ``path`` atomically."""
+    """Write ``trainer`` (and the data position of ``batches``) to ``path`` atomically; returns the path.
+
+    ``batches`` is a :class:`~numbarnn.data.NamesBatches` or ``StreamBatches``; in stream
+    mode the carried hidden state is saved too.
+
+    >>> import tempfile, pathlib, numbarnn
+    >>> trainer = numbarnn.make_trainer("rnn", vocab_size=5, hidden_size=4, seed=0)
+    >>> loss = trainer.train_step([0, 1, 2], [1, 2, 3])
+    >>> path = save_checkpoint(trainer, pathlib.Path(tempfile.mkdtemp()) / "tiny.ckpt")
+    >>> load_checkpoint(path).step
+    1
+    """
     path = Path(path)
     arrays = {f"param/{k}": v for k, v in trainer.model.params.items()}
     optimizer_numbers = {}
@@ -93,7 +110,19 @@ def save_checkpoint(trainer, path, batches=None) -> Path:
 
 
 def read_checkpoint(path):
-    """``(meta, arrays)`` of a checkpoint file, with clear errors for anything else."""
+    """``(meta, arrays)`` of a checkpoint file, with clear :class:`CheckpointError` s for anything else.
+
+    ``meta`` is the JSON document (a dict: ``format``, ``components``, ``config``, ``vocab``,
+    ``step``, ``history``, ...); ``arrays`` maps ``param/NAME``, ``optim/SLOT.NAME`` and
+    ``state/I`` to NumPy arrays. Nothing in the file is executed.
+
+    >>> import tempfile, pathlib, numbarnn
+    >>> trainer = numbarnn.make_trainer("lstm", vocab_size=5, hidden_size=4, seed=0)
+    >>> path = save_checkpoint(trainer, pathlib.Path(tempfile.mkdtemp()) / "tiny.ckpt")
+    >>> meta, arrays = read_checkpoint(path)
+    >>> meta["components"]["cell"]["name"], arrays["param/W_h"].shape
+    ('lstm', (16, 4))
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
@@ -121,6 +150,13 @@ def load_checkpoint(path, batches=None):
     """The :class:`~numbarnn.trainer.Trainer` saved at ``path``, ready to continue.
 
     If ``batches`` is given, its data position is restored too (resume is exact).
+
+    >>> import tempfile, pathlib, numbarnn
+    >>> trainer = numbarnn.make_trainer("rnn", vocab_size=5, hidden_size=4, seed=0)
+    >>> path = save_checkpoint(trainer, pathlib.Path(tempfile.mkdtemp()) / "tiny.ckpt")
+    >>> restored = load_checkpoint(path)
+    >>> restored.generate(prime=[0], length=5, seed=1) == trainer.generate(prime=[0], length=5, seed=1)
+    True
     """
     from .data import Vocabulary
     from .plugins import get_registry

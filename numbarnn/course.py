@@ -118,7 +118,14 @@ def _course_major(x):
 # ---- activations -------------------------------------------------------------------------------
 
 def softmax(x):
-    """The course's softmax over axis 0 (columns sum to one). ``x``: (n,) or (n, m)."""
+    """The course's softmax over axis 0: each column of ``x`` (n,) or (n, m) sums to one.
+
+    Returns a float64 array of ``x``'s shape.
+
+    >>> softmax(np.array([[0.0, 1.0], [0.0, 1.0]]))
+    array([[0.5, 0.5],
+           [0.5, 0.5]])
+    """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim not in (1, 2):
         raise ValueError(f"softmax expects a vector or a matrix, got shape {x.shape}")
@@ -129,6 +136,11 @@ def softmax(x):
 
 
 def sigmoid(x):
+    """The course's element-wise logistic function ``1 / (1 + exp(-x))``, any shape.
+
+    >>> float(sigmoid(0.0))
+    0.5
+    """
     return 1 / (1 + np.exp(-x))
 
 
@@ -137,8 +149,21 @@ def sigmoid(x):
 def rnn_cell_forward(xt, a_prev, parameters):
     """One RNN step. xt (n_x, m), a_prev (n_a, m) -> (a_next, yt_pred, cache).
 
-    ``a_next = tanh(Waa a_prev + Wax xt + ba)``, ``yt_pred = softmax(Wya a_next + by)``,
-    ``cache = (a_next, a_prev, xt, parameters)``.
+    ``a_next = tanh(Waa a_prev + Wax xt + ba)`` (n_a, m), ``yt_pred = softmax(Wya a_next + by)``
+    (n_y, m), ``cache = (a_next, a_prev, xt, parameters)``. ``parameters``: ``Wax`` (n_a, n_x),
+    ``Waa`` (n_a, n_a), ``Wya`` (n_y, n_a), ``ba`` (or ``b``) (n_a, 1), ``by`` (n_y, 1).
+
+    The notebook's test case and its expected output:
+
+    >>> np.random.seed(1)
+    >>> xt, a_prev = np.random.randn(3, 10), np.random.randn(5, 10)
+    >>> parameters = {"Waa": np.random.randn(5, 5), "Wax": np.random.randn(5, 3),
+    ...               "Wya": np.random.randn(2, 5), "ba": np.random.randn(5, 1), "by": np.random.randn(2, 1)}
+    >>> a_next, yt_pred, cache = rnn_cell_forward(xt, a_prev, parameters)
+    >>> a_next.shape, yt_pred.shape
+    ((5, 10), (2, 10))
+    >>> a_next[4, :3].round(8).tolist()
+    [0.59584544, 0.18141802, 0.61311866]
     """
     xt = _check("xt", xt, (None, None))
     n_x, m = xt.shape
@@ -154,6 +179,14 @@ def rnn_sequence_forward(x, a0, parameters):
     """The RNN over T_x steps. x (n_x, m, T_x), a0 (n_a, m) -> (a, y_pred, caches).
 
     a (n_a, m, T_x), y_pred (n_y, m, T_x), ``caches = (list of rnn_cell_forward caches, x)``.
+    Parameters as for :func:`rnn_cell_forward`. Also reachable as ``rnn_forward(x, a0, parameters)``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> parameters = {"Wax": rng.normal(size=(5, 3)), "Waa": rng.normal(size=(5, 5)),
+    ...               "Wya": rng.normal(size=(2, 5)), "ba": np.zeros((5, 1)), "by": np.zeros((2, 1))}
+    >>> a, y_pred, (cell_caches, x) = rnn_sequence_forward(rng.normal(size=(3, 10, 4)), np.zeros((5, 10)), parameters)
+    >>> a.shape, y_pred.shape, len(cell_caches)
+    ((5, 10, 4), (2, 10, 4), 4)
     """
     x = _check("x", x, (None, None, None))
     n_x, m, T_x = x.shape
@@ -174,10 +207,22 @@ def rnn_sequence_forward(x, a0, parameters):
 
 
 def lstm_cell_forward(xt, a_prev, c_prev, parameters):
-    """One LSTM step -> (a_next, c_next, yt_pred, cache).
+    """One LSTM step. xt (n_x, m), a_prev and c_prev (n_a, m) -> (a_next, c_next, yt_pred, cache).
 
-    ``Wf, Wi, Wc, Wo`` are (n_a, n_a + n_x) acting on ``concat = [a_prev; xt]``;
-    ``cache = (a_next, c_next, a_prev, c_prev, ft, it, cct, ot, xt, parameters)``.
+    ``Wf, Wi, Wc, Wo`` are (n_a, n_a + n_x) acting on ``concat = [a_prev; xt]``, ``bf, bi, bc,
+    bo`` (n_a, 1), ``Wy`` (n_y, n_a), ``by`` (n_y, 1). a_next and c_next are (n_a, m), yt_pred
+    (n_y, m); ``cache = (a_next, c_next, a_prev, c_prev, ft, it, cct, ot, xt, parameters)``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> parameters = {"W" + g: rng.normal(size=(5, 8)) for g in "fico"}
+    >>> parameters.update({"b" + g: rng.normal(size=(5, 1)) for g in "fico"})
+    >>> parameters.update(Wy=rng.normal(size=(2, 5)), by=rng.normal(size=(2, 1)))
+    >>> xt, a_prev, c_prev = rng.normal(size=(3, 10)), rng.normal(size=(5, 10)), rng.normal(size=(5, 10))
+    >>> a_next, c_next, yt_pred, cache = lstm_cell_forward(xt, a_prev, c_prev, parameters)
+    >>> a_next.shape, c_next.shape, yt_pred.shape, len(cache)
+    ((5, 10), (5, 10), (2, 10), 10)
+    >>> bool(np.allclose(a_next, cache[7] * np.tanh(c_next)))   # a = ot * tanh(c)
+    True
     """
     xt = _check("xt", xt, (None, None))
     n_x, m = xt.shape
@@ -189,7 +234,19 @@ def lstm_cell_forward(xt, a_prev, c_prev, parameters):
 
 
 def lstm_forward(x, a0, parameters):
-    """The LSTM over T_x steps from a0 and a zero cell state -> (a, y, c, caches)."""
+    """The LSTM over T_x steps from a0 and a zero cell state -> (a, y, c, caches).
+
+    x (n_x, m, T_x), a0 (n_a, m); a and c (n_a, m, T_x), y (n_y, m, T_x),
+    ``caches = (list of lstm_cell_forward caches, x)``. Parameters as for :func:`lstm_cell_forward`.
+
+    >>> rng = np.random.default_rng(0)
+    >>> parameters = {"W" + g: rng.normal(size=(5, 8)) for g in "fico"}
+    >>> parameters.update({"b" + g: rng.normal(size=(5, 1)) for g in "fico"})
+    >>> parameters.update(Wy=rng.normal(size=(2, 5)), by=rng.normal(size=(2, 1)))
+    >>> a, y, c, (cell_caches, x) = lstm_forward(rng.normal(size=(3, 10, 7)), rng.normal(size=(5, 10)), parameters)
+    >>> a.shape, y.shape, c.shape, len(cell_caches)
+    ((5, 10, 7), (2, 10, 7), (5, 10, 7), 7)
+    """
     x = _check("x", x, (None, None, None))
     a0 = _check("a0", a0, (None, x.shape[1]))
     return _lstm_run(x, a0, np.zeros_like(a0), parameters)
@@ -221,7 +278,20 @@ def _lstm_run(x, a0, c0, parameters):
 
 
 def rnn_cell_backward(da_next, cache):
-    """Gradients of one RNN step -> dict dxt, da_prev, dWax, dWaa, dba."""
+    """Gradients of one RNN step -> dict dxt, da_prev, dWax, dWaa, dba.
+
+    ``da_next`` (n_a, m) is the upstream gradient of a_next; ``cache`` is what
+    :func:`rnn_cell_forward` returned. dxt (n_x, m), da_prev (n_a, m), dWax (n_a, n_x),
+    dWaa (n_a, n_a), dba (n_a, 1).
+
+    >>> rng = np.random.default_rng(0)
+    >>> parameters = {"Wax": rng.normal(size=(5, 3)), "Waa": rng.normal(size=(5, 5)),
+    ...               "Wya": rng.normal(size=(2, 5)), "ba": rng.normal(size=(5, 1)), "by": np.zeros((2, 1))}
+    >>> a_next, _, cache = rnn_cell_forward(rng.normal(size=(3, 10)), rng.normal(size=(5, 10)), parameters)
+    >>> gradients = rnn_cell_backward(np.ones((5, 10)), cache)
+    >>> {k: v.shape for k, v in sorted(gradients.items())}
+    {'dWaa': (5, 5), 'dWax': (5, 3), 'da_prev': (5, 10), 'dba': (5, 1), 'dxt': (3, 10)}
+    """
     a_next, a_prev, xt, parameters = _unpack(cache, 4, "cache (a_next, a_prev, xt, parameters)")
     xt = _check("cache xt", xt, (None, None))
     a_prev = _check("cache a_prev", a_prev, (None, xt.shape[1]))
@@ -234,7 +304,16 @@ def rnn_cell_backward(da_next, cache):
 def rnn_sequence_backward(da, caches):
     """BPTT of :func:`rnn_sequence_forward`. da (n_a, m, T_x): upstream gradient of every a<t>.
 
-    Returns dict dx (n_x, m, T_x), da0 (n_a, m), dWax, dWaa, dba.
+    Returns dict dx (n_x, m, T_x), da0 (n_a, m), dWax (n_a, n_x), dWaa (n_a, n_a), dba (n_a, 1).
+    Also reachable as ``rnn_backward(da, caches)``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> parameters = {"Wax": rng.normal(size=(5, 3)), "Waa": rng.normal(size=(5, 5)),
+    ...               "Wya": rng.normal(size=(2, 5)), "ba": np.zeros((5, 1)), "by": np.zeros((2, 1))}
+    >>> a, _, caches = rnn_sequence_forward(rng.normal(size=(3, 10, 4)), np.zeros((5, 10)), parameters)
+    >>> gradients = rnn_sequence_backward(np.ones_like(a), caches)
+    >>> gradients["dx"].shape, gradients["da0"].shape, gradients["dWaa"].shape
+    ((3, 10, 4), (5, 10), (5, 5))
     """
     cell_caches, x = _unpack(caches, 2, "caches (list of caches, x)")
     if not cell_caches:
@@ -264,7 +343,22 @@ def _rnn_bptt(x, a0, a_list, da, parameters):
 
 
 def lstm_cell_backward(da_next, dc_next, cache):
-    """Gradients of one LSTM step -> dict dxt, da_prev, dc_prev, dWf, dbf, dWi, dbi, dWc, dbc, dWo, dbo."""
+    """Gradients of one LSTM step -> dict dxt, da_prev, dc_prev, dWf, dbf, dWi, dbi, dWc, dbc, dWo, dbo.
+
+    ``da_next`` and ``dc_next`` (n_a, m) are the upstream gradients of a_next and c_next;
+    ``cache`` is what :func:`lstm_cell_forward` returned. dxt (n_x, m), da_prev and dc_prev
+    (n_a, m), each dW (n_a, n_a + n_x), each db (n_a, 1).
+
+    >>> rng = np.random.default_rng(0)
+    >>> parameters = {"W" + g: rng.normal(size=(5, 8)) for g in "fico"}
+    >>> parameters.update({"b" + g: rng.normal(size=(5, 1)) for g in "fico"})
+    >>> parameters.update(Wy=rng.normal(size=(2, 5)), by=rng.normal(size=(2, 1)))
+    >>> *_, cache = lstm_cell_forward(rng.normal(size=(3, 10)), rng.normal(size=(5, 10)),
+    ...                               rng.normal(size=(5, 10)), parameters)
+    >>> gradients = lstm_cell_backward(np.ones((5, 10)), np.zeros((5, 10)), cache)
+    >>> gradients["dxt"].shape, gradients["dc_prev"].shape, gradients["dWf"].shape, gradients["dbo"].shape
+    ((3, 10), (5, 10), (5, 8), (5, 1))
+    """
     cache = _unpack(cache, 10, "cache (a_next, c_next, a_prev, c_prev, ft, it, cct, ot, xt, parameters)")
     xt = _check("cache xt", cache[8], (None, None))
     g = _lstm_bptt([cache], xt[:, :, None], _check("da_next", da_next, (None, xt.shape[1]))[:, :, None],
@@ -277,7 +371,17 @@ def lstm_cell_backward(da_next, dc_next, cache):
 def lstm_backward(da, caches):
     """BPTT of :func:`lstm_forward`; T_x is taken from ``da.shape[2]`` as in the course.
 
-    Returns dict dx, da0 and dWf, dbf, dWi, dbi, dWc, dbc, dWo, dbo.
+    ``da`` (n_a, m, T_x) is the upstream gradient of every a<t>. Returns dict dx (n_x, m, T_x),
+    da0 (n_a, m) and dWf, dbf, dWi, dbi, dWc, dbc, dWo, dbo (shapes of the parameters).
+
+    >>> rng = np.random.default_rng(0)
+    >>> parameters = {"W" + g: rng.normal(size=(5, 8)) for g in "fico"}
+    >>> parameters.update({"b" + g: rng.normal(size=(5, 1)) for g in "fico"})
+    >>> parameters.update(Wy=rng.normal(size=(2, 5)), by=rng.normal(size=(2, 1)))
+    >>> a, y, c, caches = lstm_forward(rng.normal(size=(3, 10, 7)), rng.normal(size=(5, 10)), parameters)
+    >>> gradients = lstm_backward(np.ones_like(a), caches)
+    >>> gradients["dx"].shape, gradients["da0"].shape, gradients["dWc"].shape
+    ((3, 10, 7), (5, 10), (5, 8))
     """
     cell_caches, x = _unpack(caches, 2, "caches (list of caches, x)")
     x = _check("caches x", x, (None, None, None))
@@ -327,7 +431,14 @@ def _unpack(value, n, what):
 # ---- "Dinosaur Island - Character level language model" -----------------------------------------
 
 def initialize_parameters(n_a, n_x, n_y):
-    """np.random.seed(1); Wax, Waa, Wya ~ randn * 0.01 in that order; zero biases b, by."""
+    """The course's initial parameters: ``np.random.seed(1)``, then Wax (n_a, n_x), Waa
+    (n_a, n_a) and Wya (n_y, n_a) drawn as ``randn * 0.01`` in that order; zero biases b
+    (n_a, 1) and by (n_y, 1).
+
+    >>> parameters = initialize_parameters(n_a=50, n_x=27, n_y=27)
+    >>> {k: v.shape for k, v in parameters.items()}
+    {'Wax': (50, 27), 'Waa': (50, 50), 'Wya': (27, 50), 'b': (50, 1), 'by': (27, 1)}
+    """
     np.random.seed(1)
     Wax = np.random.randn(n_a, n_x) * 0.01
     Waa = np.random.randn(n_a, n_a) * 0.01
@@ -338,10 +449,20 @@ def initialize_parameters(n_a, n_x, n_y):
 
 
 def smooth(loss, cur_loss):
+    """The course's running average of the loss: ``0.999 * loss + 0.001 * cur_loss``.
+
+    >>> round(smooth(10.0, 20.0), 6)
+    10.01
+    """
     return loss * 0.999 + cur_loss * 0.001
 
 
 def get_initial_loss(vocab_size, seq_length):
+    """The loss of a uniform guess over ``seq_length`` characters: ``seq_length * log(vocab_size)``.
+
+    >>> round(float(get_initial_loss(27, 7)), 4)
+    23.0709
+    """
     return -np.log(1.0 / vocab_size) * seq_length
 
 
@@ -349,7 +470,16 @@ _GRADIENT_KEYS = ("dWaa", "dWax", "dWya", "db", "dby")
 
 
 def clip(gradients, maxValue):
-    """Clipped copies of dWaa, dWax, dWya, db, dby to [-maxValue, maxValue]; never mutates its argument."""
+    """Clipped copies of dWaa, dWax, dWya, db, dby to [-maxValue, maxValue]; never mutates its argument.
+
+    Returns a new dict with just those five keys (any shapes).
+
+    >>> gradients = {k: np.array([[-10.0, 0.5, 10.0]]) for k in ("dWaa", "dWax", "dWya", "db", "dby")}
+    >>> clip(gradients, 5)["dWax"]
+    array([[-5. ,  0.5,  5. ]])
+    >>> gradients["dWax"]
+    array([[-10. ,   0.5,  10. ]])
+    """
     if not isinstance(gradients, dict):
         raise ValueError(f"gradients must be a dict, got {type(gradients).__name__}")
     missing = [k for k in _GRADIENT_KEYS if k not in gradients]
@@ -377,8 +507,15 @@ def _index_sequence(seq, label, vocab_size, allow_none):
 def char_rnn_forward(X, Y, a0, parameters, vocab_size=None):
     """Dinosaur Island's ``rnn_forward``: loss summed over steps and ``cache = (y_hat, a, x)``.
 
-    X, Y: lists of indices (None in X is a zero input); a0 (n_a, 1). ``vocab_size``
-    defaults to the parameters' ``n_x`` (the course's default is 27).
+    X, Y: lists of T indices (None in X is a zero input); a0 (n_a, 1). ``vocab_size``
+    defaults to the parameters' ``n_x`` (the course's default is 27). ``y_hat``, ``a`` and
+    ``x`` are dicts by time step of (vocab, 1), (n_a, 1) and (vocab, 1) columns (``a[-1]`` is a0).
+    Also reachable as ``rnn_forward(X, Y, a0, parameters)``.
+
+    >>> parameters = initialize_parameters(n_a=4, n_x=3, n_y=3)
+    >>> loss, (y_hat, a, x) = char_rnn_forward([None, 1, 2], [1, 2, 0], np.zeros((4, 1)), parameters)
+    >>> round(loss, 4), y_hat[0].shape, a[2].shape      # near 3 * log(3) with tiny initial weights
+    (3.2959, (3, 1), (4, 1))
     """
     if len(X) != len(Y) or len(X) == 0:
         raise ValueError(f"X and Y must be non-empty and of equal length, got {len(X)} and {len(Y)}")
@@ -410,7 +547,15 @@ def char_rnn_forward(X, Y, a0, parameters, vocab_size=None):
 def char_rnn_backward(X, Y, parameters, cache):
     """Dinosaur Island's ``rnn_backward`` -> (gradients, a).
 
-    gradients: dWax, dWaa, dWya, db, dby and da_next (the gradient of a0).
+    gradients: dWax, dWaa, dWya, db, dby (the parameters' shapes) and da_next (n_a, 1),
+    the gradient of a0; ``a`` is the cache's dict of hidden states. Also reachable as
+    ``rnn_backward(X, Y, parameters, cache)``.
+
+    >>> parameters = initialize_parameters(n_a=4, n_x=3, n_y=3)
+    >>> loss, cache = char_rnn_forward([None, 1, 2], [1, 2, 0], np.zeros((4, 1)), parameters)
+    >>> gradients, a = char_rnn_backward([None, 1, 2], [1, 2, 0], parameters, cache)
+    >>> {k: v.shape for k, v in sorted(gradients.items())}
+    {'dWaa': (4, 4), 'dWax': (4, 3), 'dWya': (3, 4), 'da_next': (4, 1), 'db': (4, 1), 'dby': (3, 1)}
     """
     y_hat, a, _ = _unpack(cache, 3, "cache (y_hat, a, x)")
     Wax = _param(parameters, "Wax", (None, None))
@@ -435,21 +580,48 @@ def char_rnn_backward(X, Y, parameters, cache):
 
 
 def rnn_forward(*args, **kwargs):
-    """``rnn_forward(x, a0, parameters)`` (step by step) or ``rnn_forward(X, Y, a0, parameters)`` (Dinosaur Island)."""
+    """``rnn_forward(x, a0, parameters)`` (step by step) or ``rnn_forward(X, Y, a0, parameters)`` (Dinosaur Island).
+
+    Three arguments call :func:`rnn_sequence_forward`, four :func:`char_rnn_forward`.
+
+    >>> parameters = initialize_parameters(n_a=4, n_x=3, n_y=3)
+    >>> a, y_pred, caches = rnn_forward(np.ones((3, 2, 5)), np.zeros((4, 2)), parameters)
+    >>> a.shape
+    (4, 2, 5)
+    >>> loss, cache = rnn_forward([None, 1], [1, 0], np.zeros((4, 1)), parameters)
+    """
     if len(args) + len(kwargs) >= 4 or "Y" in kwargs:
         return char_rnn_forward(*args, **kwargs)
     return rnn_sequence_forward(*args, **kwargs)
 
 
 def rnn_backward(*args, **kwargs):
-    """``rnn_backward(da, caches)`` (step by step) or ``rnn_backward(X, Y, parameters, cache)`` (Dinosaur Island)."""
+    """``rnn_backward(da, caches)`` (step by step) or ``rnn_backward(X, Y, parameters, cache)`` (Dinosaur Island).
+
+    Two arguments call :func:`rnn_sequence_backward`, four :func:`char_rnn_backward`.
+
+    >>> parameters = initialize_parameters(n_a=4, n_x=3, n_y=3)
+    >>> a, y_pred, caches = rnn_forward(np.ones((3, 2, 5)), np.zeros((4, 2)), parameters)
+    >>> rnn_backward(np.ones_like(a), caches)["dx"].shape
+    (3, 2, 5)
+    """
     if len(args) + len(kwargs) >= 4 or "Y" in kwargs:
         return char_rnn_backward(*args, **kwargs)
     return rnn_sequence_backward(*args, **kwargs)
 
 
 def update_parameters(parameters, gradients, lr):
-    """Gradient descent in place on Wax, Waa, Wya, b (or ba), by; returns ``parameters``."""
+    """Gradient descent in place on Wax, Waa, Wya, b (or ba), by; returns ``parameters``.
+
+    ``gradients`` holds dWax, dWaa, dWya, db, dby of the parameters' shapes; each parameter
+    becomes ``parameter - lr * gradient``.
+
+    >>> parameters = initialize_parameters(n_a=2, n_x=3, n_y=3)
+    >>> gradients = {"dWax": np.ones((2, 3)), "dWaa": np.ones((2, 2)), "dWya": np.ones((3, 2)),
+    ...              "db": np.ones((2, 1)), "dby": np.ones((3, 1))}
+    >>> update_parameters(parameters, gradients, lr=0.5)["b"].ravel().tolist()
+    [-0.5, -0.5]
+    """
     bias = "b" if "b" in parameters else "ba"
     for key, grad in (("Wax", "dWax"), ("Waa", "dWaa"), ("Wya", "dWya"), (bias, "db"), ("by", "dby")):
         if key not in parameters:
@@ -463,7 +635,16 @@ def update_parameters(parameters, gradients, lr):
 
 
 def optimize(X, Y, a_prev, parameters, learning_rate=0.01):
-    """One step of training: forward, backward, clip at 5, update -> (loss, gradients, a[len(X)-1])."""
+    """One step of training: forward, backward, clip at 5, update -> (loss, gradients, a[len(X)-1]).
+
+    X, Y: lists of indices as for :func:`char_rnn_forward`; a_prev (n_a, 1). The parameters
+    are updated in place; the returned hidden state (n_a, 1) is the last step's.
+
+    >>> parameters = initialize_parameters(n_a=4, n_x=3, n_y=3)
+    >>> loss, gradients, a_last = optimize([None, 1, 2], [1, 2, 0], np.zeros((4, 1)), parameters, 0.01)
+    >>> round(loss, 4), a_last.shape
+    (3.2959, (4, 1))
+    """
     loss, cache = char_rnn_forward(X, Y, a_prev, parameters)
     gradients, a = char_rnn_backward(X, Y, parameters, cache)
     gradients = clip(gradients, 5)
@@ -475,7 +656,13 @@ def sample(parameters, char_to_ix, seed):
     """Sample a name: indices drawn with ``np.random.seed(counter + seed)`` before each draw.
 
     Starts from a zero input and zero state; stops at the newline index or after 50
-    characters (then appends the newline index).
+    characters (then appends the newline index). Returns the list of indices, the newline's
+    last. ``char_to_ix`` must have one entry per row of ``Wya`` (vocab, n_a), ``"\\n"`` among them.
+
+    >>> parameters = initialize_parameters(n_a=5, n_x=3, n_y=3)
+    >>> indices = sample(parameters, {"\\n": 0, "a": 1, "b": 2}, seed=0)
+    >>> [int(i) for i in indices]
+    [1, 1, 2, 2, 2, 2, 0]
     """
     if "\n" not in char_to_ix:
         raise ValueError("char_to_ix has no '\\n' entry: sample stops at the newline character")
@@ -507,12 +694,21 @@ def sample(parameters, char_to_ix, seed):
 
 
 def get_sample(sample_ix, ix_to_char):
-    """The sampled characters joined, first letter capitalised."""
+    """The sampled characters joined, first letter capitalised.
+
+    >>> get_sample([1, 2, 0], {0: "\\n", 1: "a", 2: "b"})
+    'Ab\\n'
+    """
     txt = "".join(ix_to_char[ix] for ix in sample_ix)
     return txt[0].upper() + txt[1:]
 
 
 def print_sample(sample_ix, ix_to_char):
+    """Print :func:`get_sample` without adding a newline (the sample usually ends with one).
+
+    >>> print_sample([1, 2, 0], {0: "\\n", 1: "a", 2: "b"})
+    Ab
+    """
     print("%s" % (get_sample(sample_ix, ix_to_char),), end="")
 
 
@@ -523,7 +719,17 @@ def model(data_x, ix_to_char, char_to_ix, num_iterations=35000, n_a=50, dino_nam
     Examples are stripped and shuffled after ``np.random.seed(0)``; iteration j trains on
     example ``j % len(examples)`` with ``X = [None] + indices`` and ``Y = X[1:] + [newline]``,
     carrying ``a_prev``; every 2000 iterations it prints the smoothed loss and ``dino_names``
-    names sampled with seeds 0, 1, ...
+    names sampled with seeds 0, 1, ... ``parameters`` are the course's RNN parameters with
+    ``n_a`` hidden units and ``vocab_size`` characters (see :func:`initialize_parameters`).
+
+    >>> import contextlib, io
+    >>> with contextlib.redirect_stdout(io.StringIO()) as printed:
+    ...     parameters, last_name = model(["ab", "ba"], {0: "\\n", 1: "a", 2: "b"}, {"\\n": 0, "a": 1, "b": 2},
+    ...                                   num_iterations=3, n_a=4, dino_names=2, vocab_size=3)
+    >>> printed.getvalue().splitlines()[0]
+    'Iteration: 0, Loss: 2.198323'
+    >>> parameters["Waa"].shape
+    (4, 4)
     """
     n_x, n_y = vocab_size, vocab_size
     if len(char_to_ix) != vocab_size:

@@ -27,13 +27,26 @@ SHIPPED = {
 
 
 class DataError(ValueError):
-    """Bad training data: missing, empty, binary or not UTF-8, or characters outside a vocabulary."""
+    """Bad training data: missing, empty, binary or not UTF-8, or characters outside a vocabulary.
+
+    >>> Vocabulary("ab").encode("abc")
+    Traceback (most recent call last):
+    ...
+    numbarnn.data.DataError: text has 1 character(s) outside the vocabulary: 'c' (the vocabulary is '\\nab')
+    """
 
 
 # ---- loading -----------------------------------------------------------------------------------
 
 def read_text(path) -> str:
-    """A user's UTF-8 text file, with a clear error for a missing, empty, binary or non-UTF-8 file."""
+    """A user's UTF-8 text file as one string (``\\r\\n`` becomes ``\\n``), with a clear
+    :class:`DataError` for a missing, empty, binary or non-UTF-8 file.
+
+    >>> read_text("no/such/file.txt")
+    Traceback (most recent call last):
+    ...
+    numbarnn.data.DataError: no/such/file.txt: no such file
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
@@ -53,13 +66,24 @@ def read_text(path) -> str:
 
 
 def dinosaur_names() -> list:
-    """The shipped dinosaur genus names (lower-case; see the file's header for the source)."""
+    """The shipped dinosaur genus names, a list of lower-case strings (see the file's header
+    for the source).
+
+    >>> names = dinosaur_names()
+    >>> len(names), names[0]
+    (1523, 'aachenosaurus')
+    """
     text = resources.files("numbarnn").joinpath("data/dinosaurs.txt").read_text(encoding="utf-8")
     return [line for line in text.splitlines() if line and not line.startswith("#")]
 
 
 def pydoc_text() -> str:
-    """The text of the standard library's ``pydoc_data.topics`` (about 465 kB), in key order."""
+    """The text of the standard library's ``pydoc_data.topics`` (about 465 kB), in key order.
+
+    >>> text = pydoc_text()
+    >>> len(text) > 100_000, text[:22]
+    (True, 'The "assert" statement')
+    """
     from pydoc_data.topics import topics
 
     return "\n".join(topics[key] for key in sorted(topics))
@@ -70,6 +94,12 @@ def load_corpus(source: Optional[str] = None, mode: Optional[str] = None):
 
     The mode defaults to ``names`` for the dinosaurs and for files whose lines are short
     (median under 40 characters), else ``stream``.
+
+    >>> text, mode = load_corpus()
+    >>> mode, text[:14]
+    ('names', 'aachenosaurus\\n')
+    >>> load_corpus("pydoc")[1]
+    'stream'
     """
     if source in (None, "dinosaurs"):
         text = "\n".join(dinosaur_names()) + "\n"
@@ -105,6 +135,11 @@ class Vocabulary:
 
     @classmethod
     def from_text(cls, text: str) -> "Vocabulary":
+        """The vocabulary of every character in ``text`` (plus the newline).
+
+        >>> len(Vocabulary.from_text("hello"))
+        5
+        """
         return cls(set(text))
 
     def __len__(self):
@@ -112,10 +147,16 @@ class Vocabulary:
 
     @property
     def newline(self) -> int:
+        """The newline's index (0 unless a character sorts before it)."""
         return self.index[NEWLINE]
 
     def encode(self, text: str, what: str = "text") -> list:
-        """Indices of ``text``; a character outside the vocabulary is an error naming it."""
+        """Indices of ``text`` (a list of ints, one per character); a character outside the
+        vocabulary is a :class:`DataError` naming it.
+
+        >>> Vocabulary("abc").encode("cab")
+        [3, 1, 2]
+        """
         missing = sorted({c for c in text if c not in self.index})
         if missing:
             shown = ", ".join(repr(c) for c in missing[:10])
@@ -124,13 +165,24 @@ class Vocabulary:
         return [self.index[c] for c in text]
 
     def decode(self, indices: Iterable[int]) -> str:
+        """The text of a sequence of indices.
+
+        >>> Vocabulary("abc").decode([3, 1, 2, 0])
+        'cab\\n'
+        """
         return "".join(self.chars[i] for i in indices)
 
 
 # ---- splitting -----------------------------------------------------------------------------------
 
 def split_names(names: list, validation: float, seed: int):
-    """Shuffled train/validation split of a list of names (validation may be 0)."""
+    """Shuffled ``(train, validation)`` lists from a list of names; ``validation`` is the
+    held-out fraction (0 allowed; otherwise each side keeps at least one name).
+
+    >>> train, val = split_names(["a", "b", "c", "d"], 0.25, seed=0)
+    >>> len(train), len(val), sorted(train + val)
+    (3, 1, ['a', 'b', 'c', 'd'])
+    """
     order = np.random.default_rng(seed).permutation(len(names))
     n_val = int(round(len(names) * validation))
     if validation > 0 and len(names) > 1:
@@ -141,7 +193,11 @@ def split_names(names: list, validation: float, seed: int):
 
 
 def split_stream(text: str, validation: float):
-    """The last ``validation`` fraction of a text is held out."""
+    """``(train, validation)`` strings: the last ``validation`` fraction of a text is held out.
+
+    >>> split_stream("abcdefghij", 0.2)
+    ('abcdefgh', 'ij')
+    """
     n_val = int(len(text) * validation)
     return (text[:len(text) - n_val], text[len(text) - n_val:]) if n_val else (text, "")
 
@@ -152,7 +208,11 @@ def pad_names(encoded: list, newline: int):
     """Padded ``(inputs, targets, mask)`` ``(B, T)`` for encoded names; T = longest + 1.
 
     inputs = [START] + name, targets = name + [newline]; padding has input -1, target -1
-    and mask 0.
+    and mask 0. inputs and targets are int64, the mask float64.
+
+    >>> inputs, targets, mask = pad_names([[1, 2], [3]], newline=0)
+    >>> inputs.tolist(), targets.tolist(), mask.tolist()
+    ([[-1, 1, 2], [-1, 3, -1]], [[1, 2, 0], [3, 0, -1]], [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     """
     T = max(len(e) for e in encoded) + 1
     B = len(encoded)
@@ -171,7 +231,14 @@ def pad_names(encoded: list, newline: int):
 class NamesBatches:
     """Shuffled batches of padded names; an epoch is one pass over all names.
 
-    ``next_batch()`` returns ``(inputs, targets, mask, carry_state=False)``.
+    ``next_batch()`` returns ``(inputs, targets, mask, carry_state=False)``, each array
+    ``(B, T)`` as :func:`pad_names` makes them (B = ``batch_size``, fewer at an epoch's end).
+
+    >>> vocab = Vocabulary.from_text("ab\\nba\\nabba\\n")
+    >>> batches = NamesBatches(["ab", "ba", "abba"], vocab, batch_size=2, seed=0)
+    >>> inputs, targets, mask, carry = batches.next_batch()
+    >>> inputs.shape[0], carry, batches.steps_per_epoch()
+    (2, False, 2)
     """
 
     mode = "names"
@@ -187,6 +254,7 @@ class NamesBatches:
         self.order = self.rng.permutation(len(self.encoded))
 
     def next_batch(self):
+        """The next ``(inputs, targets, mask, False)``; reshuffles at the start of each epoch."""
         if self.position >= len(self.order):
             self.epoch += 1
             self.position = 0
@@ -197,16 +265,20 @@ class NamesBatches:
         return inputs, targets, mask, False
 
     def steps_per_epoch(self) -> int:
+        """Batches per pass over the names."""
         return -(-len(self.encoded) // self.batch_size)
 
     def tokens(self, mask) -> int:
+        """Characters a batch trains on (its mask's sum), for tokens per second."""
         return int(mask.sum())
 
     def state_dict(self) -> dict:
+        """Epoch, position, order and random state as plain data, for checkpoints."""
         return {"epoch": self.epoch, "position": self.position, "order": self.order.tolist(),
                 "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict):
+        """Continue exactly where :meth:`state_dict` was taken."""
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self.order = np.array(state["order"], dtype=np.int64)
         self.rng.bit_generator.state = state["rng"]
@@ -215,8 +287,15 @@ class NamesBatches:
 class StreamBatches:
     """``batch`` parallel streams over one text, ``seq_length`` characters a chunk.
 
-    ``next_batch()`` returns ``(inputs, targets, None, carry_state)``: carry_state is False
-    at the start of each epoch (the hidden state is reset) and True otherwise.
+    ``next_batch()`` returns ``(inputs, targets, None, carry_state)``: inputs and targets
+    ``(batch_size, seq_length)`` int64, the targets shifted one character on; carry_state is
+    False at the start of each epoch (the hidden state is reset) and True otherwise.
+
+    >>> text = "the quick brown fox jumps over the lazy dog\\n" * 4
+    >>> batches = StreamBatches(text, Vocabulary.from_text(text), batch_size=4, seq_length=8)
+    >>> inputs, targets, mask, carry = batches.next_batch()
+    >>> inputs.shape, mask, carry, batches.next_batch()[3]
+    ((4, 8), None, False, True)
     """
 
     mode = "stream"
@@ -232,6 +311,7 @@ class StreamBatches:
         self.epoch, self.position = 0, 0
 
     def next_batch(self):
+        """The next chunk of every stream; wraps to the start (a new epoch) at the end."""
         if self.position + self.seq_length > self.inputs.shape[1]:
             self.epoch += 1
             self.position = 0
@@ -241,13 +321,17 @@ class StreamBatches:
         return self.inputs[:, start:end], self.targets[:, start:end], None, start > 0
 
     def steps_per_epoch(self) -> int:
+        """Chunks per pass over the text."""
         return self.inputs.shape[1] // self.seq_length
 
     def tokens(self, mask) -> int:
+        """Characters a batch trains on: streams times chunk length."""
         return self.inputs.shape[0] * self.seq_length
 
     def state_dict(self) -> dict:
+        """Epoch and position as plain data, for checkpoints."""
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict):
+        """Continue exactly where :meth:`state_dict` was taken."""
         self.epoch, self.position = int(state["epoch"]), int(state["position"])

@@ -40,7 +40,14 @@ def from_torch(module) -> RecurrentModel:
     """A :class:`RecurrentModel` with the weights of a single-layer ``nn.RNN``/``nn.LSTM``/``nn.GRU``.
 
     ``batch_first`` and the dtype (float32 or float64) are taken from the module; a module
-    built with ``bias=False`` gives zero biases.
+    built with ``bias=False`` gives zero biases. The weights are copies: ``W_x`` (G*H, X) from
+    ``weight_ih_l0``, ``W_h`` (G*H, H) from ``weight_hh_l0``, ``b_x``/``b_h`` (G*H,).
+
+    >>> import torch  # doctest: +SKIP
+    >>> module = torch.nn.LSTM(10, 16, batch_first=True)  # doctest: +SKIP
+    >>> model = from_torch(module)  # doctest: +SKIP
+    >>> model.params["W_h"].shape, model.batch_first  # doctest: +SKIP
+    ((64, 16), True)
     """
     torch = _torch()
     if not isinstance(module, torch.nn.RNNBase):
@@ -64,7 +71,15 @@ def from_torch(module) -> RecurrentModel:
 
 
 def to_torch(model: RecurrentModel):
-    """A new ``torch.nn`` module (RNN, LSTM or GRU) with the model's weights, dtype and ``batch_first``."""
+    """A new ``torch.nn`` module (RNN, LSTM or GRU) with the model's weights, dtype and ``batch_first``.
+
+    Raises ``ValueError`` for a cell without a ``torch_module``.
+
+    >>> import numbarnn, torch  # doctest: +SKIP
+    >>> model = numbarnn.RecurrentModel(numbarnn.get_cell("lstm"), 10, 16, dtype="float32", seed=0)  # doctest: +SKIP
+    >>> to_torch(model)  # doctest: +SKIP
+    LSTM(10, 16)
+    """
     torch = _torch()
     if model.cell.torch_module is None:
         raise ValueError(f"cell {model.cell.name!r} has no PyTorch equivalent")

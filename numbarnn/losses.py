@@ -43,6 +43,12 @@ class LossSpec:
         forward_backward: the wrapper described in the module docstring.
         targets_kind: ``"indices"`` ((N,) integer classes) or ``"dense"`` ((N, V) floats).
         defaults: default options, shown by ``numbarnn list losses`` (none for built-ins).
+
+    Example, a loss plugin's spec wrapping a function of the module docstring's signature:
+        >>> spec = LossSpec(name="half_mse", description="mse / 2",
+        ...                 forward_backward=lambda *a: 0.5 * mse(*a), targets_kind="dense")
+        >>> spec.targets_kind
+        'dense'
     """
 
     name: str
@@ -75,7 +81,14 @@ def softmax_cross_entropy(outputs2d, targets, mask, dout2d, scratch2d) -> float:
     """Sum of ``-mask * log softmax(outputs)[target]``; scratch2d receives the probabilities.
 
     dout2d = mask * (probs - onehot(target)). Targets of rows with mask 0 are ignored
-    (padding may use -1).
+    (padding may use -1). Shapes: outputs2d, dout2d, scratch2d (N, V); targets (N,) integers;
+    mask (N,).
+
+    >>> logits = np.array([[0.0, 0.0], [5.0, 0.0]])
+    >>> dout, probs = np.empty_like(logits), np.empty_like(logits)
+    >>> loss = softmax_cross_entropy(logits, np.array([1, -1]), np.array([1.0, 0.0]), dout, probs)
+    >>> round(loss, 6), dout.tolist()       # the second row is padding: no loss, no gradient
+    (0.693147, [[0.5, -0.5], [0.0, 0.0]])
     """
     _check_rows("softmax_cross_entropy", outputs2d, mask, dout2d)
     N, V = outputs2d.shape
@@ -98,7 +111,12 @@ def mse(outputs2d, targets, mask, dout2d, scratch2d) -> float:
     """``0.5 * sum mask * (outputs - targets)^2`` over rows and columns (a sum, not a mean).
 
     The 0.5 makes the gradient ``dout2d = mask * (outputs - targets)``, the usual
-    convention; scratch2d is unused.
+    convention; scratch2d is unused. Shapes: outputs2d, targets, dout2d (N, V); mask (N,).
+
+    >>> outputs, targets = np.array([[1.0, 2.0]]), np.array([[0.0, 0.0]])
+    >>> dout = np.empty_like(outputs)
+    >>> mse(outputs, targets, np.ones(1), dout, None), dout.tolist()
+    (2.5, [[1.0, 2.0]])
     """
     _check_rows("mse", outputs2d, mask, dout2d)
     if targets.shape != outputs2d.shape:

@@ -34,13 +34,27 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 class UnknownOptionError(TypeError, ValueError):
     """An option name the entry does not accept. Both a TypeError (what Python raises for an
-    unexpected keyword) and a ValueError (what a bad configuration raises)."""
+    unexpected keyword) and a ValueError (what a bad configuration raises).
+
+    >>> SGD({"w": np.zeros(2)}, learning_rate=0.1)
+    Traceback (most recent call last):
+    ...
+    numbarnn.optimizers.UnknownOptionError: optimizer 'sgd' got an unknown option 'learning_rate'; accepted options: lr
+    """
 
 
 def resolve_options(kind: str, name: str, options: Mapping[str, Any],
                     defaults: Mapping[str, Any]) -> dict:
     """``defaults`` updated with ``options``; an unknown option is an error naming it,
-    suggesting close matches and listing the accepted ones (never silently dropped)."""
+    suggesting close matches and listing the accepted ones (never silently dropped).
+
+    >>> resolve_options("sampler", "top_k", {"k": 3}, {"k": 10, "temperature": 1.0})
+    {'k': 3, 'temperature': 1.0}
+    >>> resolve_options("sampler", "top_k", {"kk": 3}, {"k": 10, "temperature": 1.0})
+    Traceback (most recent call last):
+    ...
+    numbarnn.optimizers.UnknownOptionError: sampler 'top_k' got an unknown option 'kk' (did you mean 'k'?); accepted options: k, temperature
+    """
     unknown = [key for key in options if key not in defaults]
     if unknown:
         key = unknown[0]
@@ -56,7 +70,15 @@ def resolve_options(kind: str, name: str, options: Mapping[str, Any],
 
 def check_real(kind: str, name: str, key: str, value, *, low: float = -math.inf,
                high: float = math.inf, low_open: bool = False, high_open: bool = False) -> float:
-    """``value`` as a float inside the interval, else ValueError naming the option and value."""
+    """``value`` as a float inside the interval, else ValueError naming the option and value.
+
+    >>> check_real("optimizer", "adam", "beta1", 0.9, low=0.0, high=1.0, high_open=True)
+    0.9
+    >>> check_real("optimizer", "adam", "beta1", 1.0, low=0.0, high=1.0, high_open=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: optimizer 'adam': option 'beta1' must be in [0, 1), got 1.0
+    """
     lb = "(" if low_open else "["
     rb = ")" if high_open else "]"
     interval = f"{lb}{low:g}, {high:g}{rb}"
@@ -71,7 +93,15 @@ def check_real(kind: str, name: str, key: str, value, *, low: float = -math.inf,
 
 
 def check_int(kind: str, name: str, key: str, value, *, low: int = 1) -> int:
-    """``value`` as an int >= low (bools and floats refused), else ValueError."""
+    """``value`` as an int >= low (bools and floats refused), else ValueError.
+
+    >>> check_int("sampler", "top_k", "k", 5)
+    5
+    >>> check_int("sampler", "top_k", "k", 2.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: sampler 'top_k': option 'k' must be an integer >= 1, got 2.5
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{kind} {name!r}: option {key!r} must be an integer >= {low}, "
                          f"got {value!r}")
@@ -82,6 +112,11 @@ def check_int(kind: str, name: str, key: str, value, *, low: int = 1) -> int:
 
 
 def check_bool(kind: str, name: str, key: str, value) -> bool:
+    """``value`` as a bool (True, False or a NumPy bool; nothing else), else ValueError.
+
+    >>> check_bool("optimizer", "momentum", "nesterov", np.True_)
+    True
+    """
     if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{kind} {name!r}: option {key!r} must be True or False, got {value!r}")
     return bool(value)
@@ -109,6 +144,12 @@ class OptimizerSpec:
         description: one line for ``numbarnn list optimizers``.
         defaults: every accepted option with its default value.
         factory: ``factory(params: dict[str, ndarray], **options) -> Optimizer``.
+
+    Example:
+        >>> import numbarnn
+        >>> spec = numbarnn.get_optimizer("sgd")
+        >>> spec.factory({"w": np.zeros(3)}, lr=0.5).options
+        {'lr': 0.5}
     """
 
     name: str
@@ -132,6 +173,16 @@ class Optimizer:
     of the per-parameter state arrays, zero-initialised, same shape and dtype as the
     parameter), and implement ``_validate(options) -> options`` and
     ``_update(p, g, *state)`` on flat (P,) views.
+
+    ``Optimizer(params, **options)``: ``params`` maps names to float32 or float64 arrays of
+    any shape (the optimizer keeps their shapes and dtypes); ``state[slot][name]`` has the
+    parameter's shape.
+
+    >>> params = {"w": np.ones(2)}
+    >>> opt = Momentum(params, lr=0.1, momentum=0.5)
+    >>> opt.step(params, {"w": np.array([1.0, -1.0])}); opt.step(params, {"w": np.array([1.0, -1.0])})
+    >>> params["w"].tolist(), opt.state["velocity"]["w"].tolist(), opt.step_count
+    ([0.75, 1.25], [1.5, -1.5], 2)
     """
 
     name: str = "optimizer"
@@ -173,6 +224,7 @@ class Optimizer:
 
     @property
     def lr(self) -> float:
+        """The learning rate; assign to it for a schedule (validated like the option)."""
         return self.options["lr"]
 
     @lr.setter
@@ -282,7 +334,13 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Plain gradient descent: p -= lr * g."""
+    """Plain gradient descent: p -= lr * g.
+
+    >>> params = {"w": np.ones(2)}
+    >>> SGD(params, lr=0.5).step(params, {"w": np.array([1.0, 2.0])})
+    >>> params["w"].tolist()
+    [0.5, 0.0]
+    """
 
     name = "sgd"
     elementwise = True
@@ -293,7 +351,16 @@ class SGD(Optimizer):
 
 
 class Momentum(Optimizer):
-    """PyTorch's SGD with momentum (dampening 0), optionally Nesterov."""
+    """PyTorch's SGD with momentum (dampening 0), optionally Nesterov.
+
+    ``velocity = momentum * velocity + g``; ``p -= lr * velocity`` (with Nesterov,
+    ``p -= lr * (g + momentum * velocity)``).
+
+    >>> params = {"w": np.ones(1)}
+    >>> Momentum(params, lr=0.1, nesterov=True).step(params, {"w": np.ones(1)})
+    >>> params["w"].round(6).tolist()
+    [0.81]
+    """
 
     name = "momentum"
     elementwise = True
@@ -316,7 +383,13 @@ class Momentum(Optimizer):
 
 
 class Adagrad(Optimizer):
-    """min-char-rnn's Adagrad: memory += g*g; p -= lr * g / sqrt(memory + eps)."""
+    """min-char-rnn's Adagrad: memory += g*g; p -= lr * g / sqrt(memory + eps).
+
+    >>> params = {"w": np.ones(1)}
+    >>> Adagrad(params, lr=0.1).step(params, {"w": np.array([2.0])})
+    >>> params["w"].round(6).tolist()
+    [0.9]
+    """
 
     name = "adagrad"
     elementwise = True
@@ -334,7 +407,13 @@ class Adagrad(Optimizer):
 
 
 class RMSprop(Optimizer):
-    """PyTorch's RMSprop: v = alpha v + (1-alpha) g^2; p -= lr g / (sqrt(v) + eps)."""
+    """PyTorch's RMSprop: v = alpha v + (1-alpha) g^2; p -= lr g / (sqrt(v) + eps).
+
+    >>> params = {"w": np.ones(1)}
+    >>> RMSprop(params, lr=0.01, alpha=0.75).step(params, {"w": np.array([1.0])})
+    >>> params["w"].round(6).tolist()                     # 1 - 0.01 / sqrt(0.25)
+    [0.98]
+    """
 
     name = "rmsprop"
     elementwise = True
@@ -354,7 +433,15 @@ class RMSprop(Optimizer):
 
 
 class Adam(Optimizer):
-    """PyTorch's Adam with bias correction (amsgrad off, weight decay 0)."""
+    """PyTorch's Adam with bias correction (amsgrad off, weight decay 0).
+
+    The first step moves every parameter by ``lr`` against the sign of its gradient:
+
+    >>> params = {"w": np.zeros(2)}
+    >>> Adam(params, lr=0.1).step(params, {"w": np.array([3.0, -0.5])})
+    >>> params["w"].round(6).tolist()
+    [-0.1, 0.1]
+    """
 
     name = "adam"
     elementwise = True
@@ -402,6 +489,14 @@ def clip_gradients(grads: Mapping[str, np.ndarray], clip: Optional[float], mode:
     ``clip``, every array is scaled by ``clip / (norm + 1e-6)``.
     ``clip=None`` clips nothing (the norm is still returned, for logging). A NaN norm
     scales nothing and an infinite one scales by 0; the returned norm tells the caller.
+    ``grads`` maps names to float32 or float64 arrays of any shape.
+
+    >>> grads = {"a": np.array([3.0, -10.0]), "b": np.array([[4.0]])}
+    >>> round(clip_gradients(grads, 5.0, "value"), 4), grads["a"].tolist()
+    (11.1803, [3.0, -5.0])
+    >>> grads = {"a": np.array([3.0, 4.0])}
+    >>> clip_gradients(grads, 1.0, "norm"), grads["a"].round(4).tolist()
+    (5.0, [0.6, 0.8])
     """
     if mode not in CLIP_MODES:
         raise ValueError(f"clip mode must be one of {CLIP_MODES}, got {mode!r}")

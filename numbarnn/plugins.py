@@ -84,11 +84,26 @@ _TRUE = {"1", "true", "yes", "on"}
 
 
 class PluginError(RegistryError, RuntimeError):
-    """A plugin failed to load or register, raised in strict mode (``NUMBARNN_STRICT_PLUGINS=1``)."""
+    """A plugin failed to load or register, raised in strict mode (``NUMBARNN_STRICT_PLUGINS=1``).
+
+    Chained (``__cause__``) to the plugin's own exception. Also raised for a misspelled hook.
+
+    >>> issubclass(PluginError, RegistryError) and issubclass(PluginError, RuntimeError)
+    True
+    """
 
 
 class PluginLoadWarning(UserWarning):
-    """A plugin failed to load or register and was skipped; the rest keeps working."""
+    """A plugin failed to load or register and was skipped; the rest keeps working.
+
+    The message names the plugin (entry-point name and distribution) and the error; the
+    skipped plugins are listed by :func:`failed_plugins` and ``numbarnn plugins``.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("error", PluginLoadWarning)   # turn skipped plugins into errors
+    ...     registry = get_registry()
+    """
 
 
 # ---- built-in plugins ------------------------------------------------------------------------
@@ -132,7 +147,11 @@ _BUILTINS = (("numbarnn.cells", _BuiltinCells), ("numbarnn.losses", _BuiltinLoss
 
 @dataclass
 class PluginInfo:
-    """Where a loaded plugin came from."""
+    """Where a loaded plugin came from (one row of :func:`list_plugins`).
+
+    >>> PluginInfo(name="gru", plugin=None, distribution="numbarnn-gru", version="0.1.0").source
+    'entry point'
+    """
 
     name: str
     plugin: Any
@@ -185,7 +204,11 @@ def _env_names(var: str) -> Optional[set]:
 
 
 def discover_entry_points() -> list:
-    """Entry points of the group ``"numbarnn"``, deduplicated, sorted by name then distribution."""
+    """Entry points of the group ``"numbarnn"``, deduplicated, sorted by name then distribution.
+
+    >>> all(ep.group == ENTRY_POINT_GROUP for ep in discover_entry_points())
+    True
+    """
     found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
     seen, unique = set(), []
     for ep in found:
@@ -406,10 +429,16 @@ def _get_state() -> _State:
 
 
 def get_registry(reload: bool = False) -> Registry:
-    """The registry of every loaded plugin, built on first use and cached.
+    """The :class:`~numbarnn.registry.Registry` of every loaded plugin, built on first use and cached.
 
     ``reload=True`` rebuilds it: entry points and the environment switches are read again
     (plugins added with :func:`register_plugin` are kept).
+
+    >>> registry = get_registry()
+    >>> registry.list("loss")
+    ['mse', 'softmax_cross_entropy']
+    >>> registry.entry("cell", "lstm").plugin
+    'numbarnn.cells'
     """
     global _state
     with _lock:
@@ -419,12 +448,21 @@ def get_registry(reload: bool = False) -> Registry:
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
-    """The pluggy ``PluginManager`` behind the registry (project name ``"numbarnn"``)."""
+    """The pluggy ``PluginManager`` behind the registry (project name ``"numbarnn"``).
+
+    >>> get_plugin_manager().project_name
+    'numbarnn'
+    """
     return _get_state().pm
 
 
 def reset() -> None:
-    """Forget the cached registry; the next use rebuilds it (with the environment then)."""
+    """Forget the cached registry; the next use rebuilds it (with the environment then).
+
+    >>> reset()
+    >>> "lstm" in list_cells()          # rebuilt on first use
+    True
+    """
     global _state
     with _lock:
         _state = None
@@ -437,6 +475,18 @@ def register_plugin(plugin: Any, name: Optional[str] = None) -> str:
     If the plugin fails (wrong spec type, duplicate name, a hook that raises, an unknown
     hook), whatever it registered is rolled back and the error is raised. The plugin stays
     registered across ``get_registry(reload=True)`` until :func:`unregister_plugin`.
+
+    >>> import dataclasses, numbarnn
+    >>> class MyCells:
+    ...     @numbarnn.hookimpl
+    ...     def register_cells(self, register):
+    ...         register(dataclasses.replace(numbarnn.RNN, name="my_rnn", description="a copy of rnn"))
+    >>> register_plugin(MyCells(), name="my-cells")
+    'my-cells'
+    >>> get_cell("my_rnn").gates
+    1
+    >>> unregister_plugin("my-cells")
+    True
     """
     if name is None:
         name = getattr(plugin, "__name__", None) or type(plugin).__name__
@@ -462,6 +512,9 @@ def unregister_plugin(name: str) -> bool:
     """Remove a plugin (any source) and everything it registered; False if it was not loaded.
 
     Entry-point and built-in plugins come back on the next ``get_registry(reload=True)``.
+
+    >>> unregister_plugin("no-such-plugin")
+    False
     """
     with _lock:
         _in_process.pop(name, None)
@@ -482,6 +535,10 @@ def list_plugins() -> list:
     ``"entry point"`` or ``"in-process"``), ``entry_point`` and, per kind, the sorted
     names it registered: ``cells``, ``losses``, ``optimizers``, ``samplers``. Built-ins
     report distribution ``"numbarnn"`` with numbarnn's version.
+
+    >>> cells = list_plugins()[0]
+    >>> cells["name"], cells["source"], cells["cells"]
+    ('numbarnn.cells', 'builtin', ['lstm', 'rnn'])
     """
     state = _get_state()
     out = []
@@ -497,29 +554,51 @@ def list_plugins() -> list:
 def failed_plugins() -> list:
     """Plugins skipped in the last build: dicts with ``name``, ``distribution``, ``version``,
     ``entry_point``, ``stage`` (``"import"``, ``"validate"`` or the hook that raised) and
-    ``error``."""
+    ``error``.
+
+    >>> for failure in failed_plugins():
+    ...     print(failure["name"], failure["stage"], failure["error"])
+    """
     return [dict(f) for f in _get_state().failures]
 
 
 # ---- public lookup helpers (re-exported by numbarnn) -------------------------------------------
 
 def list_cells(pattern=None) -> list:
-    """Sorted names of the registered cells, optionally filtered by glob pattern(s), e.g. ``"l*"``."""
+    """Sorted names of the registered cells, optionally filtered by glob pattern(s), e.g. ``"l*"``.
+
+    >>> list_cells("l*")
+    ['lstm']
+    >>> "rnn" in list_cells()
+    True
+    """
     return get_registry().list("cell", pattern)
 
 
 def list_losses(pattern=None) -> list:
-    """Sorted names of the registered losses, optionally filtered by glob pattern(s)."""
+    """Sorted names of the registered losses, optionally filtered by glob pattern(s).
+
+    >>> list_losses()
+    ['mse', 'softmax_cross_entropy']
+    """
     return get_registry().list("loss", pattern)
 
 
 def list_optimizers(pattern=None) -> list:
-    """Sorted names of the registered optimizers, optionally filtered by glob pattern(s)."""
+    """Sorted names of the registered optimizers, optionally filtered by glob pattern(s).
+
+    >>> list_optimizers("ad*")
+    ['adagrad', 'adam']
+    """
     return get_registry().list("optimizer", pattern)
 
 
 def list_samplers(pattern=None) -> list:
-    """Sorted names of the registered samplers, optionally filtered by glob pattern(s)."""
+    """Sorted names of the registered samplers, optionally filtered by glob pattern(s).
+
+    >>> list_samplers("top_*")
+    ['top_k', 'top_p']
+    """
     return get_registry().list("sampler", pattern)
 
 
@@ -527,20 +606,37 @@ def get_cell(name):
     """The :class:`~numbarnn.cells.CellSpec` registered as ``name`` (a CellSpec passes through).
 
     Raises :class:`~numbarnn.registry.UnknownNameError` with close matches otherwise.
+
+    >>> cell = get_cell("lstm")
+    >>> cell.gates, cell.states, cell.state_names
+    (4, 2, ('h', 'c'))
     """
     return get_registry().get("cell", name)
 
 
 def get_loss(name):
-    """The ``LossSpec`` registered as ``name`` (a LossSpec passes through)."""
+    """The :class:`~numbarnn.losses.LossSpec` registered as ``name`` (a LossSpec passes through).
+
+    >>> get_loss("mse").targets_kind
+    'dense'
+    """
     return get_registry().get("loss", name)
 
 
 def get_optimizer(name):
-    """The ``OptimizerSpec`` registered as ``name`` (an OptimizerSpec passes through)."""
+    """The :class:`~numbarnn.optimizers.OptimizerSpec` registered as ``name`` (an OptimizerSpec passes through).
+
+    >>> dict(get_optimizer("momentum").defaults)
+    {'lr': 0.01, 'momentum': 0.9, 'nesterov': False}
+    """
     return get_registry().get("optimizer", name)
 
 
 def get_sampler(name):
-    """The ``SamplerSpec`` registered as ``name`` (a SamplerSpec passes through)."""
+    """The :class:`~numbarnn.samplers.SamplerSpec` registered as ``name`` (a SamplerSpec passes through).
+
+    >>> spec = get_sampler("top_p")
+    >>> dict(spec.defaults), spec.is_beam
+    ({'p': 0.9, 'temperature': 1.0}, False)
+    """
     return get_registry().get("sampler", name)

@@ -40,7 +40,11 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\-]*$")
 
 
 class RegistryError(Exception):
-    """Base class of the registry's errors."""
+    """Base class of the registry's errors: catch it to handle any of them.
+
+    >>> issubclass(UnknownNameError, RegistryError) and issubclass(DuplicateNameError, RegistryError)
+    True
+    """
 
 
 class UnknownNameError(RegistryError, LookupError):
@@ -48,6 +52,12 @@ class UnknownNameError(RegistryError, LookupError):
 
     Attributes: ``kind``, ``name``, ``suggestions`` (close matches, best first) and
     ``available`` (every registered name of the kind, sorted).
+
+    >>> error = UnknownNameError("cell", "lstn", ["lstm", "rnn"])
+    >>> str(error)
+    "unknown cell 'lstn'. Did you mean 'lstm'? Available cells: lstm, rnn"
+    >>> error.suggestions, isinstance(error, LookupError)
+    (['lstm'], True)
     """
 
     def __init__(self, kind: str, name: str, available: Iterable[str]):
@@ -73,6 +83,14 @@ class DuplicateNameError(RegistryError, ValueError):
     """A name registered twice for the same kind. The message names both plugins.
 
     Attributes: ``kind``, ``name``, ``existing`` and ``new`` (the two :class:`Entry` s).
+
+    >>> from numbarnn.cells import RNN
+    >>> registry = Registry()
+    >>> registry.add("cell", RNN, plugin="numbarnn.cells", distribution="numbarnn")
+    >>> registry.add("cell", RNN, plugin="my-plugin", distribution="my-package")
+    Traceback (most recent call last):
+    ...
+    numbarnn.registry.DuplicateNameError: cell 'rnn' from plugin 'my-plugin' (distribution my-package) is already registered by plugin 'numbarnn.cells' (distribution numbarnn); names must be unique, so uninstall or disable one of the two (NUMBARNN_DISABLE_PLUGINS=my-plugin)
     """
 
     def __init__(self, kind: str, name: str, existing: "Entry", new: "Entry"):
@@ -90,7 +108,13 @@ class DuplicateNameError(RegistryError, ValueError):
 
 
 class Entry(NamedTuple):
-    """One registered spec and where it came from."""
+    """One registered spec and where it came from: ``(spec, plugin, distribution, version)``.
+
+    >>> from numbarnn.plugins import get_registry
+    >>> entry = get_registry().entry("optimizer", "adam")
+    >>> entry.plugin, entry.distribution
+    ('numbarnn.optimizers', 'numbarnn')
+    """
 
     spec: Any
     plugin: str
@@ -99,7 +123,11 @@ class Entry(NamedTuple):
 
 
 def normalize_kind(kind: str) -> str:
-    """``"cell"`` or ``"cells"`` -> ``"cell"``; anything else is a ``ValueError``."""
+    """``"cell"`` or ``"cells"`` -> ``"cell"``; anything else is a ``ValueError``.
+
+    >>> normalize_kind("samplers"), normalize_kind("loss")
+    ('sampler', 'loss')
+    """
     try:
         return _KIND_ALIASES[kind]
     except (KeyError, TypeError):
@@ -107,13 +135,21 @@ def normalize_kind(kind: str) -> str:
 
 
 def spec_class(kind: str) -> type:
-    """The spec class of a kind, imported on demand (``CellSpec`` for ``"cell"``, ...)."""
+    """The spec class of a kind, imported on demand (``CellSpec`` for ``"cell"``, ...).
+
+    >>> spec_class("cells").__name__
+    'CellSpec'
+    """
     module, cls = SPEC_CLASSES[normalize_kind(kind)]
     return getattr(importlib.import_module(module), cls)
 
 
 def close_matches(name: str, names: Iterable[str], n: int = 3) -> list:
-    """Names close to ``name`` (case-insensitive), best first, as ``difflib`` ranks them."""
+    """Names close to ``name`` (case-insensitive), best first, as ``difflib`` ranks them; at most ``n``.
+
+    >>> close_matches("ADAMM", ["adam", "adamw", "sgd"])
+    ['adam', 'adamw']
+    """
     by_lower = {}
     for candidate in names:
         by_lower.setdefault(candidate.lower(), candidate)

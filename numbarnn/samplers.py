@@ -34,6 +34,17 @@ class SamplerSpec:
         factory: ``factory(**options) -> Sampler``.
         is_beam: True for beam search, which the trainer runs itself (its sampler's
             ``choose`` is not used; the sampler only carries the validated options).
+
+    Example, a sampler plugin's spec (register it from a ``register_samplers`` hook):
+        >>> class FirstSampler(Sampler):
+        ...     # Always index 0.
+        ...     name = "first"
+        ...     def distribution(self, logits_row):
+        ...         probs = np.zeros(len(logits_row)); probs[0] = 1.0
+        ...         return probs
+        >>> spec = SamplerSpec(name="first", description="always index 0", defaults={}, factory=FirstSampler)
+        >>> spec.factory().choose(np.array([0.0, 5.0]), np.random.default_rng(0))
+        0
     """
 
     name: str
@@ -52,7 +63,14 @@ class SamplerSpec:
 class Sampler:
     """Base class. Subclasses set ``name`` and ``defaults``, validate in ``_validate`` and
     implement ``distribution(logits_row) -> probs (V,) float64``; ``choose`` then samples
-    from that distribution with one uniform draw."""
+    from that distribution with one uniform draw.
+
+    ``Sampler(**options)`` checks the options against ``defaults`` (an unknown one is an
+    :class:`~numbarnn.optimizers.UnknownOptionError`); ``options`` holds the resolved dict.
+
+    >>> TemperatureSampler(temperature=0.5).options
+    {'temperature': 0.5}
+    """
 
     name: str = "sampler"
     defaults: Mapping[str, Any] = MappingProxyType({})
@@ -98,7 +116,11 @@ def _temperature(name, options):
 
 
 class CategoricalSampler(Sampler):
-    """Sample from softmax(logits), the course's ``np.random.choice(V, p=y)``."""
+    """Sample from softmax(logits), the course's ``np.random.choice(V, p=y)``.
+
+    >>> CategoricalSampler().distribution(np.array([0.0, 0.0])).tolist()
+    [0.5, 0.5]
+    """
 
     name = "categorical"
 
@@ -107,7 +129,11 @@ class CategoricalSampler(Sampler):
 
 
 class GreedySampler(Sampler):
-    """Always the most likely index (the first one on ties); draws no random number."""
+    """Always the most likely index (the first one on ties); draws no random number.
+
+    >>> GreedySampler().choose(np.array([0.1, 2.0, 2.0]))
+    1
+    """
 
     name = "greedy"
 
@@ -122,7 +148,14 @@ class GreedySampler(Sampler):
 
 
 class TemperatureSampler(Sampler):
-    """Sample from softmax(logits / temperature): < 1 sharper, > 1 flatter."""
+    """Sample from softmax(logits / temperature): < 1 sharper, > 1 flatter.
+
+    >>> logits = np.array([0.0, 1.0])
+    >>> TemperatureSampler(temperature=0.5).distribution(logits).round(3).tolist()
+    [0.119, 0.881]
+    >>> TemperatureSampler(temperature=2.0).distribution(logits).round(3).tolist()
+    [0.378, 0.622]
+    """
 
     name = "temperature"
     defaults = MappingProxyType({"temperature": 1.0})
@@ -136,7 +169,11 @@ class TemperatureSampler(Sampler):
 
 
 class TopKSampler(Sampler):
-    """Sample among the k most likely indices (ties: lower index), after temperature."""
+    """Sample among the k most likely indices (ties: lower index), after temperature.
+
+    >>> TopKSampler(k=2).distribution(np.log(np.array([0.5, 0.3, 0.2]))).round(3).tolist()
+    [0.625, 0.375, 0.0]
+    """
 
     name = "top_k"
     defaults = MappingProxyType({"k": 10, "temperature": 1.0})
@@ -154,7 +191,11 @@ class TopKSampler(Sampler):
 
 
 class TopPSampler(Sampler):
-    """Nucleus sampling: among the fewest most likely indices whose mass reaches p."""
+    """Nucleus sampling: among the fewest most likely indices whose mass reaches p.
+
+    >>> TopPSampler(p=0.75).distribution(np.log(np.array([0.5, 0.3, 0.2]))).round(3).tolist()
+    [0.625, 0.375, 0.0]
+    """
 
     name = "top_p"
     defaults = MappingProxyType({"p": 0.9, "temperature": 1.0})
@@ -173,7 +214,13 @@ class TopPSampler(Sampler):
 
 
 class BeamSampler(Sampler):
-    """Beam search with ``beam_width`` beams; the trainer runs it (``is_beam``)."""
+    """Beam search with ``beam_width`` beams; the trainer runs it (``is_beam``).
+
+    >>> import numbarnn
+    >>> trainer = numbarnn.make_trainer("rnn", vocab_size=5, hidden_size=4, seed=0)
+    >>> len(trainer.generate(prime=[0], length=4, beam_width=3))    # uses BeamSampler(beam_width=3)
+    4
+    """
 
     name = "beam"
     defaults = MappingProxyType({"beam_width": 5})
@@ -185,6 +232,7 @@ class BeamSampler(Sampler):
 
     @property
     def beam_width(self) -> int:
+        """How many partial sequences the search keeps."""
         return self.options["beam_width"]
 
     def choose(self, logits_row, rng=None):

@@ -1,0 +1,195 @@
+"""The documentation site: every tutorial runs and makes its pictures, the listings printed
+by the code are current, and ``mkdocs build --strict`` passes.
+
+The tutorials (``docs/tutorials/NN-*.md``) and the other pages with runnable code
+(``docs/index.md``, ``docs/concepts.md``) are executed in this process, block by block, by
+``docs/run_tutorials.py``, with ``NUMBARNN_DOCS_QUICK=1`` (tiny training) and a scratch
+working directory. Pictures are never committed: the pages write them, and the site built
+here shows the ones this run made.
+"""
+import importlib.util
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"numbarnn_docs_{name}", DOCS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+runner = _load("run_tutorials")
+TUTORIALS = runner.tutorials()
+PAGES = TUTORIALS + [DOCS / "index.md", DOCS / "concepts.md"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def made_pictures(tmp_path_factory):
+    """Pictures the tutorial runs made, by file name; the site build uses them."""
+    folder = tmp_path_factory.mktemp("pictures")
+    return folder
+
+
+@pytest.fixture
+def isolated(monkeypatch):
+    """A page may change global state (sys.path, the plugin registry, NumPy's global seed,
+    the environment); undo it all afterwards."""
+    from numbarnn import plugins
+
+    saved_path, saved_modules = list(sys.path), set(sys.modules)
+    saved_env, saved_random = dict(os.environ), np.random.get_state()
+    saved_in_process = set(plugins._in_process)
+    yield
+    for name in set(plugins._in_process) - saved_in_process:
+        plugins.unregister_plugin(name)
+    sys.path[:] = saved_path
+    for name in set(sys.modules) - saved_modules:
+        module = sys.modules.get(name)
+        if str(getattr(module, "__file__", "") or "").startswith(os.path.realpath(os.sep + "tmp")):
+            del sys.modules[name]
+    importlib.invalidate_caches()
+    os.environ.clear()
+    os.environ.update(saved_env)
+    np.random.set_state(saved_random)
+    plugins.reset()
+
+
+def _needs(page):
+    code = "".join(b.code for b in runner.blocks(page) if b.kind == "run")
+    return [m for m in ("matplotlib", "torch") if f"import {m}" in code]
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG, f"{path.name} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return len(data), width, height
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
+def test_page_runs_and_makes_its_pictures(page, tmp_path, isolated, made_pictures):
+    for module in _needs(page):
+        pytest.importorskip(module, reason=f"{page.name} needs {module}")
+    runner.run(page, tmp_path, quick=True)
+    for name in runner.pictures(page):
+        made = tmp_path / "img" / name
+        assert made.exists(), f"{page.name} shows img/{name} but its code did not write it"
+        size, width, height = _png_size(made)
+        assert size > 5000 and width >= 300 and height >= 200, (name, size, width, height)
+        shutil.copyfile(made, made_pictures / name)
+
+
+def test_every_tutorial_has_code_and_every_picture_has_a_page():
+    shown = set()
+    for page in TUTORIALS:
+        assert any(b.kind == "run" for b in runner.blocks(page)), f"{page.name} runs no code"
+        shown.update(runner.pictures(page))
+    assert shown, "no tutorial shows a picture"
+    for page in DOCS.rglob("*.md"):
+        if page.parent != DOCS / "tutorials":
+            assert "img/" not in "".join(runner.pictures(page)), f"{page}: pictures belong to tutorials"
+
+
+def test_block_classification(tmp_path):
+    page = tmp_path / "99-example.md"
+    page.write_text(
+        "text\n\n```python\nx = 1\n```\n\n```python title=\"pkg/mod.py\"\nY = 2\n```\n\n"
+        "```python\n# not run: needs a GPU\nboom()\n```\n\n```bash\nls\n```\n\n"
+        "??? note \"hidden\"\n    ```python\n    x += 1\n    ```\n\n![a picture](img/99-a.png)\n")
+    kinds = [(b.kind, b.title, b.line) for b in runner.blocks(page)]
+    assert kinds == [("run", None, 4), ("file", "pkg/mod.py", 8), ("show", None, 12),
+                     ("show", None, 17), ("run", None, 22)]
+    assert runner.pictures(page) == ["99-a.png"]
+    namespace = runner.run(page, tmp_path / "work")
+    assert namespace["x"] == 2 and (tmp_path / "work" / "pkg" / "mod.py").read_text() == "Y = 2\n"
+
+
+def test_a_failing_block_points_at_its_line(tmp_path):
+    page = tmp_path / "98-broken.md"
+    page.write_text("# broken\n\n```python\nx = 1\ny = undefined_name\n```\n")
+    with pytest.raises(NameError) as info:
+        runner.run(page, tmp_path / "work")
+    frames = [(frame.filename, frame.lineno) for frame in traceback.extract_tb(info.value.__traceback__)]
+    assert (str(page.resolve()), 5) in frames, frames
+
+
+def test_generated_listings_match_the_code():
+    """``numbarnn list ...``, ``numbarnn plugins``, the hook signatures and the CLI help in
+    the docs are what the code prints now (``python docs/gen_listings.py`` regenerates them)."""
+    result = subprocess.run([sys.executable, str(DOCS / "gen_listings.py"), "--check"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+
+
+def test_generated_regions_cover_every_kind_and_hook():
+    text = (DOCS / "registry.md").read_text(encoding="utf-8")
+    for region in ("list-cells", "list-losses", "list-optimizers", "list-samplers", "plugins", "hooks"):
+        assert f"<!-- BEGIN generated: {region} -->" in text, region
+    for hook in ("register_cells(register)", "register_losses(register)", "register_optimizers(register)",
+                 "register_samplers(register)"):
+        assert f"`{hook}`" in text, hook
+
+
+def test_readme_links_to_the_docs_and_every_tutorial():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "docs/index.md" in readme or "mkdocs" in readme, "README should link to the documentation site"
+    missing = [p.name for p in TUTORIALS if f"docs/tutorials/{p.name}" not in readme]
+    assert not missing, f"README does not link to {missing}"
+
+
+def test_site_builds_strictly(tmp_path, made_pictures):
+    for module in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python"):
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            pytest.skip(f"{module} is not installed (pip install '.[docs]'): the site build is not checked")
+    shown = {name for page in TUTORIALS for name in runner.pictures(page)}
+    if shown - {p.name for p in made_pictures.iterdir()} and importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("the tutorials' pictures need matplotlib (pip install '.[plot]')")
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copyfile(ROOT / "mkdocs.yml", project / "mkdocs.yml")
+    shutil.copytree(DOCS, project / "docs", ignore=shutil.ignore_patterns("img", "__pycache__"))
+    (project / "numbarnn").symlink_to(ROOT / "numbarnn", target_is_directory=True)  # for mkdocstrings
+    img = project / "docs" / "tutorials" / "img"
+    img.mkdir()
+    for picture in made_pictures.iterdir():
+        shutil.copyfile(picture, img / picture.name)
+    for page in TUTORIALS:  # the hook's record that these pictures come from the current code
+        if runner.pictures(page) and all((img / name).exists() for name in runner.pictures(page)):
+            runner._stamp(page, img).write_text(runner.code_hash(page) + " quick\n", encoding="utf-8")
+    # A picture this run did not make (its page was skipped or deselected) is made by the
+    # site's hook, at the small sizes.
+    assert not runner.missing_pictures(TUTORIALS, img) or len(list(made_pictures.iterdir())) < len(shown)
+    env = dict(os.environ, NUMBARNN_DOCS_QUICK="1", NO_MKDOCS_2_WARNING="1")
+    site = tmp_path / "site"
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(project / "mkdocs.yml"),
+                             "-d", str(site)], cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    page = (site / "tutorials" / "02-dinosaur-island" / "index.html").read_text(encoding="utf-8")
+    assert "img/02-gates-heatmap.png" in page
+    assert (site / "tutorials" / "img" / "02-gates-heatmap.png").exists()
+    api = (site / "api" / "trainer" / "index.html").read_text(encoding="utf-8")
+    assert "make_trainer" in api and "train_step" in api
+    assert not list(site.rglob("*.py")), "tooling .py files leaked into the site"
+
+
+def test_docstrings_become_markdown_for_the_api_reference():
+    pytest.importorskip("griffe", reason="griffe (mkdocstrings) is not installed: pip install '.[docs]'")
+    griffe_doctest = _load("griffe_doctest")
+    text = ("Run :func:`~numbarnn.course.clip` like this::\n\n"
+            "    >>> clip(g, 5)  # doctest: +SKIP\n    [1, 2]\n\nDone.")
+    assert griffe_doctest.to_markdown(text) == (
+        "Run `clip` like this:\n\n    ```pycon\n    >>> clip(g, 5)\n    [1, 2]\n    ```\n\nDone.")
