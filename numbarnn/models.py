@@ -18,7 +18,11 @@ _DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
 def resolve_dtype(dtype) -> np.dtype:
-    """``"float32"``/``"float64"`` (or the NumPy types) -> np.dtype; anything else is an error."""
+    """``"float32"``/``"float64"`` (or the NumPy types) -> np.dtype; anything else is an error.
+
+    >>> resolve_dtype("float32"), resolve_dtype(np.float64)
+    (dtype('float32'), dtype('float64'))
+    """
     try:
         key = np.dtype(dtype).name
     except TypeError:
@@ -62,6 +66,7 @@ class RecurrentModel:
 
     # -- parameters --------------------------------------------------------------------------
     def param_shapes(self) -> dict:
+        """The shape of each weight: ``W_x (G*H, X)``, ``W_h (G*H, H)``, ``b_x`` and ``b_h (G*H,)``."""
         GH, H, X = self.cell.gates * self.hidden_size, self.hidden_size, self.input_size
         return {"W_x": (GH, X), "W_h": (GH, H), "b_x": (GH,), "b_h": (GH,)}
 

@@ -30,7 +30,11 @@ from .plugins import get_cell, get_loss, get_optimizer, get_sampler
 
 
 def layer_param_name(name: str, layer: int) -> str:
-    """``W_x`` for the first layer, ``W_x_l1`` for the second, as PyTorch's ``_l1``."""
+    """``W_x`` for the first layer, ``W_x_l1`` for the second, as PyTorch's ``_l1``.
+
+    >>> layer_param_name("W_h", 0), layer_param_name("W_h", 2)
+    ('W_h', 'W_h_l2')
+    """
     return name if layer == 0 else f"{name}_l{layer}"
 
 
@@ -44,6 +48,14 @@ class SequenceModel:
     cell's state for one layer (an array, or a tuple such as ``(h, c)``) and a list of
     those for several layers. Dropout (inverted, between layers) applies only when
     ``forward`` gets ``train=True`` and a generator.
+
+    >>> import numpy as np
+    >>> model = SequenceModel("lstm", 5, 8, 5, layers=2, dtype="float64", seed=0)
+    >>> logits, state = model.forward(np.zeros((3, 2), dtype=int))   # (T, B) indices
+    >>> logits.shape, len(state), model.flat_params.size == sum(v.size for v in model.params.values())
+    ((3, 2, 5), 2, True)
+    >>> sorted(model.backward(np.ones_like(logits)))[:3]
+    ['W_h', 'W_h_l1', 'W_x']
     """
 
     def __init__(self, cell, input_size: int, hidden_size: int, output_size: Optional[int], *,
@@ -102,13 +114,16 @@ class SequenceModel:
 
     @property
     def input_size(self):
+        """X: the vocabulary size for integer inputs, the width of dense ones."""
         return self.layers[0].input_size
 
     @property
     def hidden_size(self):
+        """H: hidden units of every layer."""
         return self.layers[0].hidden_size
 
     def zero_state(self, batch_size: int):
+        """The all-zero state for ``batch_size`` sequences (a list of layer states when stacked)."""
         states = [layer.zero_state(batch_size) for layer in self.layers]
         return states[0] if len(states) == 1 else states
 
@@ -227,7 +242,11 @@ def make_model(cell="lstm", *, input_size: Optional[int] = None, vocab_size: Opt
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss or the gradients stopped being finite; the weights were not updated."""
+    """The loss or the gradients stopped being finite; the weights were not updated.
+
+    >>> issubclass(NonFiniteLossError, FloatingPointError)
+    True
+    """
 
 
 class Trainer:
@@ -238,6 +257,11 @@ class Trainer:
     ``train_step``, to continue a stream (``train_step(..., state=trainer.state)``).
     With a ``vocab`` (:class:`numbarnn.data.Vocabulary`), ``generate`` also takes and
     returns text.
+
+    >>> from numbarnn.data import Vocabulary
+    >>> trainer = make_trainer("rnn", vocab=Vocabulary.from_text("ab\\n"), hidden_size=4, seed=0, mode="names")
+    >>> isinstance(trainer, Trainer), type(trainer.generate("a", length=5))
+    (True, <class 'str'>)
     """
 
     def __init__(self, model: SequenceModel, loss, optimizer, sampler, *, clip: Optional[float],
@@ -429,6 +453,7 @@ class Trainer:
         return get_sampler(name or self.sampler_spec.name).factory(**options)
 
     def generate_indices(self, prime: list, length: int, chooser, seed=None, stop_index=None) -> list:
+        """:meth:`generate` on indices with a sampler object ``chooser`` (see ``numbarnn.samplers``)."""
         if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or length < 1:
             raise ValueError(f"length must be a positive integer, got {length!r}")
         if prime:
@@ -510,9 +535,11 @@ class Trainer:
         return self.model.flat_params.copy()
 
     def restore_params(self, snapshot) -> None:
+        """Put back the weights :meth:`snapshot_params` copied."""
         self.model.flat_params[...] = snapshot
 
     def params_finite(self) -> bool:
+        """True when no weight is NaN or infinite."""
         return bool(np.isfinite(self.model.flat_params).all())
 
     def fit(self, batches, *, steps: Optional[int] = None, epochs: Optional[float] = None,

@@ -30,6 +30,7 @@ from .activations import sigmoid, tanh
 
 @njit(cache=True)
 def rnn_forward(xz_t, hz_t, states, t, cache_t):
+    """h_t = tanh(xz_t + hz_t); see the module docstring for the protocol."""
     B, H = states.shape[2], states.shape[3]
     for b in range(B):
         for j in range(H):
@@ -38,6 +39,7 @@ def rnn_forward(xz_t, hz_t, states, t, cache_t):
 
 @njit(cache=True)
 def rnn_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev):
+    """dz = dh * (1 - h_t^2) into both dxz_t and dhz_t; no direct path to h_{t-1}."""
     B, H = states.shape[2], states.shape[3]
     one = states.dtype.type(1.0)
     for b in range(B):
@@ -54,6 +56,7 @@ def rnn_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev):
 
 @njit(cache=True)
 def lstm_forward(xz_t, hz_t, states, t, cache_t):
+    """PyTorch's LSTM step; saves i, f, g, o and tanh(c_t) in cache_t."""
     B, H = states.shape[2], states.shape[3]
     for b in range(B):
         for j in range(H):  # input gate
@@ -75,6 +78,7 @@ def lstm_forward(xz_t, hz_t, states, t, cache_t):
 
 @njit(cache=True)
 def lstm_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev):
+    """Gate gradients from dh_t and dc_t; the direct path gives dc_{t-1} = dc_t * f."""
     B, H = states.shape[2], states.shape[3]
     one = states.dtype.type(1.0)
     for b in range(B):

@@ -127,6 +127,7 @@ def input_weight_gradients_indices(dxz2d, idx, dW_x, db_x):
 
 @njit(cache=True)
 def column_sums(a2d, out):
+    """out (K,) = a2d (N, K) summed over its rows."""
     N, K = a2d.shape
     out[:] = 0.0
     for n in range(N):
