@@ -74,3 +74,17 @@ def test_kernels_that_are_not_importable_run_from_memory():
     outputs = [RecurrentModel(cell, 3, 5, seed=1).forward(x)[0] for cell in (local, RNN)]
     np.testing.assert_array_equal(*outputs)
     assert loops.loops_for(local).__name__.endswith("_in_memory")
+
+
+def test_loops_survive_a_pruned_sys_modules():
+    import sys
+
+    import numpy as np
+
+    from numbarnn.kernels import loops
+
+    module = loops.loops_for(numbarnn.get_cell("rnn"))
+    del sys.modules[module.__name__]
+    assert loops.loops_for(numbarnn.get_cell("rnn")) is module and sys.modules[module.__name__] is module
+    model = numbarnn.make_model("rnn", vocab_size=3, hidden_size=2, dtype="float64", seed=0)
+    model.forward(np.zeros((2, 1), dtype=np.int64))  # and the loops still run

@@ -207,7 +207,11 @@ def loops_for(cell):
     """
     key = (cell.forward, cell.backward)
     if key in _CELL_LOOPS:
-        return _CELL_LOOPS[key]
+        module = _CELL_LOOPS[key]
+        # Numba imports a function's module by name when it compiles a new specialisation:
+        # keep it importable even if someone pruned sys.modules.
+        sys.modules.setdefault(module.__name__, module)
+        return module
     forward, backward = _importable(cell.forward), _importable(cell.backward)
     module = None
     if forward and backward:
