@@ -13,3 +13,16 @@ def test_kernel_benchmark_smoke():
     lines = result.stdout.splitlines()
     assert any(line.startswith("rnn tiny f64") and "numbarnn" in line for line in lines)
     assert sum("numpy" in line and line.rstrip().endswith("x") for line in lines) == 2
+
+
+def test_suite_quick_smoke():
+    """benchmarks/suite.py --quick runs every case and prints one table with a row for each."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--quick"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("case") and "speed-up" in line and "target" in line for line in lines)
+    for case in ("course", "mid", "large", "generate", "plugin", "start-up", "memory", "scaling"):
+        rows = [line for line in lines if line.split()[:1] == [case]]
+        assert rows, f"no table row for case {case!r}"
+        assert not any("ERROR" in row or "MISMATCH" in row for row in rows), rows
