@@ -33,6 +33,8 @@ def project_dense(x2d, W_x, b_x, xz2d):
 def project_indices(idx, W_x, b_x, xz2d):
     """idx (N,) integer inputs (one-hot, never materialised); -1 is an all-zero input."""
     N, GH = xz2d.shape
+    # Gather rows of W_x.T: a column of W_x is strided by X, a row of its transpose is contiguous.
+    W_xT = np.ascontiguousarray(W_x.T)
     for n in range(N):
         i = idx[n]
         if i < 0:
@@ -40,7 +42,7 @@ def project_indices(idx, W_x, b_x, xz2d):
                 xz2d[n, k] = b_x[k]
         else:
             for k in range(GH):
-                xz2d[n, k] = W_x[k, i] + b_x[k]
+                xz2d[n, k] = W_xT[i, k] + b_x[k]
 
 
 # ---- the recurrence ------------------------------------------------------------------------
@@ -116,12 +118,15 @@ def input_weight_gradients_dense(dxz2d, x2d, W_x, dW_x, db_x, dx2d):
 def input_weight_gradients_indices(dxz2d, idx, dW_x, db_x):
     """Scatter-add version of dW_x = dXZ^T onehot(idx); inputs -1 contribute nothing."""
     N, GH = dxz2d.shape
-    dW_x[:, :] = 0.0
+    # Accumulate into rows of dW_x.T (contiguous), then transpose once: the same sums in the
+    # same order as adding into the strided columns of dW_x, several times faster.
+    dW_xT = np.zeros((dW_x.shape[1], GH), dW_x.dtype)
     for n in range(N):
         i = idx[n]
         if i >= 0:
             for k in range(GH):
-                dW_x[k, i] += dxz2d[n, k]
+                dW_xT[i, k] += dxz2d[n, k]
+    dW_x[:, :] = dW_xT.T
     column_sums(dxz2d, db_x)
 
 

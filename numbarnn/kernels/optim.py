@@ -8,6 +8,9 @@ element happens in float64 and is rounded once when stored into a float32 array.
 
 The formulas follow ``torch.optim`` (weight decay 0, dampening 0, maximize off)
 except Adagrad, which is min-char-rnn's.
+
+error_model="numpy": divisions are plain IEEE ones, without the zero-divisor test of
+Numba's default that keeps the update loops from being vectorised (8x for Adam).
 """
 import math
 
@@ -15,14 +18,14 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def sgd_update(p, g, lr):
     """p (P,) -= lr * g (P,)."""
     for i in range(p.shape[0]):
         p[i] -= lr * g[i]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def momentum_update(p, g, velocity, lr, momentum, nesterov):
     """PyTorch's SGD with momentum (dampening 0), velocity (P,) starting at zero.
 
@@ -38,7 +41,7 @@ def momentum_update(p, g, velocity, lr, momentum, nesterov):
             p[i] -= lr * v
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def adagrad_update(p, g, memory, lr, eps):
     """min-char-rnn's Adagrad: memory (P,) += g*g; p -= lr * g / sqrt(memory + eps).
 
@@ -51,7 +54,7 @@ def adagrad_update(p, g, memory, lr, eps):
         p[i] -= lr * gi / math.sqrt(mem + eps)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def rmsprop_update(p, g, square_avg, lr, alpha, eps):
     """PyTorch's RMSprop (not centered, no momentum): v = alpha v + (1-alpha) g^2;
     p -= lr * g / (sqrt(v) + eps). square_avg (P,) starts at zero."""
@@ -62,7 +65,7 @@ def rmsprop_update(p, g, square_avg, lr, alpha, eps):
         p[i] -= lr * (gi / (math.sqrt(v) + eps))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, step):
     """PyTorch's Adam (amsgrad off) with bias correction; ``step`` counts from 1.
 
@@ -84,7 +87,7 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step):
 
 # ---- clipping -------------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def clip_by_value(g, max_value):
     """In place, the course's ``np.clip(g, -max_value, max_value, out=g)``; NaN stays NaN."""
     for i in range(g.shape[0]):
@@ -94,7 +97,7 @@ def clip_by_value(g, max_value):
             g[i] = -max_value
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def sum_of_squares(g):
     """sum(g*g) of a flat array in a float64 accumulator, so a caller can add several
     arrays' sums and take one square root for a global norm."""
@@ -123,7 +126,7 @@ def sum_of_squares(g):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def scale(g, factor):
     """In place g *= factor."""
     for i in range(g.shape[0]):
