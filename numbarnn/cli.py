@@ -43,6 +43,11 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def format_defaults(defaults) -> str:
+    """``key=value, ...`` for a spec's defaults, ``-`` when there are none.
+
+    >>> format_defaults({"lr": 0.01}), format_defaults({})
+    ('lr=0.01', '-')
+    """
     if not defaults:
         return "-"
     return ", ".join(f"{key}={value!r}" for key, value in defaults.items())
@@ -55,6 +60,7 @@ def _print_json(data) -> None:
 # ---- numbarnn plugins ----------------------------------------------------------------------------
 
 def add_plugins_command(subparsers) -> argparse.ArgumentParser:
+    """Add ``numbarnn plugins``: the loaded plugins and what each registers."""
     parser = subparsers.add_parser(
         "plugins", help="list the loaded plugins and what each registers",
         description="List the loaded plugins (built-in and installed through the entry-point "
@@ -67,6 +73,7 @@ def add_plugins_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_plugins(args) -> int:
+    """``numbarnn plugins``: a table (or JSON) of loaded and failed plugins."""
     from .plugins import failed_plugins, list_plugins
 
     plugins, failed = list_plugins(), failed_plugins()
@@ -97,6 +104,7 @@ def _kind_arg(value: str) -> str:
 
 
 def add_list_command(subparsers) -> argparse.ArgumentParser:
+    """Add ``numbarnn list cells|losses|optimizers|samplers``."""
     parser = subparsers.add_parser(
         "list", help="list registered cells, losses, optimizers or samplers",
         description="List the registered cells, losses, optimizers or samplers with their "
@@ -112,6 +120,7 @@ def add_list_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_list(args) -> int:
+    """``numbarnn list KIND [PATTERN ...]``: names, defaults and descriptions."""
     from .plugins import get_registry
 
     kind = {p: k for k, p in PLURALS.items()}[args.kind]
@@ -137,6 +146,7 @@ def run_list(args) -> int:
 # ---- the entry point ---------------------------------------------------------------------------
 
 def add_demo_command(subparsers) -> argparse.ArgumentParser:
+    """Add ``numbarnn demo``: the course's character model through ``numbarnn.course``."""
     parser = subparsers.add_parser(
         "demo", help="check the kernels' gradients and train the course's character model",
         description="Check the LSTM kernels' BPTT against finite differences, then train the "
@@ -147,6 +157,7 @@ def add_demo_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_demo(args) -> int:
+    """``numbarnn demo``: a gradient check, then the course's ``model`` on the shipped names."""
     from .demo import run_demo as demo
 
     if args.iterations < 1:
@@ -175,6 +186,7 @@ def _usage_error(parser, message) -> int:
 
 
 def add_train_command(subparsers) -> argparse.ArgumentParser:
+    """Add ``numbarnn train``: train a character-level model and save a checkpoint."""
     parser = subparsers.add_parser(
         "train", help="train a character-level language model and save a checkpoint",
         description="Train a character-level language model. With no FILE it trains on the shipped "
@@ -222,6 +234,7 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_train(args) -> int:
+    """``numbarnn train``: returns 0 (done or early stop), 1 (non-finite loss), 130 (interrupted) or 2 (usage)."""
     from . import data as D
     from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from .cuda import CudaUnavailableError, UnsupportedOnCuda
@@ -330,6 +343,7 @@ def _plot_history(history, path):
 
 
 def add_sample_command(subparsers) -> argparse.ArgumentParser:
+    """Add ``numbarnn sample``: generate names or text from a checkpoint."""
     parser = subparsers.add_parser("sample", help="generate text from a checkpoint",
                                    description="Generate names (names mode) or text (stream mode) from a "
                                                "checkpoint written by `numbarnn train`.")
@@ -348,6 +362,7 @@ def add_sample_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_sample(args) -> int:
+    """``numbarnn sample``: print ``--n`` samples; 2 for a bad checkpoint, prime or option."""
     from .checkpoint import CheckpointError, load_checkpoint
     from .data import DataError
     from .registry import UnknownNameError
@@ -376,6 +391,7 @@ COMMANDS: List[Callable] = [add_train_command, add_sample_command, add_plugins_c
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``numbarnn`` argument parser with every command in :data:`COMMANDS`."""
     from .plugins import _numbarnn_version
 
     parser = argparse.ArgumentParser(
