@@ -378,7 +378,7 @@ class Trainer:
 
     def _language_model_step(self, x, y, weights, state):
         """The common model's forward, loss and backward in one compiled call (see
-        ``CellLoops.language_model_step``); buffers are reused between steps of one shape."""
+        ``numbarnn.kernels.cell_loops.language_model_step``); buffers are reused between steps of one shape."""
         model = self.model
         layer, cell, dtype = model.layers[0], model.cell, model.dtype
         T, B = x.shape
