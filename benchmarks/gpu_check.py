@@ -5,13 +5,14 @@
 
 In one run it
 
-1. runs the ``gpu``-marked tests (``tests/test_gpu.py``; they skip on the simulator);
-2. compares outputs and gradients of every registered cell with a CUDA pair against the
+1. compares outputs and gradients of every registered cell with a CUDA pair against the
    CPU kernels in float64, and prints the relative error per cell (float64 and float32
    on the device, both against CPU float64);
-3. times an LSTM training step (forward, BPTT, clip, Adam) at hidden 1024, batch 64,
+2. times an LSTM training step (forward, BPTT, clip, Adam) at hidden 1024, batch 64,
    T 100, float32, for each loop strategy, against PyTorch's cuDNN LSTM doing the same
    step on the same GPU; and the same at batch 1 and 4;
+3. runs the ``gpu``-marked tests (``tests/test_gpu.py``; they skip on the simulator),
+   last, so a slow compile there cannot cost the numbers above;
 4. prints one table last.
 
 Targets (from the issue): within 2x of cuDNN at batch 64, ahead of it at batch 1 to 4.
@@ -24,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +37,9 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case")
     parser.add_argument("--skip-tests", action="store_true", help="do not run the gpu-marked tests")
+    parser.add_argument("--sweep", action="store_true",
+                        help="after the tests, time other step tiles (BM, BJ, BK, TM) at each batch size")
+    parser.add_argument("--tests-timeout", type=float, default=240, help="seconds allowed for the gpu-marked tests")
     return parser.parse_args(argv)
 
 
@@ -59,9 +64,17 @@ def row(section, item, value):
 def run_gpu_tests():
     started = time.perf_counter()
     env = dict(os.environ)
-    result = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_gpu.py"), "-q", "-m", "gpu",
-                             "-p", "no:cacheprovider", "-o", "addopts="],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    try:
+        result = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_gpu.py"), "-q", "-m", "gpu",
+                                 "-p", "no:cacheprovider", "-o", "addopts="],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=ARGS.tests_timeout)
+    except subprocess.TimeoutExpired as expired:
+        # Report what finished (pytest -q prints a dot or letter per test) and go on to the table.
+        done = (expired.stdout or b"")
+        done = done.decode(errors="replace") if isinstance(done, bytes) else done
+        print(done[-4000:])
+        row("tests", "gpu-marked tests", f"timed out after {ARGS.tests_timeout:.0f} s: {done.strip()[:80]!r}")
+        return
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     summary = lines[-1] if lines else "(no output)"
     if result.returncode not in (0, 5):
@@ -90,13 +103,18 @@ def check_cells(sizes):
         d = np.random.default_rng(1).normal(size=out_c.shape)
         grads_c = cpu.backward(d)
         for dtype in ("float64", "float32"):
-            gpu = make_cuda_model(name, vocab_size=V, hidden_size=H, dtype=dtype, seed=0)
-            gpu.load_params(cpu.params)
-            out_g, _ = gpu.forward(x)
-            grads_g = gpu.backward(d)
+            label = f"{name} {dtype} vs CPU float64 (outputs / gradients)"
+            try:
+                gpu = make_cuda_model(name, vocab_size=V, hidden_size=H, dtype=dtype, seed=0)
+                gpu.load_params(cpu.params)
+                out_g, _ = gpu.forward(x)
+                grads_g = gpu.backward(d)
+            except Exception as error:  # noqa: BLE001 - report, go on to the other cells and the timings
+                traceback.print_exc()
+                row("accuracy", label, f"failed: {type(error).__name__}: {error}"[:160])
+                continue
             grad_err = max(rel_err(grads_g[k], grads_c[k]) for k in grads_c)
-            row("accuracy", f"{name} {dtype} vs CPU float64 (outputs / gradients)",
-                f"{rel_err(out_g, out_c):.1e} / {grad_err:.1e}")
+            row("accuracy", label, f"{rel_err(out_g, out_c):.1e} / {grad_err:.1e}")
 
 
 def median_time(fn, repeats, sync):
@@ -166,6 +184,7 @@ def time_steps(cases, repeats):
                 ours[loop] = time_numbarnn(V, H, B, T, loop, repeats)
                 row("speed", f"{label}, numbarnn loop={loop}", f"{ours[loop] * 1e3:.2f} ms")
             except Exception as error:  # noqa: BLE001 - report and go on (e.g. no cooperative launch)
+                traceback.print_exc()
                 row("speed", f"{label}, numbarnn loop={loop}", f"failed: {type(error).__name__}: {error}"[:160])
         seconds, where = torch_step(V, H, B, T, repeats)
         if seconds is None:
@@ -175,6 +194,27 @@ def time_steps(cases, repeats):
         if ours:
             best_loop = min(ours, key=ours.get)
             row("speed", f"{label}, best numbarnn / PyTorch", f"{ours[best_loop] / seconds:.2f}x (loop={best_loop})")
+
+
+SWEEP_TILES = {  # candidates around the heuristic's choice, per batch size
+    64: [(64, 16, 16, 4), (32, 16, 16, 2), (64, 32, 16, 8), (16, 32, 16, 2)],
+    4: [(4, 32, 16, 1), (4, 64, 16, 1), (4, 16, 32, 1), (4, 128, 16, 2)],
+    1: [(1, 32, 16, 1), (1, 64, 16, 1), (1, 128, 16, 1), (1, 32, 32, 1)],
+    2: [(2, 8, 4, 1)],  # --quick on the simulator: plumbing only
+}
+
+
+def sweep_tiles(cases, repeats):
+    for (V, H, B, T) in cases:
+        for tile in SWEEP_TILES.get(B, []):
+            nc.config.update(step_tile=tile)
+            for loop in ("launch", "persistent"):
+                label = f"LSTM step V{V} H{H} B{B} T{T} tile={tile} loop={loop}"
+                try:
+                    row("sweep", label, f"{time_numbarnn(V, H, B, T, loop, repeats) * 1e3:.2f} ms")
+                except Exception as error:  # noqa: BLE001
+                    row("sweep", label, f"failed: {type(error).__name__}: {error}"[:120])
+        nc.config.update(step_tile=None)
 
 
 def print_table():
@@ -214,22 +254,25 @@ def main():
     row("setup", "versions", versions)
     row("setup", "launch config", f"{nc.config}")
 
-    print("\n[1/3] gpu tests", flush=True)
-    if ARGS.skip_tests:
-        row("tests", "gpu-marked tests", "skipped (--skip-tests)")
-    else:
-        run_gpu_tests()
-
-    print("\n[2/3] outputs and gradients against CPU float64", flush=True)
+    print("\n[1/3] outputs and gradients against CPU float64", flush=True)
     check_cells((7, 6, 3, 2) if ARGS.quick else (65, 128, 20, 8))
 
-    print("\n[3/3] training step timings", flush=True)
+    print("\n[2/3] training step timings", flush=True)
     repeats = ARGS.repeats or (1 if ARGS.quick else 5)
     if ARGS.quick:
         cases = [(7, 6, 2, 3), (7, 6, 1, 3)]
     else:
         cases = [(65, 1024, 64, 100), (65, 1024, 4, 100), (65, 1024, 1, 100)]
     time_steps(cases, repeats)
+
+    print("\n[3/3] gpu tests", flush=True)
+    if ARGS.skip_tests:
+        row("tests", "gpu-marked tests", "skipped (--skip-tests)")
+    else:
+        run_gpu_tests()
+    if ARGS.sweep:
+        print("\n[+] step-tile sweep", flush=True)
+        sweep_tiles([(7, 6, 2, 3)] if ARGS.quick else cases, repeats)
     row("setup", "total time", f"{time.perf_counter() - started:.0f} s")
     print_table()
     return 0
