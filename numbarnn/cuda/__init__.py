@@ -29,6 +29,15 @@ import importlib.util
 from dataclasses import dataclass, fields, replace
 from typing import Optional
 
+import numpy as np
+
+# numba-cuda (0.30.4 and before) overloads np.row_stack while loading its typing registries,
+# at the first CUDA compile; NumPy 2.5 removed that name (an alias of np.vstack since 2.0),
+# so without this every kernel compile fails with "module 'numpy' has no attribute
+# 'row_stack'" on NumPy 2.5. Seen on an H100 with numba 0.68.0, numba-cuda 0.30.4, NumPy 2.5.2.
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack
+
 __all__ = ["CudaUnavailableError", "UnsupportedOnCuda", "available", "require", "unavailable_reason", "simulator", "config",
            "make_cuda_trainer", "CudaTrainer"]
 
