@@ -38,7 +38,7 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case")
     parser.add_argument("--skip-tests", action="store_true", help="do not run the gpu-marked tests")
     parser.add_argument("--sweep", action="store_true",
-                        help="after the tests, time other step tiles (BM, BJ, BK, TM) at each batch size")
+                        help="after the tests, time other step-kernel shapes at each batch size")
     parser.add_argument("--tests-timeout", type=float, default=240, help="seconds allowed for the gpu-marked tests")
     return parser.parse_args(argv)
 
@@ -130,10 +130,12 @@ def median_time(fn, repeats, sync):
     return float(np.median(times))
 
 
-def time_numbarnn(V, H, B, T, loop, repeats):
+def time_numbarnn(V, H, B, T, loop, repeats, step_kernel="auto"):
     from numba import cuda
 
     from numbarnn.cuda.trainer import make_cuda_trainer
+
+    nc.config.update(step_kernel=step_kernel)
 
     trainer = make_cuda_trainer("lstm", "softmax_cross_entropy", "adam", "categorical", vocab_size=V,
                                 hidden_size=H, lr=1e-3, clip=5.0, dtype="float32", seed=0, loop=loop)
@@ -179,13 +181,16 @@ def time_steps(cases, repeats):
     for (V, H, B, T) in cases:
         label = f"LSTM step V{V} H{H} B{B} T{T} float32"
         ours = {}
-        for loop in ("launch", "persistent"):
-            try:
-                ours[loop] = time_numbarnn(V, H, B, T, loop, repeats)
-                row("speed", f"{label}, numbarnn loop={loop}", f"{ours[loop] * 1e3:.2f} ms")
-            except Exception as error:  # noqa: BLE001 - report and go on (e.g. no cooperative launch)
-                traceback.print_exc()
-                row("speed", f"{label}, numbarnn loop={loop}", f"failed: {type(error).__name__}: {error}"[:160])
+        for kind in ("tiled", "rowdot"):
+            for loop in ("launch", "persistent"):
+                name = f"{kind}/{loop}"
+                try:
+                    ours[name] = time_numbarnn(V, H, B, T, loop, repeats, kind)
+                    row("speed", f"{label}, numbarnn {name}", f"{ours[name] * 1e3:.2f} ms")
+                except Exception as error:  # noqa: BLE001 - report and go on (e.g. no cooperative launch)
+                    traceback.print_exc()
+                    row("speed", f"{label}, numbarnn {name}", f"failed: {type(error).__name__}: {error}"[:160])
+        nc.config.update(step_kernel="auto")
         seconds, where = torch_step(V, H, B, T, repeats)
         if seconds is None:
             row("speed", f"{label}, PyTorch", where)
@@ -193,28 +198,31 @@ def time_steps(cases, repeats):
         row("speed", f"{label}, {where}", f"{seconds * 1e3:.2f} ms")
         if ours:
             best_loop = min(ours, key=ours.get)
-            row("speed", f"{label}, best numbarnn / PyTorch", f"{ours[best_loop] / seconds:.2f}x (loop={best_loop})")
+            row("speed", f"{label}, best numbarnn / PyTorch", f"{ours[best_loop] / seconds:.2f}x ({best_loop})")
 
 
-SWEEP_TILES = {  # candidates around the heuristic's choice, per batch size
-    64: [(64, 16, 16, 4), (32, 16, 16, 2), (64, 32, 16, 8), (16, 32, 16, 2)],
-    4: [(4, 32, 16, 1), (4, 64, 16, 1), (4, 16, 32, 1), (4, 128, 16, 2)],
-    1: [(1, 32, 16, 1), (1, 64, 16, 1), (1, 128, 16, 1), (1, 32, 32, 1)],
-    2: [(2, 8, 4, 1)],  # --quick on the simulator: plumbing only
+SWEEP = {  # config changes around the defaults, per batch size: tiled tiles and rowdot shapes
+    64: [dict(step_kernel="tiled", step_tile=(32, 16, 16, 2)), dict(step_kernel="tiled", step_tile=(32, 32, 16, 4)),
+         dict(step_kernel="rowdot", rowdot_batch=4), dict(step_kernel="rowdot", rowdot_batch=16)],
+    4: [dict(step_kernel="rowdot", rowdot_warps=4), dict(step_kernel="rowdot", rowdot_warps=16)],
+    1: [dict(step_kernel="rowdot", rowdot_warps=4), dict(step_kernel="rowdot", rowdot_warps=16)],
+    2: [dict(step_kernel="rowdot", rowdot_warps=2)],  # --quick on the simulator: plumbing only
 }
 
 
-def sweep_tiles(cases, repeats):
+def sweep_configs(cases, repeats):
+    defaults = {name: getattr(nc.config, name) for name in ("step_kernel", "step_tile", "rowdot_batch", "rowdot_warps")}
     for (V, H, B, T) in cases:
-        for tile in SWEEP_TILES.get(B, []):
-            nc.config.update(step_tile=tile)
+        for changes in SWEEP.get(B, []):
+            nc.config.update(**changes)
+            kind = changes["step_kernel"]
             for loop in ("launch", "persistent"):
-                label = f"LSTM step V{V} H{H} B{B} T{T} tile={tile} loop={loop}"
+                label = f"LSTM step V{V} H{H} B{B} T{T} {changes} loop={loop}"
                 try:
-                    row("sweep", label, f"{time_numbarnn(V, H, B, T, loop, repeats) * 1e3:.2f} ms")
+                    row("sweep", label, f"{time_numbarnn(V, H, B, T, loop, repeats, kind) * 1e3:.2f} ms")
                 except Exception as error:  # noqa: BLE001
                     row("sweep", label, f"failed: {type(error).__name__}: {error}"[:120])
-        nc.config.update(step_tile=None)
+            nc.config.update(**defaults)
 
 
 def print_table():
@@ -272,7 +280,7 @@ def main():
         run_gpu_tests()
     if ARGS.sweep:
         print("\n[+] step-tile sweep", flush=True)
-        sweep_tiles([(7, 6, 2, 3)] if ARGS.quick else cases, repeats)
+        sweep_configs([(7, 6, 2, 3)] if ARGS.quick else cases, repeats)
     row("setup", "total time", f"{time.perf_counter() - started:.0f} s")
     print_table()
     return 0

@@ -64,3 +64,28 @@ def test_lstm_float32_training_follows_cpu():
     for _ in range(3):
         x, y = rng.integers(0, 30, size=(16, 20)), rng.integers(0, 30, size=(16, 20))
         np.testing.assert_allclose(gpu.train_step(x, y), cpu.train_step(x, y), rtol=1e-4)
+
+
+@pytest.mark.parametrize("step_kernel", ["tiled", "rowdot"])
+@pytest.mark.parametrize("loop", ["launch", "persistent"])
+def test_both_step_kernels_at_a_batch_of_several_groups(step_kernel, loop):
+    # B 37: five rowdot batch groups of 8 (the last partial), or two tiled row blocks;
+    # H 300 is not a multiple of 32 lanes or of any tile width.
+    from numbarnn.cuda import config
+    from numbarnn.cuda.trainer import make_cuda_model
+
+    saved = config.step_kernel
+    config.update(step_kernel=step_kernel)
+    try:
+        cpu = numbarnn.make_model("lstm", vocab_size=11, hidden_size=300, dtype="float64", seed=0)
+        gpu = make_cuda_model("lstm", vocab_size=11, hidden_size=300, dtype="float64", seed=0)
+        x = np.random.default_rng(2).integers(-1, 11, size=(5, 37))
+        out_c, _ = cpu.forward(x)
+        out_g, _ = gpu.forward(x, loop=loop)
+        np.testing.assert_allclose(out_g, out_c, rtol=1e-10, atol=1e-12)
+        d = np.random.default_rng(3).normal(size=out_c.shape)
+        grads_c, grads_g = cpu.backward(d), gpu.backward(d, loop=loop)
+        for name, value in grads_c.items():
+            np.testing.assert_allclose(grads_g[name], value, rtol=1e-9, atol=1e-11, err_msg=name)
+    finally:
+        config.update(step_kernel=saved)

@@ -74,10 +74,24 @@ class Config:
         step_tile: ``(BM, BJ, BK, TM)`` of the fused recurrent step, or None to derive it
             from the batch and hidden sizes (:func:`numbarnn.cuda.loops.step_tiles`). A
             forward block computes rows BM of the batch and hidden units BJ of every gate.
+        step_kernel: which fused step kernels run the recurrence: ``"tiled"`` (a block owns
+            a BM x BJ tile of batch rows and units, the product staged through shared
+            memory), ``"rowdot"`` (a warp owns one hidden unit and up to ``rowdot_batch``
+            batch rows; its lanes read the unit's weight rows contiguously and reduce with
+            warp shuffles: many small independent dot products, which is what a small batch
+            needs to spread one step over the whole GPU) or ``"auto"`` (rowdot for batches
+            up to ``rowdot_max_batch``, tiled above).
+        rowdot_batch: batch rows per warp of the rowdot kernels (more rows share each
+            weight read; more registers).
+        rowdot_warps: warps per block of the rowdot kernels.
+        rowdot_max_batch: the largest batch ``"auto"`` gives to the rowdot kernels.
         loop: ``"launch"`` (one kernel launch per time step), ``"persistent"`` (one
             cooperative launch for the whole sequence, the grid synchronised between
-            steps) or ``"auto"`` (persistent where the grid fits on the device at once,
-            else per-step launches; always per-step launches on the simulator).
+            steps) or ``"auto"`` (persistent where the grid needs at most a quarter of the
+            blocks the device can hold at once, else per-step launches; always per-step
+            launches on the simulator). Measured on an H100: persistent was 4.4x faster at
+            128 blocks, launches 1.2x faster at 1,024 blocks (a grid barrier across
+            every slot of the GPU costs more than a launch).
         reduce_threads: threads of the single block that reduces a loss or a norm to one number.
     """
 
@@ -85,6 +99,12 @@ class Config:
     max_blocks: int = 1024
     gemm_tile: tuple = (64, 64, 16, 4, 4)
     step_tile: Optional[tuple] = None
+    step_kernel: str = "auto"
+    # Measured on an H100 (docs/gpu.md): rowdot beat the tiled kernels at batch 1, 4 and 64
+    # (2.0x at 64, 9x at 4, 40x at 1), and 4 warps per block beat 8 and 16 at batch 1 and 4.
+    rowdot_batch: int = 8
+    rowdot_warps: int = 4
+    rowdot_max_batch: int = 64
     loop: str = "auto"
     reduce_threads: int = 256
 
@@ -107,6 +127,11 @@ class Config:
             BM, BJ, BK, TM = self.step_tile
             if BM % TM or min(BM, BJ, BK, TM) < 1:
                 raise ValueError(f"step_tile {self.step_tile}: TM must divide BM")
+        if self.step_kernel not in ("auto", "tiled", "rowdot"):
+            raise ValueError(f"step_kernel must be 'auto', 'tiled' or 'rowdot', got {self.step_kernel!r}")
+        for name in ("rowdot_batch", "rowdot_warps", "rowdot_max_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.loop not in ("auto", "launch", "persistent"):
             raise ValueError(f"loop must be 'auto', 'launch' or 'persistent', got {self.loop!r}")
         if self.max_blocks < 1:

@@ -22,9 +22,15 @@ Two loop strategies run the same tile code (:class:`StepKernels`):
   steps, saving a launch per step. It needs the grid to be resident at once; with more
   tiles than resident blocks the blocks loop over several tiles per step.
 
-``config.loop = "auto"`` takes the persistent kernel when every tile gets its own
-resident block, else per-step launches (on the simulator, which runs cooperative grids
-of one block only, always per-step launches). ``benchmarks/gpu_check.py`` times both.
+``config.loop = "auto"`` takes the persistent kernel when the grid needs at most a
+quarter of the blocks the device can hold at once, else per-step launches (on the
+simulator, which runs cooperative grids of one block only, always per-step launches).
+``benchmarks/gpu_check.py`` times both.
+
+Two kinds of step kernel share the loops (``config.step_kernel``): the tiled one above,
+and the rowdot one (:func:`_build_rowdot_steps`), where a warp owns one hidden unit and a
+few batch rows and its lanes split K. The tiled one leaves most of the GPU idle at small
+batches; on an H100 the rowdot one won at batch 1, 4 and 64 (docs/gpu.md).
 """
 from __future__ import annotations
 
@@ -204,10 +210,17 @@ class StepKernels:
     """The fused recurrent kernels of one cell, dtype and tile.
 
     ``forward_step[grid, block](t, xz, W_h, b_h, states, cache, hz)`` computes step t;
-    ``forward_persistent[...](T, ntiles, ...)`` all steps. ``backward_step[...](t, T, W_h,
+    ``forward_persistent[...](T, ntiles, ...)`` all steps. ``backward_step[...](t, T, W,
     states, cache, d_outputs, dstate, dstate_prev, dxz, dhz)`` computes step t of BPTT
     (t = -1 finishes: dstate becomes the gradient of the initial state);
     ``backward_persistent[...](T, t_stop, ntiles, ...)`` runs t = T-1 down to t_stop.
+    The backward's ``W`` is ``W_h`` for the tiled kernels and a contiguous ``W_h.T`` for
+    the rowdot kernels (:attr:`backward_wants_transpose`); :func:`sequence_backward`
+    passes the right one.
+
+    ``kind`` is ``"tiled"`` (``tile = (BM, BJ, BK, TM)``) or ``"rowdot"`` (``tile = (BG,
+    WPB)``: batch rows per warp, warps per block). A tile is what one block computes in
+    one step; :meth:`ntiles` counts them.
     """
 
     forward_step: Callable
@@ -215,15 +228,60 @@ class StepKernels:
     backward_step: Callable
     backward_persistent: Callable
     tile: tuple
+    kind: str = "tiled"
 
     @property
     def block(self) -> tuple:
+        if self.kind == "rowdot":
+            return (32 * self.tile[1],)
         BM, BJ, BK, TM = self.tile
         return (BJ, BM // TM)
 
+    @property
+    def backward_wants_transpose(self) -> bool:
+        return self.kind == "rowdot"
+
     def ntiles(self, B: int, H: int) -> int:
+        if self.kind == "rowdot":
+            BG, WPB = self.tile
+            units = H * ((B + BG - 1) // BG)  # a warp per (hidden unit, group of BG batch rows)
+            return (units + WPB - 1) // WPB
         BM, BJ = self.tile[0], self.tile[1]
         return ((H + BJ - 1) // BJ) * ((B + BM - 1) // BM)
+
+
+def _wrap_steps(forward_tile, backward_tile, tile: tuple, kind: str) -> StepKernels:
+    """The four kernels (per-step and persistent, each direction) around two tile functions."""
+
+    @cuda.jit
+    def forward_step(t, xz, W_h, b_h, states, cache, hz):
+        forward_tile(cuda.blockIdx.x, t, xz, W_h, b_h, states, cache, hz)
+
+    @cuda.jit
+    def forward_persistent(T, ntiles, xz, W_h, b_h, states, cache, hz):
+        grid = cuda.cg.this_grid()
+        for t in range(T):
+            tile_id = cuda.blockIdx.x
+            while tile_id < ntiles:
+                forward_tile(tile_id, t, xz, W_h, b_h, states, cache, hz)
+                tile_id += cuda.gridDim.x
+            grid.sync()
+
+    @cuda.jit
+    def backward_step(t, T, W, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz):
+        backward_tile(cuda.blockIdx.x, t, T, W, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz)
+
+    @cuda.jit
+    def backward_persistent(T, t_stop, ntiles, W, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz):
+        grid = cuda.cg.this_grid()
+        for t in range(T - 1, t_stop - 1, -1):
+            tile_id = cuda.blockIdx.x
+            while tile_id < ntiles:
+                backward_tile(tile_id, t, T, W, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz)
+                tile_id += cuda.gridDim.x
+            grid.sync()
+
+    return StepKernels(forward_step, forward_persistent, backward_step, backward_persistent, tile, kind)
 
 
 def _build_steps(pair, dtype: np.dtype, G: int, S: int, tile: tuple) -> StepKernels:
@@ -289,20 +347,6 @@ def _build_steps(pair, dtype: np.dtype, G: int, S: int, tile: tuple) -> StepKern
                         hz[b, g * H + j] = acc[i, g] + b_h[g * H + j]
                     cell_forward(xz_t, hz, states, t, cache_t, b, j)
 
-    @cuda.jit
-    def forward_step(t, xz, W_h, b_h, states, cache, hz):
-        forward_tile(cuda.blockIdx.x, t, xz, W_h, b_h, states, cache, hz)
-
-    @cuda.jit
-    def forward_persistent(T, ntiles, xz, W_h, b_h, states, cache, hz):
-        grid = cuda.cg.this_grid()
-        for t in range(T):
-            tile_id = cuda.blockIdx.x
-            while tile_id < ntiles:
-                forward_tile(tile_id, t, xz, W_h, b_h, states, cache, hz)
-                tile_id += cuda.gridDim.x
-            grid.sync()
-
     @cuda.jit(device=True)
     def backward_tile(tile_id, t, T, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz):
         As = cuda.shared.array((BK, BM), nb_dtype)
@@ -360,35 +404,185 @@ def _build_steps(pair, dtype: np.dtype, G: int, S: int, tile: tuple) -> StepKern
                         dstate[0, b, j] += d_outputs[t, b, j]
                         cell_backward(dstate, states, t, cache[t], dxz[t], dhz[t], dstate_prev, b, j)
 
-    @cuda.jit
-    def backward_step(t, T, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz):
-        backward_tile(cuda.blockIdx.x, t, T, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz)
+    return _wrap_steps(forward_tile, backward_tile, tile, "tiled")
 
-    @cuda.jit
-    def backward_persistent(T, t_stop, ntiles, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz):
-        grid = cuda.cg.this_grid()
-        for t in range(T - 1, t_stop - 1, -1):
-            tile_id = cuda.blockIdx.x
-            while tile_id < ntiles:
-                backward_tile(tile_id, t, T, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz)
-                tile_id += cuda.gridDim.x
-            grid.sync()
 
-    return StepKernels(forward_step, forward_persistent, backward_step, backward_persistent, tile)
+_FULL_MASK = 0xFFFFFFFF
+
+
+def _build_warp_sum():
+    """``warp_sum(v, scratch, warp, lane)``: every lane gets the sum of v over its warp.
+
+    A butterfly of ``shfl_xor`` on a GPU (every lane ends with the same bits). The simulator
+    has no shuffles, so there the lanes go through ``scratch`` (a ``(warps, 32)`` shared
+    array) and each adds the 32 values in lane order: two block barriers, where a
+    simulated butterfly would take ten, and barriers are what the simulator pays for.
+    Every thread of the block must call it (the barriers), active or not.
+    """
+    if simulator():
+        @cuda.jit(device=True)
+        def warp_sum(v, scratch, warp, lane):
+            scratch[warp, lane] = v
+            cuda.syncthreads()
+            total = scratch[warp, 0]
+            for other in range(1, 32):
+                total += scratch[warp, other]
+            cuda.syncthreads()
+            return total
+    else:
+        @cuda.jit(device=True)
+        def warp_sum(v, scratch, warp, lane):
+            offset = 16
+            while offset > 0:
+                v = v + cuda.shfl_xor_sync(_FULL_MASK, v, offset)
+                offset //= 2
+            return v
+    return warp_sum
+
+
+def _build_rowdot_steps(pair, dtype: np.dtype, G: int, S: int, tile: tuple) -> StepKernels:
+    """Step kernels for small batches: a warp per (hidden unit j, group of BG batch rows).
+
+    The tiled kernels give a block a tile of batch rows and units, so a batch of one makes
+    H / BJ blocks that each walk all of K alone: a few dozen warps on a GPU with
+    thousands of slots, waiting on memory. Here each warp computes the G dot products of
+    unit j (rows ``g*H + j`` of W_h, read contiguously by its lanes, which splits K 32
+    ways) for its BG batch rows, sums across lanes, and lane i then runs the cell's
+    pointwise code for batch row ``b0 + i``. H * ceil(B / BG) warps per step; W_h is read
+    once per batch group, from L2 after the first step. Backward does the same with the
+    rows of ``W_h.T`` (``dh[:, j] = dhz_{t+1} @ W_h[:, j]``).
+    """
+    BG, WPB = tile
+    nb_dtype = numpy_support.from_dtype(dtype)
+    zero = dtype.type(0)
+    cell_forward, cell_backward = pair.forward, pair.backward
+    warp_sum = _build_warp_sum()
+
+    @cuda.jit(device=True)
+    def forward_tile(tile_id, t, xz, W_h, b_h, states, cache, hz):
+        scratch = cuda.shared.array((WPB, 32), nb_dtype)
+        acc = cuda.local.array((G, BG), nb_dtype)
+        w = cuda.local.array(G, nb_dtype)
+        B = states.shape[2]
+        H = states.shape[3]
+        warp = cuda.threadIdx.x // 32
+        lane = cuda.threadIdx.x % 32
+        unit = tile_id * WPB + warp
+        j = unit % H
+        b0 = (unit // H) * BG
+        active = b0 < B  # the same for the whole warp; past the last unit b0 >= B
+        for g in range(G):
+            for i in range(BG):
+                acc[g, i] = zero
+        if active:
+            for k in range(lane, H, 32):
+                for g in range(G):
+                    w[g] = W_h[g * H + j, k]
+                for i in range(BG):
+                    b = b0 + i
+                    if b < B:
+                        h = states[0, t, b, k]
+                        for g in range(G):
+                            acc[g, i] += w[g] * h
+        for g in range(G):
+            for i in range(BG):
+                acc[g, i] = warp_sum(acc[g, i], scratch, warp, lane)
+        b = b0 + lane
+        if active and lane < BG and b < B:
+            for g in range(G):
+                total = zero
+                for i in range(BG):  # acc[g, lane] without a dynamic index (keeps acc in registers)
+                    if i == lane:
+                        total = acc[g, i]
+                hz[b, g * H + j] = total + b_h[g * H + j]
+            cell_forward(xz[t], hz, states, t, cache[t], b, j)
+
+    @cuda.jit(device=True)
+    def backward_tile(tile_id, t, T, W_hT, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz):
+        scratch = cuda.shared.array((WPB, 32), nb_dtype)
+        acc = cuda.local.array(BG, nb_dtype)
+        B = states.shape[2]
+        H = states.shape[3]
+        GH = W_hT.shape[1]
+        warp = cuda.threadIdx.x // 32
+        lane = cuda.threadIdx.x % 32
+        unit = tile_id * WPB + warp
+        j = unit % H
+        b0 = (unit // H) * BG
+        active = b0 < B
+        for i in range(BG):
+            acc[i] = zero
+        recurrent = t + 1 < T  # the same for the whole grid
+        if recurrent:  # dh[:, j] = dhz_{t+1} @ W_h[:, j] for this warp's batch rows
+            if active:
+                src = dhz[t + 1]
+                for k in range(lane, GH, 32):
+                    w = W_hT[j, k]
+                    for i in range(BG):
+                        b = b0 + i
+                        if b < B:
+                            acc[i] += w * src[b, k]
+            for i in range(BG):
+                acc[i] = warp_sum(acc[i], scratch, warp, lane)
+        b = b0 + lane
+        if active and lane < BG and b < B:
+            if recurrent:
+                dh = zero
+                for i in range(BG):
+                    if i == lane:
+                        dh = acc[i]
+                dstate[0, b, j] = dstate_prev[0, b, j] + dh
+                for s in range(1, S):
+                    dstate[s, b, j] = dstate_prev[s, b, j]
+            if t >= 0:
+                dstate[0, b, j] += d_outputs[t, b, j]
+                cell_backward(dstate, states, t, cache[t], dxz[t], dhz[t], dstate_prev, b, j)
+
+    return _wrap_steps(forward_tile, backward_tile, tile, "rowdot")
 
 
 _STEPS = {}
 
 
+def step_kind(B: int) -> str:
+    """``"tiled"`` or ``"rowdot"`` for a batch of B rows: ``config.step_kernel``, where
+    ``"auto"`` means rowdot up to ``config.rowdot_max_batch`` rows."""
+    if config.step_kernel != "auto":
+        return config.step_kernel
+    return "rowdot" if B <= config.rowdot_max_batch else "tiled"
+
+
 def step_kernels(cell, dtype, B: int, H: int) -> StepKernels:
     """The fused step kernels of ``cell`` for this dtype and problem size (cached per tile)."""
     dtype = np.dtype(dtype)
-    tile = step_tiles(B, H, cell.gates)
-    key = cell_key(cell, dtype) + (tile,)
+    kind = step_kind(B)
+    if kind == "rowdot":
+        tile = (min(config.rowdot_batch, B), config.rowdot_warps)
+    else:
+        tile = step_tiles(B, H, cell.gates)
+    key = cell_key(cell, dtype) + (kind, tile)
     kernels = _STEPS.get(key)
     if kernels is None:
-        kernels = _STEPS[key] = _build_steps(resolve(cell), dtype, cell.gates, cell.states, tile)
+        build = _build_rowdot_steps if kind == "rowdot" else _build_steps
+        kernels = _STEPS[key] = build(resolve(cell), dtype, cell.gates, cell.states, tile)
     return kernels
+
+
+@cuda.jit
+def _transpose_kernel(src, dst):
+    R = src.shape[0]
+    C = src.shape[1]
+    for p in range(cuda.grid(1), R * C, cuda.gridsize(1)):
+        c = p // R
+        r = p - c * R  # neighbouring threads write neighbouring elements of dst
+        dst[c, r] = src[r, c]
+
+
+def transpose(src, dst, stream=0):
+    """dst (C, R) = src (R, C).T, device to device."""
+    if dst.shape != (src.shape[1], src.shape[0]):
+        raise ValueError(f"transpose: dst has shape {dst.shape}, expected {(src.shape[1], src.shape[0])}")
+    _transpose_kernel[_blocks(src.size), config.threads, stream](src, dst)
 
 
 # ---- choosing the loop strategy ------------------------------------------------------------
@@ -422,7 +616,9 @@ def _strategy(loop, ntiles, dispatcher, args, block):
             raise RuntimeError("loop='persistent' needs cooperative launches, which this device or "
                                "driver does not support; use loop='launch'")
         return True, min(ntiles, resident)
-    return resident >= ntiles, ntiles
+    # Persistent only for grids well inside the device: at a quarter of the resident slots
+    # or fewer it won 4.4x on an H100; at nearly all of them per-step launches won 1.2x.
+    return ntiles <= resident // 4, ntiles
 
 
 def sequence_forward(kernels: StepKernels, xz, W_h, b_h, states, cache, hz, loop=None, stream=0):
@@ -446,20 +642,26 @@ def sequence_forward(kernels: StepKernels, xz, W_h, b_h, states, cache, hz, loop
 
 
 def sequence_backward(kernels: StepKernels, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz,
-                      initial_gradient=True, loop=None, stream=0):
+                      initial_gradient=True, loop=None, stream=0, W_hT=None):
     """Backpropagation through time (device arrays).
 
     d_outputs (T, B, H): upstream gradient of every hidden state h_1..h_T. dstate (S, B, H):
     on entry the gradient w.r.t. the final state (zeros if none); on exit, with
     ``initial_gradient``, the gradient w.r.t. the initial state. dstate_prev (S, B, H) is
     scratch. dxz, dhz (T, B, G*H) receive the gradients of the two projections (the same
-    array when the cell's ``shared_gate_grad`` is True).
+    array when the cell's ``shared_gate_grad`` is True). W_hT (H, G*H): scratch for the
+    transposed weights that rowdot kernels read (allocated here when not given).
     """
     T = d_outputs.shape[0]
     B, H = states.shape[2], states.shape[3]
     ntiles = kernels.ntiles(B, H)
     block = kernels.block
     t_stop = -1 if initial_gradient else 0
+    if kernels.backward_wants_transpose:
+        if W_hT is None:
+            W_hT = cuda.device_array((W_h.shape[1], W_h.shape[0]), W_h.dtype)
+        transpose(W_h, W_hT, stream=stream)
+        W_h = W_hT
     args = (T, t_stop, ntiles, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz)
     persistent, grid = _strategy(loop, ntiles, kernels.backward_persistent, args, block)
     if persistent:

@@ -28,8 +28,11 @@ def _enabled() -> bool:
 if not _enabled():
     collect_ignore_glob = ["test_*.py"]
 
-# threads per 1-D block and at most 3 such blocks; gemm (BM, BN, BK, TM, TN); step (BM, BJ, BK, TM); reduction threads.
-SMALL = dict(threads=4, max_blocks=3, gemm_tile=(4, 4, 2, 2, 2), step_tile=(2, 4, 3, 1), reduce_threads=4, loop="auto")
+# threads per 1-D block and at most 3 such blocks; gemm (BM, BN, BK, TM, TN); step (BM, BJ, BK, TM); reduction threads;
+# rowdot step kernels: 2 batch rows per warp, 1 warp (32 threads) per block, and only for batches of 1 unless a test asks
+# (so the tests with batches of 2 or more keep exercising the tiled kernels).
+SMALL = dict(threads=4, max_blocks=3, gemm_tile=(4, 4, 2, 2, 2), step_tile=(2, 4, 3, 1), reduce_threads=4, loop="auto",
+             step_kernel="auto", rowdot_batch=2, rowdot_warps=1, rowdot_max_batch=1)
 
 
 @pytest.fixture(autouse=True)

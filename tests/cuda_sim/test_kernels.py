@@ -208,9 +208,13 @@ def _sequence_inputs(cell, dtype, T, B, H, seed):
 
 @pytest.mark.parametrize("cell", CUDA_CELLS, ids=lambda c: c.name)
 @pytest.mark.parametrize("loop", ["launch", "persistent"])
-def test_sequence_forward_and_backward_match_cpu(cell, loop):
-    # B 3, H 6 with (BM 2, BJ 4, BK 3) tiles: 4 tiles, partial in both directions; on the
-    # simulator the persistent grid is one block that loops over all four tiles.
+@pytest.mark.parametrize("step_kernel", ["tiled", "rowdot"])
+def test_sequence_forward_and_backward_match_cpu(cell, loop, step_kernel, small_blocks):
+    # B 3, H 6. Tiled, (BM 2, BJ 4, BK 3) tiles: 4 tiles, partial in both directions.
+    # Rowdot, 2 rows per warp and 1 warp per block: 12 warps (the second batch group
+    # partial). On the simulator the persistent grid is one block that loops
+    # over every tile.
+    small_blocks.update(step_kernel=step_kernel)
     T, B, H = 3, 3, 6
     inputs = _sequence_inputs(cell, np.float64, T, B, H, seed=4)
     expected = _cpu_sequence(cell, *inputs)
@@ -228,6 +232,42 @@ def test_sequence_float32_and_register_tiles_of_several_rows(cell, small_blocks)
     actual = _device_sequence(cell, *inputs, loop="launch")
     for a, e, name in zip(actual, expected, ("states", "dxz", "dhz", "dstate")):
         np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("cell", CUDA_CELLS, ids=lambda c: c.name)
+def test_rowdot_with_more_units_than_lanes_and_one_batch_row(cell, small_blocks):
+    # H 40 > 32 lanes: each lane sums two slices of K (and of G*H in backward); B 1 leaves
+    # one of the warp's two batch rows empty; 3 warps per block, the last block partial.
+    # float32 against the CPU's float32.
+    small_blocks.update(step_kernel="rowdot", rowdot_warps=3)
+    T, B, H = 2, 1, 40
+    inputs = _sequence_inputs(cell, np.float32, T, B, H, seed=7)
+    expected = _cpu_sequence(cell, *inputs)
+    actual = _device_sequence(cell, *inputs, loop="launch")
+    for a, e, name in zip(actual, expected, ("states", "dxz", "dhz", "dstate")):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_step_kind_choice(small_blocks):
+    small_blocks.update(step_kernel="auto", rowdot_max_batch=4)
+    assert [dloops.step_kind(B) for B in (1, 4, 5, 64)] == ["rowdot", "rowdot", "tiled", "tiled"]
+    small_blocks.update(step_kernel="tiled")
+    assert dloops.step_kind(1) == "tiled"
+    small_blocks.update(step_kernel="rowdot", rowdot_batch=2, rowdot_warps=3)
+    kernels = dloops.step_kernels(numbarnn.get_cell("lstm"), np.float64, 5, 7)
+    assert kernels.kind == "rowdot" and kernels.block == (96,) and kernels.backward_wants_transpose
+    assert kernels.ntiles(5, 7) == 7  # 7 units x 3 batch groups = 21 warps, 3 per block
+    with pytest.raises(ValueError, match="step_kernel"):
+        small_blocks.update(step_kernel="fast")
+
+
+def test_transpose():
+    a = np.random.default_rng(8).normal(size=(5, 3))
+    out = cuda.device_array((3, 5))
+    dloops.transpose(dev(a), out)
+    np.testing.assert_array_equal(out.copy_to_host(), a.T)
+    with pytest.raises(ValueError, match="transpose"):
+        dloops.transpose(dev(a), cuda.device_array((5, 3)))
 
 
 def test_step_tiles_default_heuristic_and_override(small_blocks):

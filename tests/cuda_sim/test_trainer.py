@@ -32,9 +32,11 @@ def batches(n, B=2, T=3, seed=1, V=5):
     return [(rng.integers(-1 if i == 1 else 0, V, size=(B, T)), rng.integers(0, V, size=(B, T))) for i in range(n)]
 
 
+@pytest.mark.parametrize("step_kernel", ["tiled", "rowdot"])
 @pytest.mark.parametrize("cell, optimizer, clip_mode", [("rnn", "sgd", "norm"), ("lstm", "adam", "value"),
                                                         ("gru", "momentum", "norm")])
-def test_training_steps_give_the_cpu_losses(cell, optimizer, clip_mode):
+def test_training_steps_give_the_cpu_losses(cell, optimizer, clip_mode, step_kernel, trainer_blocks):
+    trainer_blocks.update(step_kernel=step_kernel)
     assert cell in CUDA_CELLS
     cpu, gpu = pair(cell, optimizer, clip_mode=clip_mode)
     assert isinstance(gpu, CudaTrainer) and gpu.device == "cuda"
