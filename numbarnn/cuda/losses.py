@@ -87,6 +87,16 @@ def reduce_sum(x, out, slot=0, partials=None, square=False, stream=0, mode=None)
 
     x (n,) any float dtype; out a float64 device array; partials a float64 device scratch
     array of at least ``MAX_PARTIALS`` entries (allocated if None).
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.losses import NONFINITE, reduce_sum
+    >>> x, out = cuda.to_device(np.arange(10, dtype=np.float32)), cuda.device_array(3, np.float64)
+    >>> reduce_sum(x, out, 0)
+    >>> reduce_sum(x, out, 1, square=True)
+    >>> reduce_sum(cuda.to_device(np.array([1.0, np.inf])), out, 2, mode=NONFINITE)
+    >>> out.copy_to_host().tolist()  # sum(x), sum(x*x), NaN: not every entry is finite
+    [45.0, 285.0, nan]
     """
     threads = config.reduce_threads
     mode = (SQUARES if square else SUM) if mode is None else int(mode)
@@ -107,7 +117,25 @@ def reduce_sum(x, out, slot=0, partials=None, square=False, stream=0, mode=None)
 @cuda.jit
 def softmax_cross_entropy_kernel(logits2d, targets, mask, scale, probs2d, dlogits2d, row_loss):
     """Row n of the CPU kernel: probs, ``dlogits = mask * (probs - onehot(target))`` (times
-    ``scale`` unless it is 1) and ``row_loss[n] = -mask * log softmax(logits)[target]``."""
+    ``scale`` unless it is 1) and ``row_loss[n] = -mask * log softmax(logits)[target]``.
+
+    logits2d, probs2d, dlogits2d (N, V) and mask (N,) of one float dtype; targets (N,)
+    int64; scale a number of that dtype; row_loss (N,) float64. One thread per row, any
+    grid (:func:`softmax_cross_entropy` launches it and sums row_loss):
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.losses import softmax_cross_entropy_kernel
+    >>> logits2d, targets = np.log(np.array([[0.25, 0.75], [0.5, 0.5]])), np.array([1, 0], np.int64)
+    >>> probs2d, dlogits2d, row_loss = cuda.device_array((2, 2)), cuda.device_array((2, 2)), cuda.device_array(2)
+    >>> mask = cuda.to_device(np.ones(2))
+    >>> softmax_cross_entropy_kernel[1, 4](cuda.to_device(logits2d), cuda.to_device(targets), mask, 0.5, probs2d,
+    ...                                    dlogits2d, row_loss)
+    >>> np.allclose(row_loss.copy_to_host(), -np.log([0.75, 0.5])), probs2d.copy_to_host().round(4).tolist()
+    (True, [[0.25, 0.75], [0.5, 0.5]])
+    >>> dlogits2d.copy_to_host().round(4).tolist()  # 0.5 * (probs - onehot)
+    [[0.125, -0.125], [-0.25, 0.25]]
+    """
     N = logits2d.shape[0]
     V = logits2d.shape[1]
     for n in range(cuda.grid(1), N, cuda.gridsize(1)):
@@ -140,7 +168,27 @@ def softmax_cross_entropy_kernel(logits2d, targets, mask, scale, probs2d, dlogit
 def softmax_cross_entropy(logits2d, targets, mask, probs2d, dlogits2d, row_loss, out, slot=0, scale=None,
                           partials=None, stream=0):
     """Device arrays. ``out[slot]`` receives the summed masked loss (float64); the rest as the
-    CPU kernel, with the gradient multiplied by ``scale`` (a number of the logits' dtype)."""
+    CPU kernel, with the gradient multiplied by ``scale`` (a number of the logits' dtype).
+
+    logits2d, probs2d, dlogits2d (N, V) and mask (N,) of one float dtype; targets (N,)
+    int64; row_loss (N,) float64 scratch; partials as :func:`reduce_sum`. Against the
+    CPU kernel:
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda import losses as dlosses
+    >>> from numbarnn.kernels import losses
+    >>> rng = np.random.default_rng(0)
+    >>> N, V = 3, 4
+    >>> logits2d, targets, mask = rng.normal(size=(N, V)), np.array([0, 3, 1], np.int64), np.array([1.0, 0.5, 0.0])
+    >>> probs2d, dlogits2d, out = cuda.device_array((N, V)), cuda.device_array((N, V)), cuda.device_array(1)
+    >>> dlosses.softmax_cross_entropy(cuda.to_device(logits2d), cuda.to_device(targets), cuda.to_device(mask),
+    ...                               probs2d, dlogits2d, cuda.device_array(N), out)
+    >>> expected = np.empty((N, V))
+    >>> loss = losses.softmax_cross_entropy(logits2d, targets, mask, np.empty((N, V)), expected)
+    >>> np.allclose(out.copy_to_host()[0], loss), np.allclose(dlogits2d.copy_to_host(), expected)
+    (True, True)
+    """
     N = logits2d.shape[0]
     scale = np.dtype(logits2d.dtype).type(1 if scale is None else scale)
     softmax_cross_entropy_kernel[grid1d(N), config.threads, stream](
@@ -152,6 +200,22 @@ def softmax_cross_entropy(logits2d, targets, mask, probs2d, dlogits2d, row_loss,
 
 @cuda.jit
 def squared_error_kernel(outputs2d, targets2d, mask, scale, dout2d, row_loss):
+    """Row n of :func:`numbarnn.kernels.losses.squared_error`: ``dout2d = mask * (out - target)``
+    (times ``scale`` unless it is 1) and ``row_loss[n] = 0.5 * mask * sum (out - target)^2``.
+
+    outputs2d, targets2d, dout2d (N, V) and mask (N,) of one float dtype; scale a number
+    of that dtype; row_loss (N,) float64. One thread per row, any grid:
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.losses import squared_error_kernel
+    >>> outputs2d, targets2d = np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[0.0, 2.0], [np.nan, 0.0]])
+    >>> dout2d, row_loss = cuda.device_array((2, 2)), cuda.device_array(2)
+    >>> squared_error_kernel[1, 4](cuda.to_device(outputs2d), cuda.to_device(targets2d),
+    ...                            cuda.to_device(np.array([2.0, 0.0])), 1.0, dout2d, row_loss)
+    >>> row_loss.copy_to_host().tolist(), dout2d.copy_to_host().tolist()  # row 1 is padding
+    ([1.0, 0.0], [[2.0, 0.0], [0.0, 0.0]])
+    """
     N = outputs2d.shape[0]
     V = outputs2d.shape[1]
     for n in range(cuda.grid(1), N, cuda.gridsize(1)):
@@ -174,7 +238,23 @@ def squared_error_kernel(outputs2d, targets2d, mask, scale, dout2d, row_loss):
 
 def squared_error(outputs2d, targets2d, mask, dout2d, row_loss, out, slot=0, scale=None, partials=None,
                   stream=0):
-    """Device arrays; ``out[slot]`` = ``0.5 * sum_n mask[n] * sum_k (out - target)^2`` (float64)."""
+    """Device arrays; ``out[slot]`` = ``0.5 * sum_n mask[n] * sum_k (out - target)^2`` (float64).
+
+    outputs2d, targets2d, dout2d (N, V) and mask (N,) of one float dtype; row_loss (N,)
+    float64 scratch; ``dout2d = mask * (out - target)``, times ``scale`` when given.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.losses import squared_error
+    >>> rng = np.random.default_rng(0)
+    >>> outputs2d, targets2d = rng.normal(size=(3, 2)), rng.normal(size=(3, 2))
+    >>> dout2d, out = cuda.device_array((3, 2)), cuda.device_array(1)
+    >>> squared_error(cuda.to_device(outputs2d), cuda.to_device(targets2d), cuda.to_device(np.ones(3)), dout2d,
+    ...               cuda.device_array(3), out, scale=0.5)
+    >>> d = outputs2d - targets2d
+    >>> np.allclose(out.copy_to_host()[0], 0.5 * (d * d).sum()), np.allclose(dout2d.copy_to_host(), 0.5 * d)
+    (True, True)
+    """
     N = outputs2d.shape[0]
     scale = np.dtype(outputs2d.dtype).type(1 if scale is None else scale)
     squared_error_kernel[grid1d(N), config.threads, stream](

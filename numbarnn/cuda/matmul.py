@@ -114,7 +114,20 @@ def _dummy(dtype):
 
 
 def gemm_kernel(trans_a: bool, trans_b: bool, with_bias: bool, dtype, tile=None):
-    """The cached kernel for one combination (``tile`` defaults to ``config.gemm_tile``)."""
+    """The cached kernel for one combination (``tile`` defaults to ``config.gemm_tile``).
+
+    ``tile`` is ``(BM, BN, BK, TM, TN)``; the kernel takes ``(A, B, bias, C)`` and runs on
+    a grid of ``(ceil(N / BN), ceil(M / BM))`` blocks of ``(BN // TN, BM // TM)`` threads,
+    which :func:`gemm` sets up.
+
+    >>> import numpy as np
+    >>> from numbarnn.cuda.matmul import gemm_kernel
+    >>> kernel = gemm_kernel(False, True, True, np.float32, tile=(4, 4, 2, 2, 2))
+    >>> kernel is gemm_kernel(False, True, True, "float32", tile=(4, 4, 2, 2, 2))  # built once
+    True
+    >>> kernel is gemm_kernel(False, True, True, np.float64, tile=(4, 4, 2, 2, 2))  # another dtype
+    False
+    """
     tile = tuple(config.gemm_tile if tile is None else tile)
     dtype = np.dtype(dtype)
     key = (bool(trans_a), bool(trans_b), bool(with_bias), dtype.name, tile)
@@ -125,7 +138,21 @@ def gemm_kernel(trans_a: bool, trans_b: bool, with_bias: bool, dtype, tile=None)
 
 
 def gemm(A, B, C, bias=None, trans_a=False, trans_b=False, stream=0, tile=None):
-    """``C = op(A) @ op(B) [+ bias]`` on the device (all arguments device arrays, one dtype)."""
+    """``C = op(A) @ op(B) [+ bias]`` on the device (all arguments device arrays, one dtype).
+
+    C (M, N); A (M, K), or (K, M) with ``trans_a``; B (K, N), or (N, K) with ``trans_b``;
+    bias (N,) or None. Shapes that do not agree are a ValueError.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.matmul import gemm
+    >>> rng = np.random.default_rng(0)
+    >>> A, B, bias = rng.normal(size=(3, 5)), rng.normal(size=(4, 5)), rng.normal(size=4)
+    >>> C = cuda.device_array((3, 4))
+    >>> gemm(cuda.to_device(A), cuda.to_device(B), C, bias=cuda.to_device(bias), trans_b=True)
+    >>> np.allclose(C.copy_to_host(), A @ B.T + bias)
+    True
+    """
     M, N = C.shape
     K = A.shape[0] if trans_a else A.shape[1]
     if (A.shape[1] if trans_a else A.shape[0]) != M or (B.shape[1] if trans_b else B.shape[0]) != K \

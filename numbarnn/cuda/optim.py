@@ -25,12 +25,32 @@ def _grid(n: int) -> int:
 
 @cuda.jit
 def sgd_kernel(p, g, lr):
+    """p (P,) -= lr * g (P,), a thread per element (grid-stride: any grid covers P).
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.optim import sgd_kernel
+    >>> p = cuda.to_device(np.array([1.0, 2.0, 3.0]))
+    >>> sgd_kernel[1, 2](p, cuda.to_device(np.array([10.0, 0.0, -10.0])), 0.1)
+    >>> p.copy_to_host().tolist()
+    [0.0, 2.0, 4.0]
+    """
     for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
         p[i] -= lr * g[i]
 
 
 @cuda.jit
 def momentum_kernel(p, g, velocity, lr, momentum, nesterov):
+    """:func:`numbarnn.kernels.optim.momentum_update` per element; p, g, velocity (P,).
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.optim import momentum_kernel
+    >>> p, velocity = cuda.to_device(np.zeros(2)), cuda.to_device(np.array([1.0, 1.0]))
+    >>> momentum_kernel[1, 4](p, cuda.to_device(np.array([1.0, -2.0])), velocity, 0.1, 0.5, False)
+    >>> velocity.copy_to_host().tolist(), np.allclose(p.copy_to_host(), [-0.15, 0.15])  # v = 0.5 v + g
+    ([1.5, -1.5], True)
+    """
     for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
         v = momentum * velocity[i] + g[i]
         velocity[i] = v
@@ -42,6 +62,16 @@ def momentum_kernel(p, g, velocity, lr, momentum, nesterov):
 
 @cuda.jit
 def adagrad_kernel(p, g, memory, lr, eps):
+    """:func:`numbarnn.kernels.optim.adagrad_update` per element; p, g, memory (P,).
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.optim import adagrad_kernel
+    >>> p, memory = cuda.to_device(np.zeros(2)), cuda.to_device(np.zeros(2))
+    >>> adagrad_kernel[1, 4](p, cuda.to_device(np.array([3.0, -4.0])), memory, 0.1, 0.0)
+    >>> memory.copy_to_host().tolist(), np.allclose(p.copy_to_host(), [-0.1, 0.1])  # lr * g / |g|
+    ([9.0, 16.0], True)
+    """
     for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
         gi = g[i]
         mem = memory[i] + gi * gi
@@ -51,6 +81,16 @@ def adagrad_kernel(p, g, memory, lr, eps):
 
 @cuda.jit
 def rmsprop_kernel(p, g, square_avg, lr, alpha, eps):
+    """:func:`numbarnn.kernels.optim.rmsprop_update` per element; p, g, square_avg (P,).
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.optim import rmsprop_kernel
+    >>> p, square_avg = cuda.to_device(np.zeros(2)), cuda.to_device(np.zeros(2))
+    >>> rmsprop_kernel[1, 4](p, cuda.to_device(np.array([3.0, -4.0])), square_avg, 0.01, 0.75, 0.0)
+    >>> square_avg.copy_to_host().tolist(), np.allclose(p.copy_to_host(), [-0.02, 0.02])  # v = g^2 / 4
+    ([2.25, 4.0], True)
+    """
     for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
         gi = g[i]
         v = alpha * square_avg[i] + (1.0 - alpha) * (gi * gi)
@@ -60,6 +100,19 @@ def rmsprop_kernel(p, g, square_avg, lr, alpha, eps):
 
 @cuda.jit
 def adam_kernel(p, g, m, v, step_size, beta1, beta2, eps, bc2_sqrt):
+    """:func:`numbarnn.kernels.optim.adam_update` per element; p, g, m, v (P,); the bias
+    corrections ``step_size`` and ``bc2_sqrt`` come from :func:`adam_scalars`.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.optim import adam_kernel, adam_scalars
+    >>> g = np.array([0.5, -2.0, 3.0])
+    >>> p, m, v = cuda.to_device(np.zeros(3)), cuda.to_device(np.zeros(3)), cuda.to_device(np.zeros(3))
+    >>> step_size, bc2_sqrt = adam_scalars(0.1, 0.9, 0.999, 1)
+    >>> adam_kernel[1, 4](p, cuda.to_device(g), m, v, step_size, 0.9, 0.999, 1e-8, bc2_sqrt)
+    >>> np.allclose(p.copy_to_host(), -0.1 * np.sign(g))  # the first step: about lr against the sign
+    True
+    """
     for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
         gi = g[i]
         mi = beta1 * m[i] + (1.0 - beta1) * gi
@@ -70,30 +123,106 @@ def adam_kernel(p, g, m, v, step_size, beta1, beta2, eps, bc2_sqrt):
 
 
 def adam_scalars(lr: float, beta1: float, beta2: float, step: int):
-    """``(step_size, bc2_sqrt)`` exactly as :func:`numbarnn.kernels.optim.adam_update` computes them."""
+    """``(step_size, bc2_sqrt)`` exactly as :func:`numbarnn.kernels.optim.adam_update` computes them.
+
+    ``step_size = lr / (1 - beta1**step)`` and ``bc2_sqrt = sqrt(1 - beta2**step)``, floats.
+
+    >>> from numbarnn.cuda.optim import adam_scalars
+    >>> [round(x, 6) for x in adam_scalars(0.1, 0.9, 0.99, 2)]
+    [0.526316, 0.141067]
+    """
     t = float(step)
     return lr / (1.0 - beta1 ** t), math.sqrt(1.0 - beta2 ** t)
 
 
 def sgd_update(p, g, lr, stream=0):
+    """Launch :func:`sgd_kernel` over every element: p (P,) -= lr * g (P,), device arrays.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.optim import sgd_update
+    >>> p = cuda.to_device(np.ones(10))
+    >>> sgd_update(p, cuda.to_device(np.arange(10.0)), 0.5)
+    >>> np.allclose(p.copy_to_host(), 1 - 0.5 * np.arange(10.0))
+    True
+    """
     sgd_kernel[_grid(p.shape[0]), config.threads, stream](p, g, float(lr))
 
 
 def momentum_update(p, g, velocity, lr, momentum, nesterov, stream=0):
+    """Launch :func:`momentum_kernel`; device arrays p, g, velocity (P,), as the CPU kernel.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.optim import momentum_update
+    >>> from numbarnn.kernels import optim
+    >>> rng = np.random.default_rng(0)
+    >>> p, g = rng.normal(size=6), rng.normal(size=6)
+    >>> d_p, d_velocity = cuda.to_device(p), cuda.to_device(np.zeros(6))
+    >>> velocity = np.zeros(6)
+    >>> for _ in range(2):
+    ...     momentum_update(d_p, cuda.to_device(g), d_velocity, 0.1, 0.9, True)
+    ...     optim.momentum_update(p, g, velocity, 0.1, 0.9, True)
+    >>> np.allclose(d_p.copy_to_host(), p), np.allclose(d_velocity.copy_to_host(), velocity)
+    (True, True)
+    """
     momentum_kernel[_grid(p.shape[0]), config.threads, stream](p, g, velocity, float(lr), float(momentum),
                                                                bool(nesterov))
 
 
 def adagrad_update(p, g, memory, lr, eps, stream=0):
+    """Launch :func:`adagrad_kernel`; device arrays p, g, memory (P,), as the CPU kernel.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.optim import adagrad_update
+    >>> from numbarnn.kernels import optim
+    >>> rng = np.random.default_rng(0)
+    >>> p, g, memory = rng.normal(size=6), rng.normal(size=6), np.zeros(6)
+    >>> d_p, d_memory = cuda.to_device(p), cuda.to_device(memory)
+    >>> adagrad_update(d_p, cuda.to_device(g), d_memory, 0.1, 1e-8)
+    >>> optim.adagrad_update(p, g, memory, 0.1, 1e-8)
+    >>> np.allclose(d_p.copy_to_host(), p), np.allclose(d_memory.copy_to_host(), memory)
+    (True, True)
+    """
     adagrad_kernel[_grid(p.shape[0]), config.threads, stream](p, g, memory, float(lr), float(eps))
 
 
 def rmsprop_update(p, g, square_avg, lr, alpha, eps, stream=0):
+    """Launch :func:`rmsprop_kernel`; device arrays p, g, square_avg (P,), as the CPU kernel.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.optim import rmsprop_update
+    >>> from numbarnn.kernels import optim
+    >>> rng = np.random.default_rng(0)
+    >>> p, g, square_avg = rng.normal(size=6), rng.normal(size=6), np.zeros(6)
+    >>> d_p, d_square_avg = cuda.to_device(p), cuda.to_device(square_avg)
+    >>> rmsprop_update(d_p, cuda.to_device(g), d_square_avg, 0.01, 0.99, 1e-8)
+    >>> optim.rmsprop_update(p, g, square_avg, 0.01, 0.99, 1e-8)
+    >>> np.allclose(d_p.copy_to_host(), p), np.allclose(d_square_avg.copy_to_host(), square_avg)
+    (True, True)
+    """
     rmsprop_kernel[_grid(p.shape[0]), config.threads, stream](p, g, square_avg, float(lr), float(alpha),
                                                               float(eps))
 
 
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, stream=0):
+    """Launch :func:`adam_kernel`; device arrays p, g, m, v (P,); ``step`` counts from 1.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.optim import adam_update
+    >>> from numbarnn.kernels import optim
+    >>> rng = np.random.default_rng(0)
+    >>> p, g, m, v = rng.normal(size=6), rng.normal(size=6), np.zeros(6), np.zeros(6)
+    >>> d_p, d_m, d_v = cuda.to_device(p), cuda.to_device(m), cuda.to_device(v)
+    >>> for step in (1, 2):
+    ...     adam_update(d_p, cuda.to_device(g), d_m, d_v, 0.01, 0.9, 0.999, 1e-8, step)
+    ...     optim.adam_update(p, g, m, v, 0.01, 0.9, 0.999, 1e-8, step)
+    >>> np.allclose(d_p.copy_to_host(), p), np.allclose(d_v.copy_to_host(), v)
+    (True, True)
+    """
     step_size, bc2_sqrt = adam_scalars(float(lr), float(beta1), float(beta2), step)
     adam_kernel[_grid(p.shape[0]), config.threads, stream](p, g, m, v, step_size, float(beta1), float(beta2),
                                                            float(eps), bc2_sqrt)
@@ -103,6 +232,16 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, stream=0):
 
 @cuda.jit
 def clip_by_value_kernel(g, max_value):
+    """In place, ``np.clip(g, -max_value, max_value)`` of g (P,); NaN stays NaN.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.optim import clip_by_value_kernel
+    >>> g = cuda.to_device(np.array([-7.0, 0.5, np.nan, 12.0]))
+    >>> clip_by_value_kernel[1, 4](g, 5.0)
+    >>> g.copy_to_host().tolist()
+    [-5.0, 0.5, nan, 5.0]
+    """
     for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
         if g[i] > max_value:
             g[i] = max_value
@@ -113,7 +252,18 @@ def clip_by_value_kernel(g, max_value):
 @cuda.jit
 def clip_by_norm_kernel(g, norm_sq, clip):
     """torch's clip_grad_norm_: scale by clip / (norm + 1e-6) when that is below 1 (a NaN
-    norm scales nothing, an infinite one scales by 0), the norm read on the device."""
+    norm scales nothing, an infinite one scales by 0), the norm read on the device.
+
+    g (P,); norm_sq (1,) float64 holding sum(g*g); clip a float.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.optim import clip_by_norm_kernel
+    >>> g = cuda.to_device(np.array([3.0, -4.0]))  # norm 5
+    >>> clip_by_norm_kernel[1, 4](g, cuda.to_device(np.array([25.0])), 1.0)
+    >>> g.copy_to_host().round(6).tolist()
+    [0.6, -0.8]
+    """
     coef = clip / (math.sqrt(norm_sq[0]) + 1e-6)
     if coef < 1.0:
         for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
@@ -121,14 +271,50 @@ def clip_by_norm_kernel(g, norm_sq, clip):
 
 
 def clip_by_value(g, max_value, stream=0):
+    """Launch :func:`clip_by_value_kernel` over g (P,), a device array, as the CPU kernel.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.optim import clip_by_value
+    >>> g = np.random.default_rng(0).normal(scale=3.0, size=10)
+    >>> d_g = cuda.to_device(g)
+    >>> clip_by_value(d_g, 2.0)
+    >>> np.array_equal(d_g.copy_to_host(), np.clip(g, -2.0, 2.0))
+    True
+    """
     clip_by_value_kernel[_grid(g.shape[0]), config.threads, stream](g, float(max_value))
 
 
 def sum_of_squares(g, out, slot=0, partials=None, stream=0):
-    """``out[slot] = sum(g*g)`` in float64 on the device."""
+    """``out[slot] = sum(g*g)`` in float64 on the device.
+
+    g (P,) any float dtype; out a float64 device array; partials as
+    :func:`numbarnn.cuda.losses.reduce_sum`.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.optim import sum_of_squares
+    >>> out = cuda.device_array(2, np.float64)
+    >>> sum_of_squares(cuda.to_device(np.arange(10, dtype=np.float32)), out, 1)
+    >>> float(out.copy_to_host()[1])
+    285.0
+    """
     reduce_sum(g, out, slot, partials, square=True, stream=stream)
 
 
 def clip_by_norm(g, norm_sq, clip, stream=0):
-    """Scale g in place as ``clip_gradients(mode="norm")`` does; ``norm_sq`` (1,) holds sum(g*g)."""
+    """Scale g in place as ``clip_gradients(mode="norm")`` does; ``norm_sq`` (1,) holds sum(g*g).
+
+    g (P,) and norm_sq (1,) float64 are device arrays, so the norm never leaves the device:
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.optim import clip_by_norm, sum_of_squares
+    >>> g = np.random.default_rng(0).normal(size=10)
+    >>> d_g, norm_sq = cuda.to_device(g), cuda.device_array(1)
+    >>> sum_of_squares(d_g, norm_sq)
+    >>> clip_by_norm(d_g, norm_sq, 1.0)
+    >>> np.allclose(d_g.copy_to_host(), g / (np.linalg.norm(g) + 1e-6))
+    True
+    """
     clip_by_norm_kernel[_grid(g.shape[0]), config.threads, stream](g, norm_sq, float(clip))

@@ -104,7 +104,24 @@ def sample_kernel(logits2d, row, mode, temperature, top_k, top_p, uniforms, step
                   out, next_input):
     """Token ``step`` of a generation from ``logits2d[row]``: ``out[step]`` and ``next_input[0]``
     receive the index (``next_input`` gets -1, a zero input, after an INVALID draw).
-    probs, filtered (V,) float64 and order (V,) int64 are scratch."""
+    probs, filtered (V,) float64 and order (V,) int64 are scratch.
+
+    logits2d (N, V) float32 or float64; mode one of CATEGORICAL, GREEDY, TEMPERATURE,
+    TOP_K, TOP_P with its temperature, top_k and top_p (see :func:`sampler_mode`);
+    uniforms (at least step + 1,) float64; out (length,) int64; next_input (1, 1) int64.
+    Launch it with one thread (:func:`sample` does):
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.sampling import GREEDY, sample_kernel
+    >>> logits2d = cuda.to_device(np.array([[0.1, 0.3, 0.2], [2.0, 0.0, 1.0]]))
+    >>> out, next_input = cuda.to_device(np.full(2, -9, np.int64)), cuda.device_array((1, 1), np.int64)
+    >>> scratch = cuda.device_array(3), cuda.device_array(3), cuda.device_array(3, np.int64)
+    >>> sample_kernel[1, 1](logits2d, 0, GREEDY, 1.0, 1, 1.0, cuda.to_device(np.zeros(1)), 1, *scratch, out,
+    ...                     next_input)
+    >>> out.copy_to_host().tolist(), int(next_input.copy_to_host()[0, 0])  # token 1 is row 0's argmax
+    ([-9, 1], 1)
+    """
     if cuda.grid(1) != 0:
         return
     V = logits2d.shape[1]
@@ -147,7 +164,15 @@ def sample_kernel(logits2d, row, mode, temperature, top_k, top_p, uniforms, step
 
 def sampler_mode(sampler):
     """``(mode, temperature, k, p)`` for a built-in sampler object, or None (no device kernel:
-    plugin samplers and beam search run on the host)."""
+    plugin samplers and beam search run on the host).
+
+    >>> from numbarnn.cuda.sampling import TOP_K, sampler_mode
+    >>> from numbarnn.samplers import BeamSampler, TopKSampler
+    >>> sampler_mode(TopKSampler(k=3, temperature=0.5)) == (TOP_K, 0.5, 3, 1.0)
+    True
+    >>> sampler_mode(BeamSampler()) is None
+    True
+    """
     from .. import samplers as s
 
     o = getattr(sampler, "options", {})
@@ -166,7 +191,24 @@ def sampler_mode(sampler):
 
 
 def sample(logits2d, row, sampler_params, uniforms, step, probs, filtered, order, out, next_input, stream=0):
-    """Launch :func:`sample_kernel` for one token (one thread)."""
+    """Launch :func:`sample_kernel` for one token (one thread).
+
+    ``sampler_params`` is :func:`sampler_mode`'s tuple; the arrays as :func:`sample_kernel`.
+    The same index as the CPU sampler's ``choose`` with the same uniform:
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.sampling import sample, sampler_mode
+    >>> from numbarnn.samplers import TopPSampler
+    >>> sampler = TopPSampler(p=0.8, temperature=0.7)
+    >>> logits, uniforms = np.random.default_rng(0).normal(size=(1, 4)), np.random.default_rng(1).random(1)
+    >>> out, next_input = cuda.device_array(1, np.int64), cuda.device_array((1, 1), np.int64)
+    >>> scratch = cuda.device_array(4), cuda.device_array(4), cuda.device_array(4, np.int64)
+    >>> sample(cuda.to_device(logits), 0, sampler_mode(sampler), cuda.to_device(uniforms), 0, *scratch, out,
+    ...        next_input)
+    >>> int(out.copy_to_host()[0]) == sampler.choose(logits[0], np.random.default_rng(1))
+    True
+    """
     mode, temperature, k, p = sampler_params
     sample_kernel[1, 1, stream](logits2d, row, mode, temperature, k, p, uniforms, step, probs, filtered, order,
                                 out, next_input)

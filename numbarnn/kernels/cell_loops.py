@@ -7,6 +7,11 @@ The kernels are then plain globals of ordinary ``cache=True`` functions, so ever
 loops are compiled once and cached on disk like the rest (a kernel passed as an argument
 cannot be: Numba treats it as a dynamic global). Each training step crosses from Python
 into compiled code once per layer and direction (or once in all, ``language_model_step``).
+
+The examples reach these functions as a cell's loops, ``loops_for(cell).<name>``. Shapes:
+T steps, B sequences, H hidden units, a cell of G gates, S states and C cached blocks
+(the tanh RNN: G = S = 1, C = 0), X input features or V input indices, and V_out outputs
+of the head. One float dtype for all float arrays; integer arrays are int64.
 """
 import numpy as np  # noqa: F401
 from numba import njit
@@ -27,6 +32,22 @@ def sequence_forward(xz, W_h, b_h, states, cache, hz):
 
     xz (T, B, G*H); states (S, T+1, B, H) with ``states[:, 0]`` set to the initial
     state; cache (T, B, C*H); hz (B, G*H) scratch for the recurrent projection.
+    W_h (G*H, H), b_h (G*H,).
+
+    >>> import numpy as np
+    >>> import numbarnn
+    >>> from numbarnn.kernels.loops import loops_for
+    >>> rnn = loops_for(numbarnn.get_cell("rnn"))
+    >>> rng = np.random.default_rng(0)
+    >>> T, B, H = 3, 2, 2
+    >>> xz, W_h, b_h = rng.normal(size=(T, B, H)), rng.normal(size=(H, H)), rng.normal(size=H)
+    >>> states = np.zeros((1, T + 1, B, H))  # h_0 = 0
+    >>> rnn.sequence_forward(xz, W_h, b_h, states, np.empty((T, B, 0)), np.empty((B, H)))
+    >>> h = np.zeros((B, H))
+    >>> for t in range(T):
+    ...     h = np.tanh(xz[t] + h @ W_h.T + b_h)
+    >>> np.allclose(states[0, T], h)
+    True
     """
     T = xz.shape[0]
     B, GH = hz.shape
@@ -47,7 +68,27 @@ def sequence_backward(W_h, states, cache, d_outputs, dstate, dstate_prev,
     dstate (S, B, H): on entry the gradient w.r.t. the final state (zeros if none);
     on exit the gradient w.r.t. the initial state. dstate_prev (S, B, H) and
     dh_recurrent (B, H) are scratch. dxz, dhz (T, B, G*H) receive the gradients of
-    the two projections (they may be the same array, see the cell protocol).
+    the two projections (they may be the same array, see the cell protocol). W_h
+    (G*H, H); states and cache as :func:`sequence_forward` left them.
+
+    >>> import numpy as np
+    >>> import numbarnn
+    >>> from numbarnn.kernels.loops import loops_for
+    >>> rnn = loops_for(numbarnn.get_cell("rnn"))
+    >>> rng = np.random.default_rng(0)
+    >>> T, B, H = 3, 2, 2
+    >>> xz, W_h = rng.normal(size=(T, B, H)), rng.normal(size=(H, H))
+    >>> states, cache = np.zeros((1, T + 1, B, H)), np.empty((T, B, 0))
+    >>> rnn.sequence_forward(xz, W_h, np.zeros(H), states, cache, np.empty((B, H)))
+    >>> d_outputs = rng.normal(size=(T, B, H))
+    >>> dstate, dxz = np.zeros((1, B, H)), np.empty((T, B, H))
+    >>> rnn.sequence_backward(W_h, states, cache, d_outputs, dstate, np.empty((1, B, H)), dxz, dxz,
+    ...                       np.empty((B, H)))
+    >>> dh = np.zeros((B, H))  # the same by hand, newest step first
+    >>> for t in reversed(range(T)):
+    ...     dh = ((dh + d_outputs[t]) * (1 - states[0, t + 1] ** 2)) @ W_h
+    >>> np.allclose(dstate[0], dh)  # the gradient w.r.t. h_0
+    True
     """
     T = d_outputs.shape[0]
     S, B, H = dstate.shape
@@ -70,14 +111,57 @@ def sequence_backward(W_h, states, cache, d_outputs, dstate, dstate_prev,
 
 @njit(cache=True)
 def forward_indices(idx, W_x, b_x, W_h, b_h, xz, states, cache, hz):
-    """project_indices then sequence_forward; idx (T*B,) integer inputs, xz (T, B, G*H)."""
+    """project_indices then sequence_forward; idx (T*B,) integer inputs, xz (T, B, G*H).
+
+    W_x (G*H, V), b_x (G*H,); the rest as :func:`sequence_forward`. idx is time-major
+    (row ``t*B + b``); -1 is an all-zero input.
+
+    >>> import numpy as np
+    >>> import numbarnn
+    >>> from numbarnn.kernels.loops import loops_for
+    >>> rnn = loops_for(numbarnn.get_cell("rnn"))
+    >>> rng = np.random.default_rng(0)
+    >>> T, B, H, V = 2, 2, 3, 4
+    >>> W_x, b_x, W_h, b_h = rng.normal(size=(H, V)), rng.normal(size=H), rng.normal(size=(H, H)), rng.normal(size=H)
+    >>> idx = np.array([1, 3, 0, -1], np.int64)
+    >>> states = np.zeros((1, T + 1, B, H))
+    >>> rnn.forward_indices(idx, W_x, b_x, W_h, b_h, np.empty((T, B, H)), states, np.empty((T, B, 0)),
+    ...                     np.empty((B, H)))
+    >>> x = (np.eye(V)[idx] * (idx >= 0)[:, None]).reshape(T, B, V)  # the one-hot inputs
+    >>> h = np.zeros((B, H))
+    >>> for t in range(T):
+    ...     h = np.tanh(x[t] @ W_x.T + b_x + h @ W_h.T + b_h)
+    >>> np.allclose(states[0, T], h)
+    True
+    """
     T, B, GH = xz.shape
     project_indices(idx, W_x, b_x, xz.reshape(T * B, GH))
     sequence_forward(xz, W_h, b_h, states, cache, hz)
 
 @njit(cache=True)
 def forward_dense(x2d, W_x, b_x, W_h, b_h, xz, states, cache, hz):
-    """project_dense then sequence_forward; x2d (T*B, X)."""
+    """project_dense then sequence_forward; x2d (T*B, X).
+
+    W_x (G*H, X), b_x (G*H,); xz (T, B, G*H) receives the input projection; the rest
+    as :func:`sequence_forward`.
+
+    >>> import numpy as np
+    >>> import numbarnn
+    >>> from numbarnn.kernels.loops import loops_for
+    >>> rnn = loops_for(numbarnn.get_cell("rnn"))
+    >>> rng = np.random.default_rng(0)
+    >>> T, B, H, X = 2, 2, 3, 4
+    >>> W_x, b_x, W_h, b_h = rng.normal(size=(H, X)), rng.normal(size=H), rng.normal(size=(H, H)), rng.normal(size=H)
+    >>> x = rng.normal(size=(T, B, X))
+    >>> states = np.zeros((1, T + 1, B, H))
+    >>> rnn.forward_dense(x.reshape(T * B, X), W_x, b_x, W_h, b_h, np.empty((T, B, H)), states,
+    ...                   np.empty((T, B, 0)), np.empty((B, H)))
+    >>> h = np.zeros((B, H))
+    >>> for t in range(T):
+    ...     h = np.tanh(x[t] @ W_x.T + b_x + h @ W_h.T + b_h)
+    >>> np.allclose(states[0, T], h)
+    True
+    """
     T, B, GH = xz.shape
     project_dense(x2d, W_x, b_x, xz.reshape(T * B, GH))
     sequence_forward(xz, W_h, b_h, states, cache, hz)
@@ -85,7 +169,32 @@ def forward_dense(x2d, W_x, b_x, W_h, b_h, xz, states, cache, hz):
 @njit(cache=True)
 def backward_indices(idx, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz, dh_recurrent,
                      dW_x, dW_h, db_x, db_h):
-    """sequence_backward then the hoisted weight gradients, for integer inputs."""
+    """sequence_backward then the hoisted weight gradients, for integer inputs.
+
+    idx (T*B,) as given to :func:`forward_indices`; the arrays up to dh_recurrent as
+    :func:`sequence_backward`; writes dW_x (G*H, V), dW_h (G*H, H), db_x and db_h (G*H,).
+    One step from a given h_0, checked by hand:
+
+    >>> import numpy as np
+    >>> import numbarnn
+    >>> from numbarnn.kernels.loops import loops_for
+    >>> rnn = loops_for(numbarnn.get_cell("rnn"))
+    >>> rng = np.random.default_rng(0)
+    >>> B, H, V = 2, 2, 3
+    >>> W_x, W_h, idx = rng.normal(size=(H, V)), rng.normal(size=(H, H)), np.array([2, 0], np.int64)
+    >>> states, cache = np.zeros((1, 2, B, H)), np.empty((1, B, 0))
+    >>> states[0, 0] = rng.normal(size=(B, H))  # h_0
+    >>> rnn.forward_indices(idx, W_x, np.zeros(H), W_h, np.zeros(H), np.empty((1, B, H)), states, cache,
+    ...                     np.empty((B, H)))
+    >>> d_out, dstate, dxz = rng.normal(size=(1, B, H)), np.zeros((1, B, H)), np.empty((1, B, H))
+    >>> dW_x, dW_h, db_x, db_h = np.empty((H, V)), np.empty((H, H)), np.empty(H), np.empty(H)
+    >>> rnn.backward_indices(idx, W_h, states, cache, d_out, dstate, np.empty((1, B, H)), dxz, dxz,
+    ...                      np.empty((B, H)), dW_x, dW_h, db_x, db_h)
+    >>> dz = d_out[0] * (1 - states[0, 1] ** 2)  # through the tanh
+    >>> [np.allclose(a, b) for a, b in [(dW_x, dz.T @ np.eye(V)[idx]), (dW_h, dz.T @ states[0, 0]),
+    ...                                 (db_x, dz.sum(axis=0)), (dstate[0], dz @ W_h)]]
+    [True, True, True, True]
+    """
     T, B, GH = dxz.shape
     H = W_h.shape[1]
     sequence_backward(W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz,
@@ -96,7 +205,32 @@ def backward_indices(idx, W_h, states, cache, d_outputs, dstate, dstate_prev, dx
 @njit(cache=True)
 def backward_dense(x2d, W_x, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz, dh_recurrent,
                    dW_x, dW_h, db_x, db_h, dx2d):
-    """sequence_backward then the hoisted weight gradients and dx, for dense inputs."""
+    """sequence_backward then the hoisted weight gradients and dx, for dense inputs.
+
+    x2d (T*B, X) and W_x (G*H, X) as given to :func:`forward_dense`; the arrays up to
+    dh_recurrent as :func:`sequence_backward`; writes dW_x (G*H, X), dW_h (G*H, H),
+    db_x and db_h (G*H,) and dx2d (T*B, X). One step from a given h_0, checked by hand:
+
+    >>> import numpy as np
+    >>> import numbarnn
+    >>> from numbarnn.kernels.loops import loops_for
+    >>> rnn = loops_for(numbarnn.get_cell("rnn"))
+    >>> rng = np.random.default_rng(0)
+    >>> B, H, X = 2, 2, 3
+    >>> x2d, W_x, W_h = rng.normal(size=(B, X)), rng.normal(size=(H, X)), rng.normal(size=(H, H))
+    >>> states, cache = np.zeros((1, 2, B, H)), np.empty((1, B, 0))
+    >>> states[0, 0] = rng.normal(size=(B, H))  # h_0
+    >>> rnn.forward_dense(x2d, W_x, np.zeros(H), W_h, np.zeros(H), np.empty((1, B, H)), states, cache,
+    ...                   np.empty((B, H)))
+    >>> d_out, dstate, dxz = rng.normal(size=(1, B, H)), np.zeros((1, B, H)), np.empty((1, B, H))
+    >>> dW_x, dW_h, db_x, db_h, dx2d = np.empty((H, X)), np.empty((H, H)), np.empty(H), np.empty(H), np.empty((B, X))
+    >>> rnn.backward_dense(x2d, W_x, W_h, states, cache, d_out, dstate, np.empty((1, B, H)), dxz, dxz,
+    ...                    np.empty((B, H)), dW_x, dW_h, db_x, db_h, dx2d)
+    >>> dz = d_out[0] * (1 - states[0, 1] ** 2)  # through the tanh
+    >>> [np.allclose(a, b) for a, b in [(dW_x, dz.T @ x2d), (dW_h, dz.T @ states[0, 0]),
+    ...                                 (db_x, dz.sum(axis=0)), (dx2d, dz @ W_x), (dstate[0], dz @ W_h)]]
+    [True, True, True, True, True]
+    """
     T, B, GH = dxz.shape
     H = W_h.shape[1]
     sequence_backward(W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz,
@@ -113,6 +247,33 @@ def generate(prime, length, W_x, b_x, W_h, b_h, W_y, b_y, mode, temperature, top
     and choosing with a built-in sampler (``mode``: 0 categorical, 1 greedy,
     2 temperature, 3 top-k, 4 top-p), with ``uniforms`` pre-drawn. states
     (S, 2, 1, H) start at the initial state. Returns (indices written, uniforms used).
+
+    prime (P,) int64 indices fed first (P may be 0: one zero input); W_x (G*H, V),
+    W_h (G*H, H), W_y (V, H), biases (G*H,) and (V,); uniforms (at least one per drawn
+    index) float64; out (length,) int64; stop_index ends early when drawn (-1: never).
+    Scratch: cache (1, 1, C*H), xz (1, 1, G*H), hz (1, G*H), logits (1, V), probs and
+    kept (V,), index (1,) int64. Greedy decoding, checked against a NumPy loop:
+
+    >>> import numpy as np
+    >>> import numbarnn
+    >>> from numbarnn.kernels.loops import loops_for
+    >>> rnn = loops_for(numbarnn.get_cell("rnn"))
+    >>> rng = np.random.default_rng(0)
+    >>> V, H = 4, 3
+    >>> W_x, W_h, W_y = rng.normal(size=(H, V)), rng.normal(size=(H, H)), rng.normal(size=(V, H))
+    >>> b_x, b_h, b_y = np.zeros(H), np.zeros(H), np.zeros(V)
+    >>> out, e = np.empty(5, np.int64), np.empty
+    >>> rnn.generate(np.array([0], np.int64), 5, W_x, b_x, W_h, b_h, W_y, b_y, 1, 1.0, 1, 1.0, e(0), -1, out,
+    ...              np.zeros((1, 2, 1, H)), e((1, 1, 0)), e((1, 1, H)), e((1, H)), e((1, V)), e(V), e(V),
+    ...              e(1, np.int64))
+    (5, 0)
+    >>> h, i, expected = np.zeros(H), 0, []
+    >>> for _ in range(5):
+    ...     h = np.tanh(W_x[:, i] + W_h @ h)
+    ...     i = int(np.argmax(W_y @ h))
+    ...     expected.append(i)
+    >>> out.tolist() == expected
+    True
     """
     n_prime = prime.shape[0]
     for t in range(max(n_prime, 1)):  # feed the prime (or the zero input)
@@ -161,6 +322,31 @@ def language_model_step(idx, targets, weights, scale, W_x, b_x, W_h, b_h, W_y, b
     (bit for bit): the trainer's path for the common model, without a dozen
     crossings from Python. idx, targets, weights (T*B,); dlogits are scaled by
     ``scale`` (1/B, the batch mean). Returns the summed loss.
+
+    idx, targets int64, weights float; W_y (V_out, H), b_y (V_out,); logits, probs and
+    dlogits (T*B, V_out); d_hidden (T, B, H); dW_y, db_y the head's gradients; the other
+    arrays as :func:`forward_indices` and :func:`backward_indices`. ``dstate`` is
+    zeroed here; ``states[:, 0]`` is the initial state.
+
+    >>> import numpy as np
+    >>> import numbarnn
+    >>> from numbarnn.kernels.loops import loops_for
+    >>> rnn = loops_for(numbarnn.get_cell("rnn"))
+    >>> rng = np.random.default_rng(0)
+    >>> T, B, H, V = 2, 2, 3, 4
+    >>> idx, targets = np.array([0, 1, 2, 3], np.int64), np.array([1, 2, 3, 0], np.int64)
+    >>> W_x, W_h, W_y = rng.normal(size=(H, V)), rng.normal(size=(H, H)), rng.normal(size=(V, H))
+    >>> b_x, b_h, b_y = np.zeros(H), np.zeros(H), np.zeros(V)
+    >>> e, N = np.empty, T * B
+    >>> states, probs, dW_y, db_y = np.zeros((1, T + 1, B, H)), e((N, V)), e((V, H)), e(V)
+    >>> loss = rnn.language_model_step(
+    ...     idx, targets, np.ones(N), 1.0, W_x, b_x, W_h, b_h, W_y, b_y, e((T, B, H)), states, e((T, B, 0)),
+    ...     e((B, H)), e((N, V)), probs, e((N, V)), e((T, B, H)), e((1, B, H)), e((1, B, H)), e((T, B, H)),
+    ...     e((T, B, H)), e((B, H)), e((H, V)), e((H, H)), e(H), e(H), dW_y, db_y)
+    >>> z = states[0, 1:].reshape(N, H) @ W_y.T  # the head's logits, from the hidden states
+    >>> expected = -(z[np.arange(N), targets] - np.log(np.exp(z).sum(axis=1))).sum()
+    >>> np.allclose(loss, expected), np.allclose(db_y, (probs - np.eye(V)[targets]).sum(axis=0))
+    (True, True)
     """
     T, B, GH = xz.shape
     H = W_h.shape[1]

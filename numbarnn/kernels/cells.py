@@ -30,7 +30,21 @@ from .activations import sigmoid, tanh
 
 @njit(cache=True)
 def rnn_forward(xz_t, hz_t, states, t, cache_t):
-    """h_t = tanh(xz_t + hz_t); see the module docstring for the protocol."""
+    """h_t = tanh(xz_t + hz_t); see the module docstring for the protocol.
+
+    xz_t, hz_t (B, H); states (1, T+1, B, H); cache_t (B, 0), unused (C = 0). One float
+    dtype for all (float32 or float64). One step, t = 0:
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.cells import rnn_forward
+    >>> rng = np.random.default_rng(0)
+    >>> B, H = 2, 3
+    >>> xz_t, hz_t = rng.normal(size=(B, H)), rng.normal(size=(B, H))
+    >>> states = np.zeros((1, 2, B, H))  # S = 1 state (h), T = 1 step
+    >>> rnn_forward(xz_t, hz_t, states, 0, np.empty((B, 0)))
+    >>> np.allclose(states[0, 1], np.tanh(xz_t + hz_t))
+    True
+    """
     B, H = states.shape[2], states.shape[3]
     for b in range(B):
         for j in range(H):
@@ -39,7 +53,24 @@ def rnn_forward(xz_t, hz_t, states, t, cache_t):
 
 @njit(cache=True)
 def rnn_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev):
-    """dz = dh * (1 - h_t^2) into both dxz_t and dhz_t; no direct path to h_{t-1}."""
+    """dz = dh * (1 - h_t^2) into both dxz_t and dhz_t; no direct path to h_{t-1}.
+
+    dstate, dstate_prev (1, B, H); states (1, T+1, B, H) as the forward left them;
+    cache_t (B, 0); dxz_t, dhz_t (B, H).
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.cells import rnn_backward
+    >>> rng = np.random.default_rng(0)
+    >>> B, H = 2, 3
+    >>> states = np.tanh(rng.normal(size=(1, 2, B, H)))  # h_0 and h_1
+    >>> dstate = rng.normal(size=(1, B, H))  # d loss / d h_1
+    >>> dxz_t, dhz_t, dstate_prev = np.empty((B, H)), np.empty((B, H)), np.empty((1, B, H))
+    >>> rnn_backward(dstate, states, 0, np.empty((B, 0)), dxz_t, dhz_t, dstate_prev)
+    >>> np.allclose(dxz_t, dstate[0] * (1 - states[0, 1] ** 2)), np.array_equal(dhz_t, dxz_t)
+    (True, True)
+    >>> bool((dstate_prev == 0).all())
+    True
+    """
     B, H = states.shape[2], states.shape[3]
     one = states.dtype.type(1.0)
     for b in range(B):
@@ -56,7 +87,25 @@ def rnn_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev):
 
 @njit(cache=True)
 def lstm_forward(xz_t, hz_t, states, t, cache_t):
-    """PyTorch's LSTM step; saves i, f, g, o and tanh(c_t) in cache_t."""
+    """PyTorch's LSTM step; saves i, f, g, o and tanh(c_t) in cache_t.
+
+    xz_t, hz_t (B, 4H) in gate order i, f, g, o; states (2, T+1, B, H) (h, then c);
+    cache_t (B, 5H). One float dtype for all.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.cells import lstm_forward
+    >>> rng = np.random.default_rng(0)
+    >>> B, H = 2, 3
+    >>> xz_t, hz_t = rng.normal(size=(B, 4 * H)), rng.normal(size=(B, 4 * H))
+    >>> states = np.zeros((2, 2, B, H))
+    >>> states[1, 0] = rng.normal(size=(B, H))  # c_0
+    >>> lstm_forward(xz_t, hz_t, states, 0, np.empty((B, 5 * H)))
+    >>> i, f, g, o = np.split(xz_t + hz_t, 4, axis=1)
+    >>> sig = lambda a: 1 / (1 + np.exp(-a))
+    >>> c = sig(f) * states[1, 0] + sig(i) * np.tanh(g)
+    >>> np.allclose(states[1, 1], c), np.allclose(states[0, 1], sig(o) * np.tanh(c))
+    (True, True)
+    """
     B, H = states.shape[2], states.shape[3]
     for b in range(B):
         for j in range(H):  # input gate
@@ -78,7 +127,27 @@ def lstm_forward(xz_t, hz_t, states, t, cache_t):
 
 @njit(cache=True)
 def lstm_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev):
-    """Gate gradients from dh_t and dc_t; the direct path gives dc_{t-1} = dc_t * f."""
+    """Gate gradients from dh_t and dc_t; the direct path gives dc_{t-1} = dc_t * f.
+
+    dstate, dstate_prev (2, B, H) (h, then c); states (2, T+1, B, H) and cache_t (B, 5H)
+    as the forward left them; dxz_t, dhz_t (B, 4H). With a gradient on c_t only, the
+    output gate gets none and dc_{t-1} is dc_t times the forget gate:
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.cells import lstm_backward, lstm_forward
+    >>> rng = np.random.default_rng(0)
+    >>> B, H = 2, 3
+    >>> states, cache_t = np.zeros((2, 2, B, H)), np.empty((B, 5 * H))
+    >>> lstm_forward(rng.normal(size=(B, 4 * H)), rng.normal(size=(B, 4 * H)), states, 0, cache_t)
+    >>> dstate = np.zeros((2, B, H))
+    >>> dstate[1] = 1.0  # d loss / d c_1 = 1, d loss / d h_1 = 0
+    >>> dxz_t, dhz_t, dstate_prev = np.empty((B, 4 * H)), np.empty((B, 4 * H)), np.empty((2, B, H))
+    >>> lstm_backward(dstate, states, 0, cache_t, dxz_t, dhz_t, dstate_prev)
+    >>> np.allclose(dstate_prev[1], cache_t[:, H:2 * H]), np.allclose(dxz_t[:, 3 * H:], 0)
+    (True, True)
+    >>> np.array_equal(dhz_t, dxz_t)
+    True
+    """
     B, H = states.shape[2], states.shape[3]
     one = states.dtype.type(1.0)
     for b in range(B):

@@ -21,7 +21,20 @@ from numba import njit
 
 @njit(cache=True)
 def project_dense(x2d, W_x, b_x, xz2d):
-    """x2d (N, X) -> xz2d (N, G*H); N = T*B."""
+    """x2d (N, X) -> xz2d (N, G*H); N = T*B.
+
+    ``xz2d = x2d @ W_x.T + b_x`` with W_x ``(G*H, X)`` and b_x ``(G*H,)``; all C-contiguous,
+    one float dtype.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.loops import project_dense
+    >>> rng = np.random.default_rng(0)
+    >>> x2d, W_x, b_x = rng.normal(size=(4, 3)), rng.normal(size=(2, 3)), rng.normal(size=2)
+    >>> xz2d = np.empty((4, 2))
+    >>> project_dense(x2d, W_x, b_x, xz2d)
+    >>> np.allclose(xz2d, x2d @ W_x.T + b_x)
+    True
+    """
     np.dot(x2d, W_x.T, xz2d)
     N, GH = xz2d.shape
     for n in range(N):
@@ -31,7 +44,21 @@ def project_dense(x2d, W_x, b_x, xz2d):
 
 @njit(cache=True)
 def project_indices(idx, W_x, b_x, xz2d):
-    """idx (N,) integer inputs (one-hot, never materialised); -1 is an all-zero input."""
+    """idx (N,) integer inputs (one-hot, never materialised); -1 is an all-zero input.
+
+    W_x ``(G*H, V)``, b_x ``(G*H,)``, xz2d ``(N, G*H)``: row n is ``W_x[:, idx[n]] + b_x``.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.loops import project_indices
+    >>> rng = np.random.default_rng(0)
+    >>> idx = np.array([2, -1, 0], np.int64)
+    >>> W_x, b_x = rng.normal(size=(2, 3)), rng.normal(size=2)
+    >>> xz2d = np.empty((3, 2))
+    >>> project_indices(idx, W_x, b_x, xz2d)
+    >>> onehot = np.eye(3)[idx] * (idx >= 0)[:, None]
+    >>> np.allclose(xz2d, onehot @ W_x.T + b_x)
+    True
+    """
     N, GH = xz2d.shape
     # Gather rows of W_x.T: a column of W_x is strided by X, a row of its transpose is contiguous.
     W_xT = np.ascontiguousarray(W_x.T)
@@ -58,6 +85,21 @@ def sequence_forward(cell_forward, xz, W_h, b_h, states, cache, hz):
 
     xz (T, B, G*H); states (S, T+1, B, H) with ``states[:, 0]`` set to the initial
     state; cache (T, B, C*H); hz (B, G*H) scratch for the recurrent projection.
+    W_h ``(G*H, H)``, b_h ``(G*H,)``.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.cells import rnn_forward
+    >>> from numbarnn.kernels.loops import sequence_forward
+    >>> rng = np.random.default_rng(0)
+    >>> T, B, H = 3, 2, 2
+    >>> xz, W_h, b_h = rng.normal(size=(T, B, H)), rng.normal(size=(H, H)), rng.normal(size=H)
+    >>> states = np.zeros((1, T + 1, B, H))  # h_0 = 0
+    >>> sequence_forward(rnn_forward, xz, W_h, b_h, states, np.empty((T, B, 0)), np.empty((B, H)))
+    >>> h = np.zeros((B, H))
+    >>> for t in range(T):
+    ...     h = np.tanh(xz[t] + h @ W_h.T + b_h)
+    >>> np.allclose(states[0, T], h)
+    True
     """
     T = xz.shape[0]
     B, GH = hz.shape
@@ -79,6 +121,26 @@ def sequence_backward(cell_backward, W_h, states, cache, d_outputs, dstate, dsta
     on exit the gradient w.r.t. the initial state. dstate_prev (S, B, H) and
     dh_recurrent (B, H) are scratch. dxz, dhz (T, B, G*H) receive the gradients of
     the two projections (they may be the same array, see the cell protocol).
+
+    W_h ``(G*H, H)``; states and cache as :func:`sequence_forward` left them.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.cells import rnn_backward, rnn_forward
+    >>> from numbarnn.kernels.loops import sequence_backward, sequence_forward
+    >>> rng = np.random.default_rng(0)
+    >>> T, B, H = 3, 2, 2
+    >>> xz, W_h = rng.normal(size=(T, B, H)), rng.normal(size=(H, H))
+    >>> states, cache = np.zeros((1, T + 1, B, H)), np.empty((T, B, 0))
+    >>> sequence_forward(rnn_forward, xz, W_h, np.zeros(H), states, cache, np.empty((B, H)))
+    >>> d_outputs = rng.normal(size=(T, B, H))
+    >>> dstate, dxz = np.zeros((1, B, H)), np.empty((T, B, H))
+    >>> sequence_backward(rnn_backward, W_h, states, cache, d_outputs, dstate, np.empty((1, B, H)),
+    ...                   dxz, dxz, np.empty((B, H)))
+    >>> dh = np.zeros((B, H))  # the same by hand, newest step first
+    >>> for t in reversed(range(T)):
+    ...     dh = ((dh + d_outputs[t]) * (1 - states[0, t + 1] ** 2)) @ W_h
+    >>> np.allclose(dstate[0], dh)  # the gradient w.r.t. h_0
+    True
     """
     T = d_outputs.shape[0]
     S, B, H = dstate.shape
@@ -101,14 +163,39 @@ def sequence_backward(cell_backward, W_h, states, cache, d_outputs, dstate, dsta
 
 @njit(cache=True)
 def recurrent_weight_gradients(dhz2d, h_prev2d, dW_h, db_h):
-    """dW_h = dHZ^T H_prev, db_h = sum dHZ over all steps; dhz2d (N, G*H), h_prev2d (N, H)."""
+    """dW_h = dHZ^T H_prev, db_h = sum dHZ over all steps; dhz2d (N, G*H), h_prev2d (N, H).
+
+    Writes dW_h ``(G*H, H)`` and db_h ``(G*H,)``.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.loops import recurrent_weight_gradients
+    >>> rng = np.random.default_rng(0)
+    >>> dhz2d, h_prev2d = rng.normal(size=(4, 2)), rng.normal(size=(4, 3))
+    >>> dW_h, db_h = np.empty((2, 3)), np.empty(2)
+    >>> recurrent_weight_gradients(dhz2d, h_prev2d, dW_h, db_h)
+    >>> np.allclose(dW_h, dhz2d.T @ h_prev2d), np.allclose(db_h, dhz2d.sum(axis=0))
+    (True, True)
+    """
     np.dot(dhz2d.T, h_prev2d, dW_h)
     column_sums(dhz2d, db_h)
 
 
 @njit(cache=True)
 def input_weight_gradients_dense(dxz2d, x2d, W_x, dW_x, db_x, dx2d):
-    """dW_x = dXZ^T X, db_x = sum dXZ, dX = dXZ W_x."""
+    """dW_x = dXZ^T X, db_x = sum dXZ, dX = dXZ W_x.
+
+    dxz2d ``(N, G*H)``, x2d (N, X), W_x ``(G*H, X)``; writes dW_x ``(G*H, X)``, db_x
+    ``(G*H,)`` and dx2d (N, X). Also the output head's backward (:mod:`numbarnn.kernels.heads`).
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.loops import input_weight_gradients_dense
+    >>> rng = np.random.default_rng(0)
+    >>> dxz2d, x2d, W_x = rng.normal(size=(4, 2)), rng.normal(size=(4, 3)), rng.normal(size=(2, 3))
+    >>> dW_x, db_x, dx2d = np.empty((2, 3)), np.empty(2), np.empty((4, 3))
+    >>> input_weight_gradients_dense(dxz2d, x2d, W_x, dW_x, db_x, dx2d)
+    >>> np.allclose(dW_x, dxz2d.T @ x2d), np.allclose(db_x, dxz2d.sum(axis=0)), np.allclose(dx2d, dxz2d @ W_x)
+    (True, True, True)
+    """
     np.dot(dxz2d.T, x2d, dW_x)
     column_sums(dxz2d, db_x)
     np.dot(dxz2d, W_x, dx2d)
@@ -116,7 +203,20 @@ def input_weight_gradients_dense(dxz2d, x2d, W_x, dW_x, db_x, dx2d):
 
 @njit(cache=True)
 def input_weight_gradients_indices(dxz2d, idx, dW_x, db_x):
-    """Scatter-add version of dW_x = dXZ^T onehot(idx); inputs -1 contribute nothing."""
+    """Scatter-add version of dW_x = dXZ^T onehot(idx); inputs -1 contribute nothing.
+
+    dxz2d ``(N, G*H)``, idx (N,) integers in [-1, V); writes dW_x ``(G*H, V)`` and db_x ``(G*H,)``.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.loops import input_weight_gradients_indices
+    >>> rng = np.random.default_rng(0)
+    >>> dxz2d, idx = rng.normal(size=(4, 2)), np.array([1, -1, 1, 0], np.int64)
+    >>> dW_x, db_x = np.empty((2, 3)), np.empty(2)
+    >>> input_weight_gradients_indices(dxz2d, idx, dW_x, db_x)
+    >>> onehot = np.eye(3)[idx] * (idx >= 0)[:, None]
+    >>> np.allclose(dW_x, dxz2d.T @ onehot), np.allclose(db_x, dxz2d.sum(axis=0))
+    (True, True)
+    """
     N, GH = dxz2d.shape
     # Accumulate into rows of dW_x.T (contiguous), then transpose once: the same sums in the
     # same order as adding into the strided columns of dW_x, several times faster.
@@ -132,7 +232,15 @@ def input_weight_gradients_indices(dxz2d, idx, dW_x, db_x):
 
 @njit(cache=True)
 def column_sums(a2d, out):
-    """out (K,) = a2d (N, K) summed over its rows."""
+    """out (K,) = a2d (N, K) summed over its rows.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.loops import column_sums
+    >>> out = np.empty(3)
+    >>> column_sums(np.arange(6.0).reshape(2, 3), out)
+    >>> out.tolist()
+    [3.0, 5.0, 7.0]
+    """
     N, K = a2d.shape
     out[:] = 0.0
     for n in range(N):
@@ -160,7 +268,18 @@ def _importable(fn):
 
 def cache_dir() -> Path:
     """Where the per-cell loop modules go: ``$NUMBARNN_CACHE_DIR``, else ``$NUMBA_CACHE_DIR/numbarnn``,
-    else the user cache directory (``~/.cache/numbarnn``)."""
+    else the user cache directory (``~/.cache/numbarnn``).
+
+    >>> import os
+    >>> from unittest import mock
+    >>> from numbarnn.kernels.loops import cache_dir
+    >>> with mock.patch.dict(os.environ, {"NUMBARNN_CACHE_DIR": "/tmp/loops"}):
+    ...     print(cache_dir().as_posix())
+    /tmp/loops
+    >>> with mock.patch.dict(os.environ, {"NUMBARNN_CACHE_DIR": "", "NUMBA_CACHE_DIR": "/tmp/numba"}):
+    ...     print(cache_dir().as_posix())
+    /tmp/numba/numbarnn
+    """
     if os.environ.get("NUMBARNN_CACHE_DIR"):
         return Path(os.environ["NUMBARNN_CACHE_DIR"])
     if os.environ.get("NUMBA_CACHE_DIR"):
@@ -209,6 +328,19 @@ def loops_for(cell):
     Kernels defined at module level in an importable module get a generated module in
     :func:`cache_dir`, cached on disk by Numba like any ``cache=True`` code. Others (a
     notebook's, a closure's) get the same code in memory, compiled once per process.
+    The functions are documented in :mod:`numbarnn.kernels.cell_loops`, the template.
+
+    >>> import numpy as np
+    >>> import numbarnn
+    >>> from numbarnn.kernels.loops import loops_for
+    >>> rnn = loops_for(numbarnn.get_cell("rnn"))
+    >>> rnn is loops_for(numbarnn.get_cell("rnn"))  # built once
+    True
+    >>> T, B, H = 2, 1, 2
+    >>> xz, states = np.full((T, B, H), 0.5), np.zeros((1, T + 1, B, H))
+    >>> rnn.sequence_forward(xz, np.zeros((H, H)), np.zeros(H), states, np.empty((T, B, 0)), np.empty((B, H)))
+    >>> np.allclose(states[0, 1:], np.tanh(0.5))  # W_h = 0: every step sees only its input
+    True
     """
     key = (cell.forward, cell.backward)
     if key in _CELL_LOOPS:

@@ -25,7 +25,18 @@ def _softmax_row(logits2d, n, probs2d):
 
 @njit(cache=True)
 def softmax_rows(logits2d, probs2d):
-    """Row-wise softmax, max-shifted so exp never overflows."""
+    """Row-wise softmax, max-shifted so exp never overflows.
+
+    logits2d (N, V) -> probs2d (N, V), one float dtype.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.losses import softmax_rows
+    >>> logits2d = np.array([[0.0, 0.0], [1000.0, 1000.0 + np.log(3.0)]])
+    >>> probs2d = np.empty_like(logits2d)
+    >>> softmax_rows(logits2d, probs2d)
+    >>> probs2d.round(4).tolist()
+    [[0.5, 0.5], [0.25, 0.75]]
+    """
     for n in range(logits2d.shape[0]):
         _softmax_row(logits2d, n, probs2d)
 
@@ -37,6 +48,21 @@ def softmax_cross_entropy(logits2d, targets, mask, probs2d, dlogits2d):
     targets (N,) integers in [0, V); mask (N,) weights (0 for padding). Returns the
     loss as float64, computed from log-sum-exp so a tiny probability never gives log(0).
     dlogits2d = mask * (probs - onehot(target)).
+
+    logits2d, probs2d, dlogits2d (N, V), one float dtype; targets int64; mask of the
+    logits' dtype.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.losses import softmax_cross_entropy
+    >>> rng = np.random.default_rng(0)
+    >>> logits2d, targets, mask = rng.normal(size=(3, 4)), np.array([0, 3, 1], np.int64), np.array([1.0, 1.0, 0.0])
+    >>> probs2d, dlogits2d = np.empty((3, 4)), np.empty((3, 4))
+    >>> loss = softmax_cross_entropy(logits2d, targets, mask, probs2d, dlogits2d)
+    >>> p = np.exp(logits2d) / np.exp(logits2d).sum(axis=1, keepdims=True)
+    >>> np.allclose(loss, -np.log(p[[0, 1], [0, 3]]).sum())  # the masked row adds nothing
+    True
+    >>> np.allclose(dlogits2d, mask[:, None] * (p - np.eye(4)[targets]))
+    True
     """
     N, V = logits2d.shape
     loss = 0.0
@@ -59,6 +85,16 @@ def squared_error(outputs2d, targets2d, mask, dout2d):
     outputs2d, targets2d, dout2d (N, V); mask (N,) weights (0 for padding). The 0.5
     makes the gradient exactly ``dout2d = mask * (out - target)``. Rows with mask 0
     get a zero gradient whatever their targets hold (padding may be NaN). Returns float64.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.losses import squared_error
+    >>> outputs2d = np.array([[1.0, 2.0], [3.0, 4.0]])
+    >>> targets2d = np.array([[0.0, 2.0], [np.nan, 0.0]])  # row 1 is padding
+    >>> dout2d = np.empty((2, 2))
+    >>> squared_error(outputs2d, targets2d, np.array([2.0, 0.0]), dout2d)
+    1.0
+    >>> dout2d.tolist()
+    [[2.0, 0.0], [0.0, 0.0]]
     """
     N, V = outputs2d.shape
     loss = 0.0

@@ -20,7 +20,15 @@ from numba import njit
 
 @njit(cache=True, error_model="numpy")
 def sgd_update(p, g, lr):
-    """p (P,) -= lr * g (P,)."""
+    """p (P,) -= lr * g (P,).
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.optim import sgd_update
+    >>> p, g = np.array([1.0, 2.0, 3.0]), np.array([10.0, 0.0, -10.0])
+    >>> sgd_update(p, g, 0.1)
+    >>> p.tolist()
+    [0.0, 2.0, 4.0]
+    """
     for i in range(p.shape[0]):
         p[i] -= lr * g[i]
 
@@ -31,6 +39,16 @@ def momentum_update(p, g, velocity, lr, momentum, nesterov):
 
     v = momentum * v + g; the step is v, or g + momentum * v with Nesterov.
     PyTorch sets v = g on the first step; from a zero v the formula gives the same.
+
+    p, g, velocity (P,), one float dtype; nesterov a bool.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.optim import momentum_update
+    >>> p, g, velocity = np.zeros(2), np.array([1.0, -2.0]), np.zeros(2)
+    >>> for _ in range(2):
+    ...     momentum_update(p, g, velocity, 0.1, 0.5, False)
+    >>> velocity.tolist(), np.allclose(p, -0.1 * (1 + 1.5) * g)  # steps of g, then 1.5 g
+    ([1.5, -3.0], True)
     """
     for i in range(p.shape[0]):
         v = momentum * velocity[i] + g[i]
@@ -46,6 +64,15 @@ def adagrad_update(p, g, memory, lr, eps):
     """min-char-rnn's Adagrad: memory (P,) += g*g; p -= lr * g / sqrt(memory + eps).
 
     (PyTorch's Adagrad puts eps outside the square root; the course's form is kept.)
+
+    p, g, memory (P,), one float dtype.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.optim import adagrad_update
+    >>> p, g, memory = np.zeros(2), np.array([3.0, -4.0]), np.zeros(2)
+    >>> adagrad_update(p, g, memory, 0.1, 1e-8)
+    >>> memory.tolist(), np.allclose(p, -0.1 * g / np.sqrt(g * g + 1e-8))
+    ([9.0, 16.0], True)
     """
     for i in range(p.shape[0]):
         gi = g[i]
@@ -57,7 +84,18 @@ def adagrad_update(p, g, memory, lr, eps):
 @njit(cache=True, error_model="numpy")
 def rmsprop_update(p, g, square_avg, lr, alpha, eps):
     """PyTorch's RMSprop (not centered, no momentum): v = alpha v + (1-alpha) g^2;
-    p -= lr * g / (sqrt(v) + eps). square_avg (P,) starts at zero."""
+    p -= lr * g / (sqrt(v) + eps). square_avg (P,) starts at zero.
+
+    p, g, square_avg (P,), one float dtype.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.optim import rmsprop_update
+    >>> p, g, square_avg = np.zeros(2), np.array([3.0, -4.0]), np.zeros(2)
+    >>> rmsprop_update(p, g, square_avg, 0.01, 0.99, 1e-8)
+    >>> v = 0.01 * g * g
+    >>> np.allclose(square_avg, v), np.allclose(p, -0.01 * g / (np.sqrt(v) + 1e-8))
+    (True, True)
+    """
     for i in range(p.shape[0]):
         gi = g[i]
         v = alpha * square_avg[i] + (1.0 - alpha) * (gi * gi)
@@ -71,6 +109,17 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step):
 
     m, v (P,) start at zero. m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
     p -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps).
+
+    p, g, m, v (P,), one float dtype. After bias correction the first step moves every
+    weight by about lr, against its gradient's sign:
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.optim import adam_update
+    >>> rng = np.random.default_rng(0)
+    >>> p, g, m, v = np.zeros(4), rng.normal(size=4), np.zeros(4), np.zeros(4)
+    >>> adam_update(p, g, m, v, 0.1, 0.9, 0.999, 1e-8, 1)
+    >>> np.allclose(p, -0.1 * np.sign(g)), np.allclose(m, 0.1 * g), np.allclose(v, 0.001 * g * g)
+    (True, True, True)
     """
     # Float exponent, as PyTorch (which holds step as a float): pow, not repeated products.
     t = np.float64(step)
@@ -89,7 +138,17 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step):
 
 @njit(cache=True, error_model="numpy")
 def clip_by_value(g, max_value):
-    """In place, the course's ``np.clip(g, -max_value, max_value, out=g)``; NaN stays NaN."""
+    """In place, the course's ``np.clip(g, -max_value, max_value, out=g)``; NaN stays NaN.
+
+    g (P,) float32 or float64.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.optim import clip_by_value
+    >>> g = np.array([-7.0, 0.5, np.nan, 12.0])
+    >>> clip_by_value(g, 5.0)
+    >>> g.tolist()
+    [-5.0, 0.5, nan, 5.0]
+    """
     for i in range(g.shape[0]):
         if g[i] > max_value:
             g[i] = max_value
@@ -100,7 +159,16 @@ def clip_by_value(g, max_value):
 @njit(cache=True, error_model="numpy")
 def sum_of_squares(g):
     """sum(g*g) of a flat array in a float64 accumulator, so a caller can add several
-    arrays' sums and take one square root for a global norm."""
+    arrays' sums and take one square root for a global norm.
+
+    g (P,) float32 or float64; returns a float.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.optim import sum_of_squares
+    >>> g = np.arange(10, dtype=np.float32)  # more than the eight partial sums
+    >>> sum_of_squares(g), float((g.astype(np.float64) ** 2).sum())
+    (285.0, 285.0)
+    """
     # Eight independent partial sums: without fastmath the compiler may not reorder one
     # running sum, so a single accumulator would serialise on the add latency.
     n = g.shape[0]
@@ -128,6 +196,14 @@ def sum_of_squares(g):
 
 @njit(cache=True, error_model="numpy")
 def scale(g, factor):
-    """In place g *= factor."""
+    """In place g *= factor; g (P,) float32 or float64.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.optim import scale
+    >>> g = np.array([1.0, -2.0, 4.0])
+    >>> scale(g, 0.5)
+    >>> g.tolist()
+    [0.5, -1.0, 2.0]
+    """
     for i in range(g.shape[0]):
         g[i] *= factor

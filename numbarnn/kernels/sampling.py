@@ -19,6 +19,17 @@ def sample_categorical(probs, u):
     ``searchsorted(cdf, u, side='right')``; so ``Generator.choice(V, p=probs)`` and
     this kernel with ``u = Generator.random()`` from the same state pick the same index.
     probs need not be normalised; zero-probability entries are never picked.
+
+    probs (V,) float32 or float64; u a float; returns an int.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.sampling import sample_categorical
+    >>> probs = np.array([0.1, 0.2, 0.0, 0.3, 0.4])
+    >>> draws = [sample_categorical(probs, u) for u in np.random.default_rng(0).random(8)]
+    >>> draws == np.random.default_rng(0).choice(5, size=8, p=probs).tolist()
+    True
+    >>> sample_categorical(np.array([2.0, 6.0]), 0.25)  # cdf [0.25, 1]: the first cdf above u
+    1
     """
     V = probs.shape[0]
     if not (u >= 0.0 and u < 1.0):
@@ -43,7 +54,15 @@ def sample_categorical(probs, u):
 
 @njit(cache=True)
 def argmax(x):
-    """Index of the first largest entry of x (V,), as np.argmax (a NaN counts as largest)."""
+    """Index of the first largest entry of x (V,), as np.argmax (a NaN counts as largest).
+
+    x (V,) float32 or float64; returns an int.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.sampling import argmax
+    >>> argmax(np.array([1.0, 3.0, 3.0, 2.0])), argmax(np.array([1.0, np.nan, 3.0]))
+    (1, 1)
+    """
     best = 0
     for k in range(x.shape[0]):
         if math.isnan(x[k]):
@@ -55,7 +74,17 @@ def argmax(x):
 
 @njit(cache=True)
 def apply_temperature(logits, temperature, out_probs):
-    """out_probs (V,) = softmax(logits (V,) / temperature), max-shifted so exp never overflows."""
+    """out_probs (V,) = softmax(logits (V,) / temperature), max-shifted so exp never overflows.
+
+    logits and out_probs float32 or float64; the sums are float64.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.sampling import apply_temperature
+    >>> logits, probs = np.array([1.0, 2.0, 3.0]), np.empty(3)
+    >>> apply_temperature(logits, 0.5, probs)
+    >>> np.allclose(probs, np.exp(logits / 0.5) / np.exp(logits / 0.5).sum())
+    True
+    """
     if not (temperature > 0.0):
         raise ValueError("apply_temperature: temperature must be > 0")
     V = logits.shape[0]
@@ -95,7 +124,15 @@ def _descending_order(probs):
 
 @njit(cache=True)
 def top_k_filter(probs, k, out):
-    """Keep the k largest of probs (V,) (ties: lower index first), renormalised into out (V,)."""
+    """Keep the k largest of probs (V,) (ties: lower index first), renormalised into out (V,).
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.sampling import top_k_filter
+    >>> out = np.empty(4)
+    >>> top_k_filter(np.array([0.1, 0.4, 0.2, 0.3]), 2, out)
+    >>> out.round(4).tolist()
+    [0.0, 0.5714, 0.0, 0.4286]
+    """
     if k < 1:
         raise ValueError("top_k_filter: k must be >= 1")
     V = probs.shape[0]
@@ -109,6 +146,18 @@ def top_p_filter(probs, p, out):
 
     Keeps the smallest set of largest entries (ties: lower index first) whose mass
     reaches p * sum(probs), at least one entry, and renormalises it.
+
+    probs and out float32 or float64; p in (0, 1].
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.sampling import top_p_filter
+    >>> out = np.empty(4)
+    >>> top_p_filter(np.array([0.1, 0.4, 0.2, 0.3]), 0.5, out)  # 0.4 < 0.5 <= 0.4 + 0.3
+    >>> out.round(4).tolist()
+    [0.0, 0.5714, 0.0, 0.4286]
+    >>> top_p_filter(np.array([0.1, 0.4, 0.2, 0.3]), 0.1, out)  # at least one entry
+    >>> out.tolist()
+    [0.0, 1.0, 0.0, 0.0]
     """
     if not (p > 0.0 and p <= 1.0):
         raise ValueError("top_p_filter: p must be in (0, 1]")
