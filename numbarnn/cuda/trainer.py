@@ -21,6 +21,10 @@ or norm, and the samplers ``categorical``, ``greedy``, ``temperature``, ``top_k`
 ``top_p``. Beam search and plugin samplers generate on the host from a CPU copy of the
 model (the same results, one copy of the weights per call). Plugin losses and optimizers,
 and stacked layers or dropout, are a clear :class:`~numbarnn.cuda.UnsupportedOnCuda` error.
+
+Shapes as on the CPU: a trainer takes integer batches ``(B, T)`` (or ``(T,)``), a model
+time-major inputs ``(T, B)``; S states of H units, V the vocabulary. The examples use
+float64 so that they can compare with the CPU path to tight tolerances.
 """
 from __future__ import annotations
 
@@ -50,7 +54,20 @@ _KEEP_STATE = object()
 
 class DeviceState:
     """A recurrent state kept on the device, ``(S, B, H)``. ``to_host()`` gives the CPU form
-    (an array for one-state cells, a tuple such as ``(h, c)`` for the LSTM)."""
+    (an array for one-state cells, a tuple such as ``(h, c)`` for the LSTM).
+
+    ``array`` is the (S, B, H) device array, ``states`` is S.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.trainer import DeviceState
+    >>> state = DeviceState(cuda.to_device(np.arange(8.0).reshape(2, 2, 2)), 2)  # an LSTM's h and c
+    >>> state.shape
+    (2, 2, 2)
+    >>> h, c = state.to_host()
+    >>> c.tolist()
+    [[4.0, 5.0], [6.0, 7.0]]
+    """
 
     def __init__(self, array, states: int):
         self.array = array
@@ -58,9 +75,11 @@ class DeviceState:
 
     @property
     def shape(self):
+        """``(S, B, H)``."""
         return tuple(self.array.shape)
 
     def to_host(self):
+        """Host copies: h (B, H) for a one-state cell, else a tuple of S such arrays."""
         host = self.array.copy_to_host()
         return host[0] if self.states == 1 else tuple(host[s] for s in range(self.states))
 
@@ -84,7 +103,22 @@ class _HostParam(np.ndarray):
 
 
 class DeviceParams(Mapping):
-    """``CudaSequenceModel.params``: host copies that write through (see that property)."""
+    """``CudaSequenceModel.params``: host copies that write through (see that property).
+
+    Parameter name to a host copy (a NumPy array of the CPU model's shape); assignment,
+    to the mapping or into one of its arrays, uploads to the device.
+
+    >>> import numpy as np
+    >>> from numbarnn.cuda.trainer import make_cuda_model
+    >>> model = make_cuda_model("rnn", vocab_size=3, hidden_size=2, dtype="float64", seed=0)
+    >>> params = model.params
+    >>> sorted(params), params["W_x"].shape
+    (['W_h', 'W_x', 'W_y', 'b_h', 'b_x', 'b_y'], (2, 3))
+    >>> params["b_y"][...] = 1.0  # writes through
+    >>> params["b_h"] = np.array([0.5, -0.5])
+    >>> model.params_to_host()["b_y"].tolist(), model.params_to_host()["b_h"].tolist()
+    ([1.0, 1.0, 1.0], [0.5, -0.5])
+    """
 
     def __init__(self, model):
         self._model = model
@@ -115,6 +149,23 @@ class CudaSequenceModel:
     source of shapes and checks). ``forward``/``backward`` have the CPU model's host
     interface (NumPy in, NumPy out) for tests and interactive use; the trainer uses the
     device methods, which copy nothing.
+
+    Inputs are time-major, indices (T, B) or features (T, B, X); outputs (T, B, V), or
+    (T, B, H) without a head. The same results as the CPU model it was built from:
+
+    >>> import numpy as np
+    >>> import numbarnn
+    >>> from numbarnn.cuda.trainer import CudaSequenceModel
+    >>> cpu = numbarnn.make_model("lstm", vocab_size=3, hidden_size=2, dtype="float64", seed=0)
+    >>> gpu = CudaSequenceModel(cpu)
+    >>> x = np.array([[0, 1], [2, -1]])  # T = 2 steps of B = 2 indices; -1 is a zero input
+    >>> (out_gpu, (h, c)), (out_cpu, _) = gpu.forward(x), cpu.forward(x)
+    >>> out_gpu.shape, h.shape, np.allclose(out_gpu, out_cpu)
+    ((2, 2, 3), (2, 2), True)
+    >>> d_outputs = np.random.default_rng(0).normal(size=out_cpu.shape)
+    >>> grads_gpu, grads_cpu = gpu.backward(d_outputs), cpu.backward(d_outputs)
+    >>> all(np.allclose(grads_gpu[name], grads_cpu[name]) for name in grads_cpu)
+    True
     """
 
     def __init__(self, cpu_model: SequenceModel):
@@ -147,6 +198,7 @@ class CudaSequenceModel:
         self.p = self._views(self.flat)
         self.g = self._views(self.grad_flat)
         self._buffers = {}
+        self._W_hT = None  # W_h transposed, for the rowdot backward (small batches)
         self._last = None  # (buffers, T, B, is_index) of the last forward
 
     # -- parameters --------------------------------------------------------------------------
@@ -201,14 +253,18 @@ class CudaSequenceModel:
         self.flat[offset:offset + size].copy_to_device(value.reshape(-1))
 
     def grads_to_host(self) -> dict:
+        """Copies of every gradient of the last backward as NumPy arrays, keyed like ``params``."""
         flat = self.grad_flat.copy_to_host()
         return {name: flat[o:o + s].reshape(self.shapes[name]).copy() for name, (o, s) in self.offsets.items()}
 
     def zero_state(self, batch_size: int):
+        """The CPU model's zero state for ``batch_size`` sequences (host arrays)."""
         return self._check_model.zero_state(batch_size)
 
     # -- device buffers, one set per (T, B, input kind) --------------------------------------
     def buffers(self, T: int, B: int, is_index: bool) -> dict:
+        """The device arrays of a batch of T steps and B sequences, integer or dense inputs,
+        by name (``xz``, ``states``, ``cache``, ``logits``, ...); allocated once per shape."""
         key = (T, B, is_index)
         buf = self._buffers.get(key)
         if buf is not None:
@@ -287,9 +343,11 @@ class CudaSequenceModel:
         self._last = (buf, T, B, is_index)
 
     def hidden2d(self, buf, T, B):
+        """The hidden states h_1..h_T in ``buf`` as a (T*B, H) device view."""
         return buf["states"][0, 1:].reshape((T * B, self.hidden_size))
 
     def final_state(self, buf, T: int, B: int) -> DeviceState:
+        """A device copy of the state after step T in ``buf``, (S, B, H)."""
         out = cuda.device_array((self.cell.states, B, self.hidden_size), self.dtype)
         loops.state_out(buf["states"], T, out)
         return DeviceState(out, self.cell.states)
@@ -315,9 +373,11 @@ class CudaSequenceModel:
         else:
             dstate.copy_to_device(np.ascontiguousarray(d_final_state, self.dtype))
         kernels = loops.step_kernels(cell, self.dtype, B, H)
+        if kernels.backward_wants_transpose and self._W_hT is None:
+            self._W_hT = cuda.device_array((H, GH), self.dtype)  # refilled from W_h by every backward
         loops.sequence_backward(kernels, p["W_h"], buf["states"], buf["cache"], buf["d_hidden"], dstate,
                                 buf["dstate_prev"], buf["dxz"], buf["dhz"], initial_gradient=initial_gradient,
-                                loop=loop)
+                                loop=loop, W_hT=self._W_hT)
         loops.recurrent_weight_gradients(buf["dhz"].reshape((N, GH)), buf["states"][0, :T].reshape((N, H)),
                                          g["W_h"], g["b_h"])
         dxz2d = buf["dxz"].reshape((N, GH))
@@ -396,6 +456,24 @@ class CudaOptimizer:
     ``options``, ``lr``, ``step_count`` and plain-data ``state_dict()`` /
     ``load_state_dict()`` behave as the CPU optimizer's (the state dict has the same keys,
     so checkpoints move between devices).
+
+    Each slot is one flat device buffer (P,) in the layout of the model's parameters.
+
+    >>> import numpy as np
+    >>> import numbarnn
+    >>> from numbarnn.cuda.trainer import cuda_trainer_from
+    >>> cpu = numbarnn.make_trainer("rnn", "softmax_cross_entropy", "adam", "greedy", vocab_size=3, hidden_size=2,
+    ...                             dtype="float64", seed=0)
+    >>> gpu = cuda_trainer_from(cpu)
+    >>> gpu.optimizer
+    <CudaOptimizer 'adam' step=0>
+    >>> x, y = np.array([[0, 1], [2, 0]]), np.array([[1, 2], [0, 1]])
+    >>> _ = gpu.train_step(x, y), cpu.train_step(x, y)
+    >>> state = gpu.optimizer.state_dict()
+    >>> state["step"], sorted(state) == sorted(cpu.optimizer.state_dict())
+    (1, True)
+    >>> np.allclose(state["exp_avg_sq.W_h"], cpu.optimizer.state_dict()["exp_avg_sq.W_h"])
+    True
     """
 
     def __init__(self, cpu_optimizer, model: CudaSequenceModel):
@@ -414,10 +492,12 @@ class CudaOptimizer:
 
     @property
     def options(self):
+        """The CPU optimizer's options (``lr``, ``beta1``, ...)."""
         return self.cpu.options
 
     @property
     def lr(self):
+        """The learning rate; setting it sets the CPU optimizer's."""
         return self.cpu.lr
 
     @lr.setter
@@ -476,6 +556,25 @@ class CudaTrainer(Trainer):
     ``fit`` behave as on the CPU. ``state`` is a :class:`DeviceState` (pass it back as
     ``state=`` to continue a stream; ``state.to_host()`` gives the CPU form); host arrays
     are accepted too.
+
+    Batches are integer arrays (B, T) or (T,), as on the CPU. The same losses and
+    generated indices as the CPU trainer with the same seed:
+
+    >>> import math
+    >>> import numpy as np
+    >>> import numbarnn
+    >>> options = dict(vocab_size=3, hidden_size=2, lr=0.5, dtype="float64", seed=0)
+    >>> cpu = numbarnn.make_trainer("rnn", "softmax_cross_entropy", "sgd", "greedy", **options)
+    >>> gpu = numbarnn.make_trainer("rnn", "softmax_cross_entropy", "sgd", "greedy", device="cuda", **options)
+    >>> type(gpu).__name__, gpu.device
+    ('CudaTrainer', 'cuda')
+    >>> x, y = np.array([[0, 1], [2, 0]]), np.array([[1, 2], [0, 1]])
+    >>> math.isclose(gpu.train_step(x, y), cpu.train_step(x, y), rel_tol=1e-9)
+    True
+    >>> gpu.state
+    <DeviceState S=1 B=2 H=2>
+    >>> gpu.generate_indices([0], 2, gpu.sampler) == cpu.generate_indices([0], 2, cpu.sampler)
+    True
     """
 
     device = "cuda"
@@ -494,6 +593,7 @@ class CudaTrainer(Trainer):
         self.loop = loop
 
     def params_to_host(self) -> dict:
+        """Copies of every parameter as NumPy arrays (:meth:`CudaSequenceModel.params_to_host`)."""
         return self.model.params_to_host()
 
     # -- cheap whole-model operations for training loops ---------------------------------------
@@ -668,6 +768,17 @@ def cuda_trainer_from(trainer: Trainer, loop=None) -> CudaTrainer:
     configuration, vocabulary, random generator, step count, history and carried state.
     This is what ``make_trainer(..., device="cuda")`` does with the trainer it builds, so
     the initial weights are the CPU path's for the same seed.
+
+    >>> import numpy as np
+    >>> import numbarnn
+    >>> from numbarnn.cuda.trainer import cuda_trainer_from
+    >>> cpu = numbarnn.make_trainer("lstm", "softmax_cross_entropy", "adam", "greedy", vocab_size=3, hidden_size=2,
+    ...                             dtype="float64", seed=0)
+    >>> gpu = cuda_trainer_from(cpu)
+    >>> gpu.device, all(np.array_equal(gpu.params_to_host()[k], v) for k, v in cpu.model.params.items())
+    ('cuda', True)
+    >>> gpu.rng is cpu.rng, gpu.optimizer.name
+    (True, 'adam')
     """
     require()
     cpu_model = trainer.model
@@ -690,7 +801,21 @@ def cuda_trainer_from(trainer: Trainer, loop=None) -> CudaTrainer:
 
 def make_cuda_model(cell="lstm", *, input_size=None, vocab_size=None, hidden_size=128, output_size=None,
                     dtype="float32", seed=None) -> CudaSequenceModel:
-    """:func:`numbarnn.make_model` on the GPU (same arguments, same initial weights)."""
+    """:func:`numbarnn.make_model` on the GPU (same arguments, same initial weights).
+
+    Returns a :class:`CudaSequenceModel`; see there for the shapes.
+
+    >>> import numpy as np
+    >>> import numbarnn
+    >>> from numbarnn.cuda.trainer import make_cuda_model
+    >>> gpu = make_cuda_model("rnn", vocab_size=3, hidden_size=2, dtype="float64", seed=0)
+    >>> cpu = numbarnn.make_model("rnn", vocab_size=3, hidden_size=2, dtype="float64", seed=0)
+    >>> all(np.array_equal(gpu.params_to_host()[k], v) for k, v in cpu.params.items())
+    True
+    >>> x = np.array([[0, 1], [2, -1]])  # (T, B) indices
+    >>> np.allclose(gpu.forward(x)[0], cpu.forward(x)[0])
+    True
+    """
     require()
     return CudaSequenceModel(make_model(cell, input_size=input_size, vocab_size=vocab_size,
                                         hidden_size=hidden_size, output_size=output_size, dtype=dtype, seed=seed))
@@ -706,6 +831,19 @@ def make_cuda_trainer(cell_spec, loss_spec, optimizer_spec, sampler_spec, vocab_
     and moves it with :func:`cuda_trainer_from`. Raises
     :class:`~numbarnn.cuda.CudaUnavailableError` when the GPU cannot be used and
     :class:`~numbarnn.cuda.UnsupportedOnCuda` for a component without CUDA kernels.
+
+    >>> import math
+    >>> import numpy as np
+    >>> import numbarnn
+    >>> from numbarnn.cuda.trainer import make_cuda_trainer
+    >>> options = dict(vocab_size=3, hidden_size=2, lr=0.1, clip=1.0, clip_mode="norm", dtype="float64", seed=0)
+    >>> gpu = make_cuda_trainer("lstm", "softmax_cross_entropy", "momentum", "greedy", **options)
+    >>> cpu = numbarnn.make_trainer("lstm", "softmax_cross_entropy", "momentum", "greedy", **options)
+    >>> x, y = np.array([[0, 1], [2, 0]]), np.array([[1, 2], [0, 1]])  # (B, T)
+    >>> math.isclose(gpu.train_step(x, y), cpu.train_step(x, y), rel_tol=1e-9)
+    True
+    >>> math.isclose(gpu.last_grad_norm, cpu.last_grad_norm, rel_tol=1e-9)
+    True
     """
     require()
     from ..trainer import make_trainer
