@@ -49,6 +49,14 @@ class CudaUnavailableError(RuntimeError):
 
     ``missing`` is ``"package"`` (neither numba-cuda nor numba's built-in CUDA target is
     importable), ``"driver"`` (no usable NVIDIA driver) or ``"gpu"`` (a driver but no GPU).
+
+    ``CudaUnavailableError(missing, message)``, both strings; a RuntimeError. :func:`require`
+    raises it with the reason :func:`unavailable_reason` gives.
+
+    >>> from numbarnn.cuda import CudaUnavailableError
+    >>> error = CudaUnavailableError("gpu", "device='cuda': the NVIDIA driver is installed but found no GPU")
+    >>> isinstance(error, RuntimeError), error.missing, str(error)
+    (True, 'gpu', "device='cuda': the NVIDIA driver is installed but found no GPU")
     """
 
     def __init__(self, missing: str, message: str):
@@ -57,7 +65,18 @@ class CudaUnavailableError(RuntimeError):
 
 
 class UnsupportedOnCuda(ValueError):
-    """A component (cell, loss, optimizer, sampler, option) that has no CUDA implementation."""
+    """A component (cell, loss, optimizer, sampler, option) that has no CUDA implementation.
+
+    A ValueError with a message naming the component, so code that checks a configuration
+    with ``except ValueError`` catches it too.
+
+    >>> from numbarnn.cuda import UnsupportedOnCuda
+    >>> try:
+    ...     raise UnsupportedOnCuda("cell 'cpu_only' has no CUDA kernels")
+    ... except ValueError as error:
+    ...     print(type(error).__name__, error)
+    UnsupportedOnCuda cell 'cpu_only' has no CUDA kernels
+    """
 
 
 @dataclass
@@ -93,6 +112,36 @@ class Config:
             128 blocks, launches 1.2x faster at 1,024 blocks (a grid barrier across
             every slot of the GPU costs more than a launch).
         reduce_threads: threads of the single block that reduces a loss or a norm to one number.
+
+    Every field is an int, a tuple of ints, a string or None, as above; ``threads`` and
+    ``reduce_threads`` must be powers of two. The kernels read the module's ``config``;
+    :meth:`update` changes fields by name and checks them all first. A fresh Config holds
+    the defaults (here, so the module's ``config`` stays as it is):
+
+    >>> from numbarnn.cuda import Config
+    >>> c = Config()
+    >>> c.threads, c.gemm_tile, c.step_tile, c.loop
+    (256, (64, 64, 16, 4, 4), None, 'auto')
+    >>> c.update(threads=64, step_tile=(2, 4, 3, 1)) is c, c.threads, c.step_tile
+    (True, 64, (2, 4, 3, 1))
+    >>> c.update(threads=48)
+    Traceback (most recent call last):
+        ...
+    ValueError: threads must be a power of two, got 48
+    >>> c.update(gemm_tile=(64, 64, 16, 3, 4))
+    Traceback (most recent call last):
+        ...
+    ValueError: gemm_tile (64, 64, 16, 3, 4): TM must divide BM and TN divide BN
+    >>> c.update(thread=64)
+    Traceback (most recent call last):
+        ...
+    ValueError: numbarnn.cuda.config has no field 'thread'; fields: [...]
+    >>> c.update(threads=128, loop="sometimes")
+    Traceback (most recent call last):
+        ...
+    ValueError: loop must be 'auto', 'launch' or 'persistent', got 'sometimes'
+    >>> c.threads  # nothing changes unless everything checks
+    64
     """
 
     threads: int = 256
@@ -146,12 +195,31 @@ config = Config()
 
 
 def grid1d(n: int) -> int:
-    """Blocks for a one-dimensional kernel over n items (grid-stride loops do the rest)."""
+    """Blocks for a one-dimensional kernel over n items (grid-stride loops do the rest).
+
+    n an int >= 0; returns ``ceil(n / config.threads)`` clipped to ``[1, config.max_blocks]``
+    (an int). Host arithmetic only:
+
+    >>> from numbarnn.cuda import config, grid1d
+    >>> saved = config.threads, config.max_blocks
+    >>> _ = config.update(threads=4, max_blocks=3)
+    >>> [grid1d(n) for n in (0, 1, 4, 5, 8, 9, 1000)]  # blocks of 4 threads, at most 3 of them
+    [1, 1, 1, 2, 2, 3, 3]
+    >>> _ = config.update(threads=saved[0], max_blocks=saved[1])
+    """
     return int(max(1, min(config.max_blocks, (n + config.threads - 1) // config.threads)))
 
 
 def simulator() -> bool:
-    """True when numba runs CUDA kernels on its simulator (``NUMBA_ENABLE_CUDASIM=1``)."""
+    """True when numba runs CUDA kernels on its simulator (``NUMBA_ENABLE_CUDASIM=1``).
+
+    Returns a bool; numba reads the variable when it is first imported.
+
+    >>> import os
+    >>> from numbarnn.cuda import simulator
+    >>> simulator() == (os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1")
+    True
+    """
     try:
         from numba.core import config as numba_config
     except ImportError:  # pragma: no cover - numba is a dependency
@@ -192,7 +260,20 @@ def _gpu_count() -> int:
 
 
 def unavailable_reason() -> Optional[tuple]:
-    """None when ``device="cuda"`` can work; else ``(missing, message)``."""
+    """None when ``device="cuda"`` can work; else ``(missing, message)``.
+
+    ``missing`` is one of ``"package"``, ``"driver"`` and ``"gpu"`` (as in
+    :class:`CudaUnavailableError`), ``message`` a string that says what to install or check.
+    Always None on the simulator. Whether a GPU is here decides which, so the example
+    checks what holds either way:
+
+    >>> from numbarnn.cuda import available, simulator, unavailable_reason
+    >>> reason = unavailable_reason()
+    >>> reason is None or (reason[0] in ("package", "driver", "gpu") and isinstance(reason[1], str))
+    True
+    >>> (reason is None) == available(), reason is None or not simulator()
+    (True, True)
+    """
     if simulator():
         return None
     if not _has_package():
@@ -213,7 +294,14 @@ def unavailable_reason() -> Optional[tuple]:
 
 
 def available() -> bool:
-    """True when ``device="cuda"`` can work here (always on the simulator)."""
+    """True when ``device="cuda"`` can work here (always on the simulator).
+
+    Returns a bool and never raises: a probe that fails counts as "not available".
+
+    >>> from numbarnn.cuda import available, simulator, unavailable_reason
+    >>> available() == (unavailable_reason() is None), available() or not simulator()
+    (True, True)
+    """
     try:
         return unavailable_reason() is None
     except Exception:  # noqa: BLE001 - a probe that crashes means "not available"
@@ -221,7 +309,20 @@ def available() -> bool:
 
 
 def require() -> None:
-    """Raise :class:`CudaUnavailableError` naming what is missing, or return None."""
+    """Raise :class:`CudaUnavailableError` naming what is missing, or return None.
+
+    numbarnn's model and trainer factories call it for ``device="cuda"`` before they import
+    the kernel modules. It raises exactly when :func:`available` is False (here, with or
+    without a GPU):
+
+    >>> import numbarnn.cuda as nc
+    >>> try:
+    ...     nc.require()
+    ...     print(nc.available())
+    ... except nc.CudaUnavailableError as error:
+    ...     print(not nc.available() and error.missing in ("package", "driver", "gpu"))
+    True
+    """
     reason = unavailable_reason()
     if reason is not None:
         raise CudaUnavailableError(*reason)

@@ -49,7 +49,21 @@ from .matmul import gemm
 
 
 def project_dense(x2d, W_x, b_x, xz2d, stream=0):
-    """x2d (N, X) -> xz2d (N, G*H) = x2d @ W_x.T + b_x."""
+    """x2d (N, X) -> xz2d (N, G*H) = x2d @ W_x.T + b_x.
+
+    Device arrays of one float dtype: x2d ``(N, X)`` with N = T*B, W_x ``(G*H, X)``, b_x
+    ``(G*H,)``, xz2d ``(N, G*H)`` (written). One :func:`numbarnn.cuda.matmul.gemm` call.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.loops import project_dense
+    >>> rng = np.random.default_rng(0)
+    >>> x2d, W_x, b_x = rng.normal(size=(4, 3)), rng.normal(size=(2, 3)), rng.normal(size=2)
+    >>> xz2d = cuda.device_array((4, 2))
+    >>> project_dense(cuda.to_device(x2d), cuda.to_device(W_x), cuda.to_device(b_x), xz2d)
+    >>> np.allclose(xz2d.copy_to_host(), x2d @ W_x.T + b_x)
+    True
+    """
     gemm(x2d, W_x, xz2d, bias=b_x, trans_b=True, stream=stream)
 
 
@@ -72,7 +86,23 @@ def _blocks(n: int) -> int:
 
 
 def project_indices(idx, W_x, b_x, xz2d, stream=0):
-    """idx (N,) integer inputs (one-hot, never materialised); -1 is an all-zero input."""
+    """idx (N,) integer inputs (one-hot, never materialised); -1 is an all-zero input.
+
+    Device arrays: idx ``(N,)`` integers in [-1, V), W_x ``(G*H, V)`` and b_x ``(G*H,)`` of
+    one float dtype; writes xz2d ``(N, G*H)``, row n being ``W_x[:, idx[n]] + b_x``.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.loops import project_indices
+    >>> rng = np.random.default_rng(0)
+    >>> idx = np.array([2, -1, 0, 2], np.int64)
+    >>> W_x, b_x = rng.normal(size=(2, 3)), rng.normal(size=2)
+    >>> xz2d = cuda.device_array((4, 2))
+    >>> project_indices(cuda.to_device(idx), cuda.to_device(W_x), cuda.to_device(b_x), xz2d)
+    >>> onehot = np.eye(3)[idx] * (idx >= 0)[:, None]
+    >>> np.allclose(xz2d.copy_to_host(), onehot @ W_x.T + b_x)
+    True
+    """
     N, GH = xz2d.shape
     _project_indices_kernel[_blocks(N * GH), config.threads, stream](idx, W_x, b_x, xz2d)
 
@@ -116,7 +146,20 @@ _COLSUMS = {}
 
 
 def column_sums(a2d, out, stream=0):
-    """out (K,) = sum over the rows of a2d (N, K): a block sums CW columns in CR row slices."""
+    """out (K,) = sum over the rows of a2d (N, K): a block sums CW columns in CR row slices.
+
+    Device arrays of one dtype, which is also the accumulator's; ``ceil(K / CW)`` blocks of
+    ``config.threads`` threads (CW = min(32, threads) columns, CR = threads / CW row slices).
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.loops import column_sums
+    >>> a2d = np.arange(15.0).reshape(3, 5)
+    >>> out = cuda.device_array(5)
+    >>> column_sums(cuda.to_device(a2d), out)
+    >>> out.copy_to_host().tolist(), np.array_equal(out.copy_to_host(), a2d.sum(axis=0))
+    ([15.0, 18.0, 21.0, 24.0, 27.0], True)
+    """
     dtype = np.dtype(a2d.dtype)
     CW, CR = _colsum_shape()
     kernel = _COLSUMS.get((dtype.name, CW, CR))
@@ -127,13 +170,42 @@ def column_sums(a2d, out, stream=0):
 
 
 def recurrent_weight_gradients(dhz2d, h_prev2d, dW_h, db_h, stream=0):
-    """dW_h = dHZ^T H_prev, db_h = sum dHZ over all steps; dhz2d (N, G*H), h_prev2d (N, H)."""
+    """dW_h = dHZ^T H_prev, db_h = sum dHZ over all steps; dhz2d (N, G*H), h_prev2d (N, H).
+
+    Device arrays of one float dtype, N = T*B; writes dW_h ``(G*H, H)`` and db_h ``(G*H,)``.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.loops import recurrent_weight_gradients
+    >>> rng = np.random.default_rng(0)
+    >>> dhz2d, h_prev2d = rng.normal(size=(4, 6)), rng.normal(size=(4, 2))  # G 3, H 2
+    >>> dW_h, db_h = cuda.device_array((6, 2)), cuda.device_array(6)
+    >>> recurrent_weight_gradients(cuda.to_device(dhz2d), cuda.to_device(h_prev2d), dW_h, db_h)
+    >>> np.allclose(dW_h.copy_to_host(), dhz2d.T @ h_prev2d), np.allclose(db_h.copy_to_host(), dhz2d.sum(axis=0))
+    (True, True)
+    """
     gemm(dhz2d, h_prev2d, dW_h, trans_a=True, stream=stream)
     column_sums(dhz2d, db_h, stream=stream)
 
 
 def input_weight_gradients_dense(dxz2d, x2d, W_x, dW_x, db_x, dx2d, stream=0):
-    """dW_x = dXZ^T X, db_x = sum dXZ, dX = dXZ W_x."""
+    """dW_x = dXZ^T X, db_x = sum dXZ, dX = dXZ W_x.
+
+    Device arrays of one float dtype: dxz2d ``(N, G*H)``, x2d (N, X), W_x ``(G*H, X)``;
+    writes dW_x ``(G*H, X)``, db_x ``(G*H,)`` and dx2d (N, X), or skips dX when dx2d is None.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.loops import input_weight_gradients_dense
+    >>> rng = np.random.default_rng(0)
+    >>> dxz2d, x2d, W_x = rng.normal(size=(4, 2)), rng.normal(size=(4, 3)), rng.normal(size=(2, 3))
+    >>> dW_x, db_x, dx2d = cuda.device_array((2, 3)), cuda.device_array(2), cuda.device_array((4, 3))
+    >>> input_weight_gradients_dense(cuda.to_device(dxz2d), cuda.to_device(x2d), cuda.to_device(W_x),
+    ...                              dW_x, db_x, dx2d)
+    >>> (np.allclose(dW_x.copy_to_host(), dxz2d.T @ x2d), np.allclose(db_x.copy_to_host(), dxz2d.sum(axis=0)),
+    ...  np.allclose(dx2d.copy_to_host(), dxz2d @ W_x))
+    (True, True, True)
+    """
     gemm(dxz2d, x2d, dW_x, trans_a=True, stream=stream)
     column_sums(dxz2d, db_x, stream=stream)
     if dx2d is not None:
@@ -144,7 +216,19 @@ def index_segments(idx: np.ndarray, vocab: int):
     """Host side, with the batch: ``order`` (N,) sorts the rows by input index (stably, so
     rows of one index stay in time order) and ``starts`` (V+1,) bounds each index's run;
     rows with index -1 come first and belong to no run. Lets the device compute the
-    scatter-add ``dW_x = dXZ^T onehot(idx)`` as V independent, deterministic sums."""
+    scatter-add ``dW_x = dXZ^T onehot(idx)`` as V independent, deterministic sums.
+
+    idx: any integer array of N = T*B entries in [-1, V) (flattened); both results are
+    host int64 arrays. The rows of index i are ``order[starts[i]:starts[i + 1]]``.
+
+    >>> import numpy as np
+    >>> from numbarnn.cuda.loops import index_segments
+    >>> order, starts = index_segments(np.array([2, -1, 0, 2, 0]), vocab=3)
+    >>> order.tolist(), starts.tolist()
+    ([1, 2, 4, 0, 3], [1, 3, 3, 5])
+    >>> [order[starts[i]:starts[i + 1]].tolist() for i in range(3)]  # index 1 never occurs
+    [[2, 4], [], [0, 3]]
+    """
     idx = np.asarray(idx).reshape(-1)
     order = np.argsort(idx, kind="stable").astype(np.int64)
     starts = np.searchsorted(idx[order], np.arange(vocab + 1), side="left").astype(np.int64)
@@ -173,7 +257,24 @@ _SEGMENT_SUMS = {}
 
 
 def input_weight_gradients_indices(dxz2d, order, starts, dW_x, db_x, stream=0):
-    """dW_x = dXZ^T onehot(idx) from :func:`index_segments`; inputs -1 contribute nothing."""
+    """dW_x = dXZ^T onehot(idx) from :func:`index_segments`; inputs -1 contribute nothing.
+
+    Device arrays: dxz2d ``(N, G*H)`` float, order ``(N,)`` and starts ``(V+1,)`` int64;
+    writes dW_x ``(G*H, V)`` and db_x ``(G*H,)`` (db_x sums every row, -1 inputs too).
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.loops import index_segments, input_weight_gradients_indices
+    >>> rng = np.random.default_rng(0)
+    >>> dxz2d, idx = rng.normal(size=(4, 2)), np.array([1, -1, 1, 0], np.int64)
+    >>> order, starts = index_segments(idx, vocab=3)
+    >>> dW_x, db_x = cuda.device_array((2, 3)), cuda.device_array(2)
+    >>> input_weight_gradients_indices(cuda.to_device(dxz2d), cuda.to_device(order), cuda.to_device(starts),
+    ...                                dW_x, db_x)
+    >>> onehot = np.eye(3)[idx] * (idx >= 0)[:, None]
+    >>> np.allclose(dW_x.copy_to_host(), dxz2d.T @ onehot), np.allclose(db_x.copy_to_host(), dxz2d.sum(axis=0))
+    (True, True)
+    """
     GH, V = dW_x.shape
     dtype = np.dtype(dW_x.dtype)
     kernel = _SEGMENT_SUMS.get(dtype.name)
@@ -195,7 +296,21 @@ def _pow2_at_least(n: int) -> int:
 def step_tiles(B: int, H: int, G: int) -> tuple:
     """``(BM, BJ, BK, TM)`` for the fused step: ``config.step_tile`` if set, else a heuristic
     (not yet tuned on a GPU): BM batch rows per block (the batch rounded up to a power of
-    two, at most 64), BJ hidden units of every gate, BK the K-slice, TM rows per thread."""
+    two, at most 64), BJ hidden units of every gate, BK the K-slice, TM rows per thread.
+
+    B batch rows, H hidden units, G gates (ints); returns a tuple of four ints.
+
+    >>> from numbarnn.cuda import config
+    >>> from numbarnn.cuda.loops import step_tiles
+    >>> saved = config.step_tile
+    >>> _ = config.update(step_tile=None)  # the heuristic
+    >>> step_tiles(1, 100, 4), step_tiles(3, 6, 1), step_tiles(10, 20, 4), step_tiles(100, 256, 4)
+    ((1, 32, 16, 1), (4, 8, 16, 1), (16, 16, 16, 2), (64, 16, 16, 4))
+    >>> _ = config.update(step_tile=(2, 4, 3, 1))  # set: taken as it is
+    >>> step_tiles(100, 256, 4)
+    (2, 4, 3, 1)
+    >>> _ = config.update(step_tile=saved)
+    """
     if config.step_tile is not None:
         return tuple(config.step_tile)
     BM = min(64, _pow2_at_least(B))
@@ -221,6 +336,37 @@ class StepKernels:
     ``kind`` is ``"tiled"`` (``tile = (BM, BJ, BK, TM)``) or ``"rowdot"`` (``tile = (BG,
     WPB)``: batch rows per warp, warps per block). A tile is what one block computes in
     one step; :meth:`ntiles` counts them.
+
+    The arrays, all device arrays of the kernels' dtype: xz ``(T, B, G*H)``, W_h ``(G*H,
+    H)``, b_h ``(G*H,)``, states (S, T+1, B, H), cache ``(T, B, max(C, 1)*H)``, hz ``(B,
+    G*H)``, d_outputs (T, B, H), dstate and dstate_prev (S, B, H), dxz and dhz ``(T, B,
+    G*H)``. A per-step launch is ``[ntiles(B, H), block]``. One forward step of a tiled
+    RNN, by hand (:func:`sequence_forward` runs the loop):
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> import numbarnn
+    >>> from numbarnn.cuda import config
+    >>> from numbarnn.cuda.loops import StepKernels, step_kernels
+    >>> saved = config.step_kernel, config.step_tile
+    >>> _ = config.update(step_kernel="tiled", step_tile=(2, 4, 3, 1))
+    >>> B, H = 3, 6
+    >>> kernels = step_kernels(numbarnn.get_cell("rnn"), np.float64, B, H)
+    >>> _ = config.update(step_kernel=saved[0], step_tile=saved[1])
+    >>> kernels.kind, kernels.block, kernels.ntiles(B, H), kernels.backward_wants_transpose  # 2 x 2 tiles
+    ('tiled', (4, 2), 4, False)
+    >>> rng = np.random.default_rng(0)
+    >>> xz, W_h, b_h = rng.normal(size=(1, B, H)), rng.normal(size=(H, H)), rng.normal(size=H)
+    >>> h0 = rng.normal(size=(B, H))
+    >>> states = cuda.to_device(np.stack([h0, np.zeros((B, H))])[None])  # S 1, T 1
+    >>> kernels.forward_step[kernels.ntiles(B, H), kernels.block](
+    ...     0, cuda.to_device(xz), cuda.to_device(W_h), cuda.to_device(b_h), states,
+    ...     cuda.device_array((1, B, H)), cuda.device_array((B, H)))
+    >>> np.allclose(states.copy_to_host()[0, 1], np.tanh(xz[0] + h0 @ W_h.T + b_h))
+    True
+    >>> rowdot = StepKernels(None, None, None, None, tile=(2, 3), kind="rowdot")  # the shapes only
+    >>> rowdot.block, rowdot.ntiles(5, 7), rowdot.backward_wants_transpose  # 7 units x 3 row groups: 21 warps
+    ((96,), 7, True)
     """
 
     forward_step: Callable
@@ -546,14 +692,48 @@ _STEPS = {}
 
 def step_kind(B: int) -> str:
     """``"tiled"`` or ``"rowdot"`` for a batch of B rows: ``config.step_kernel``, where
-    ``"auto"`` means rowdot up to ``config.rowdot_max_batch`` rows."""
+    ``"auto"`` means rowdot up to ``config.rowdot_max_batch`` rows.
+
+    >>> from numbarnn.cuda import config
+    >>> from numbarnn.cuda.loops import step_kind
+    >>> saved = config.step_kernel, config.rowdot_max_batch
+    >>> _ = config.update(step_kernel="auto", rowdot_max_batch=4)
+    >>> [step_kind(B) for B in (1, 4, 5, 64)]
+    ['rowdot', 'rowdot', 'tiled', 'tiled']
+    >>> _ = config.update(step_kernel="tiled")  # a fixed choice holds for every batch
+    >>> step_kind(1)
+    'tiled'
+    >>> _ = config.update(step_kernel=saved[0], rowdot_max_batch=saved[1])
+    """
     if config.step_kernel != "auto":
         return config.step_kernel
     return "rowdot" if B <= config.rowdot_max_batch else "tiled"
 
 
 def step_kernels(cell, dtype, B: int, H: int) -> StepKernels:
-    """The fused step kernels of ``cell`` for this dtype and problem size (cached per tile)."""
+    """The fused step kernels of ``cell`` for this dtype and problem size (cached per tile).
+
+    ``cell`` a :class:`numbarnn.cells.CellSpec` with CUDA kernels, ``dtype`` a float dtype
+    (or its name), B batch rows, H hidden units; a :class:`StepKernels` whose kind is
+    :func:`step_kind` (B) and whose tile is :func:`step_tiles` (tiled) or ``(min(rowdot_batch,
+    B), rowdot_warps)`` (rowdot). Building compiles nothing; the first launch does.
+
+    >>> import numpy as np
+    >>> import numbarnn
+    >>> from numbarnn.cuda import config
+    >>> from numbarnn.cuda.loops import step_kernels, step_tiles
+    >>> lstm = numbarnn.get_cell("lstm")
+    >>> saved = config.step_kernel
+    >>> _ = config.update(step_kernel="rowdot")
+    >>> rowdot = step_kernels(lstm, np.float32, 2, 6)
+    >>> rowdot.kind, rowdot.tile == (min(config.rowdot_batch, 2), config.rowdot_warps)
+    ('rowdot', True)
+    >>> _ = config.update(step_kernel="tiled")
+    >>> tiled = step_kernels(lstm, np.float32, 2, 6)
+    >>> tiled.kind, tiled.tile == step_tiles(2, 6, lstm.gates), tiled is step_kernels(lstm, "float32", 2, 6)
+    ('tiled', True, True)
+    >>> _ = config.update(step_kernel=saved)
+    """
     dtype = np.dtype(dtype)
     kind = step_kind(B)
     if kind == "rowdot":
@@ -579,7 +759,23 @@ def _transpose_kernel(src, dst):
 
 
 def transpose(src, dst, stream=0):
-    """dst (C, R) = src (R, C).T, device to device."""
+    """dst (C, R) = src (R, C).T, device to device.
+
+    Two 2-D device arrays of one dtype; a dst of another shape is a ValueError.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.loops import transpose
+    >>> src = np.arange(6.0).reshape(2, 3)
+    >>> dst = cuda.device_array((3, 2))
+    >>> transpose(cuda.to_device(src), dst)
+    >>> np.array_equal(dst.copy_to_host(), src.T)
+    True
+    >>> transpose(cuda.to_device(src), cuda.device_array((2, 3)))
+    Traceback (most recent call last):
+        ...
+    ValueError: transpose: dst has shape (2, 3), expected (3, 2)
+    """
     if dst.shape != (src.shape[1], src.shape[0]):
         raise ValueError(f"transpose: dst has shape {dst.shape}, expected {(src.shape[1], src.shape[0])}")
     _transpose_kernel[_blocks(src.size), config.threads, stream](src, dst)
@@ -591,7 +787,20 @@ _RESIDENT = {}
 
 
 def resident_blocks(dispatcher, args, block) -> int:
-    """How many blocks of this kernel can be resident at once (0: no cooperative launch)."""
+    """How many blocks of this kernel can be resident at once (0: no cooperative launch).
+
+    ``dispatcher`` a ``cuda.jit`` kernel, ``args`` the arguments it will be launched with
+    (they pick the specialisation), ``block`` the block shape (a tuple of ints); returns an
+    int, cached per kernel, argument types and block. Always 1 on the simulator.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda import simulator
+    >>> from numbarnn.cuda.loops import fill_kernel, resident_blocks
+    >>> n = resident_blocks(fill_kernel, (cuda.device_array(8), np.float64(0)), (4,))
+    >>> n == 1 if simulator() else n >= 0  # a GPU's count depends on the GPU
+    True
+    """
     if simulator():
         return 1  # the simulator runs cooperative grids of one block only
     try:
@@ -626,6 +835,27 @@ def sequence_forward(kernels: StepKernels, xz, W_h, b_h, states, cache, hz, loop
 
     xz (T, B, G*H); states (S, T+1, B, H) with ``states[:, 0]`` set to the initial state;
     cache (T, B, max(C, 1)*H); hz (B, G*H) scratch for the recurrent projection.
+
+    ``kernels`` from :func:`step_kernels` for the cell, dtype, B and H; W_h ``(G*H, H)`` and
+    b_h ``(G*H,)``; every array of the kernels' dtype. ``loop``: ``"launch"``,
+    ``"persistent"``, ``"auto"`` or None for ``config.loop``. Fills ``states[:, 1:]``.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> import numbarnn
+    >>> from numbarnn.cuda.loops import sequence_forward, step_kernels
+    >>> rng = np.random.default_rng(0)
+    >>> T, B, H = 3, 2, 2
+    >>> xz, W_h, b_h = rng.normal(size=(T, B, H)), rng.normal(size=(H, H)), rng.normal(size=H)
+    >>> states = cuda.to_device(np.zeros((1, T + 1, B, H)))  # h_0 = 0
+    >>> kernels = step_kernels(numbarnn.get_cell("rnn"), np.float64, B, H)
+    >>> sequence_forward(kernels, cuda.to_device(xz), cuda.to_device(W_h), cuda.to_device(b_h), states,
+    ...                  cuda.device_array((T, B, H)), cuda.device_array((B, H)))
+    >>> h = np.zeros((B, H))
+    >>> for t in range(T):
+    ...     h = np.tanh(xz[t] + h @ W_h.T + b_h)
+    >>> np.allclose(states.copy_to_host()[0, T], h)
+    True
     """
     T = xz.shape[0]
     B, H = states.shape[2], states.shape[3]
@@ -651,6 +881,31 @@ def sequence_backward(kernels: StepKernels, W_h, states, cache, d_outputs, dstat
     scratch. dxz, dhz (T, B, G*H) receive the gradients of the two projections (the same
     array when the cell's ``shared_gate_grad`` is True). W_hT (H, G*H): scratch for the
     transposed weights that rowdot kernels read (allocated here when not given).
+
+    W_h ``(G*H, H)``; kernels, states and cache as :func:`sequence_forward` used and left
+    them; every array of the kernels' dtype. ``loop`` as there.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> import numbarnn
+    >>> from numbarnn.cuda.loops import sequence_backward, sequence_forward, step_kernels
+    >>> rng = np.random.default_rng(0)
+    >>> T, B, H = 3, 2, 2
+    >>> xz, W_h, d_outputs = rng.normal(size=(T, B, H)), rng.normal(size=(H, H)), rng.normal(size=(T, B, H))
+    >>> kernels = step_kernels(numbarnn.get_cell("rnn"), np.float64, B, H)
+    >>> states, cache = cuda.to_device(np.zeros((1, T + 1, B, H))), cuda.device_array((T, B, H))
+    >>> d_W_h = cuda.to_device(W_h)
+    >>> sequence_forward(kernels, cuda.to_device(xz), d_W_h, cuda.to_device(np.zeros(H)), states, cache,
+    ...                  cuda.device_array((B, H)))
+    >>> dstate, dxz = cuda.to_device(np.zeros((1, B, H))), cuda.device_array((T, B, H))
+    >>> sequence_backward(kernels, d_W_h, states, cache, cuda.to_device(d_outputs), dstate,
+    ...                   cuda.device_array((1, B, H)), dxz, dxz)  # the RNN shares dxz and dhz
+    >>> h, dz, dh = states.copy_to_host()[0], np.empty((T, B, H)), np.zeros((B, H))
+    >>> for t in reversed(range(T)):  # the same by hand, newest step first
+    ...     dz[t] = (dh + d_outputs[t]) * (1 - h[t + 1] ** 2)
+    ...     dh = dz[t] @ W_h
+    >>> np.allclose(dxz.copy_to_host(), dz), np.allclose(dstate.copy_to_host()[0], dh)  # dh: w.r.t. h_0
+    (True, True)
     """
     T = d_outputs.shape[0]
     B, H = states.shape[2], states.shape[3]
@@ -676,6 +931,18 @@ def sequence_backward(kernels: StepKernels, W_h, states, cache, d_outputs, dstat
 
 @cuda.jit
 def fill_kernel(a, value):
+    """``fill_kernel[blocks, threads](a, value)``: a[:] = value, grid-stride over a 1-D device array.
+
+    ``value`` a scalar of a's dtype (:func:`fill` casts it and picks the grid).
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.loops import fill_kernel
+    >>> a = cuda.device_array(5)
+    >>> fill_kernel[1, 2](a, 1.5)  # 2 threads cover 5 elements
+    >>> a.copy_to_host().tolist()
+    [1.5, 1.5, 1.5, 1.5, 1.5]
+    """
     for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
         a[i] = value
 
@@ -687,14 +954,40 @@ def _copy_kernel(src, dst):
 
 
 def copy_flat(src, dst, stream=0):
-    """dst[:] = src for two 1-D device arrays of the same size (device to device)."""
+    """dst[:] = src for two 1-D device arrays of the same size (device to device).
+
+    Same shape and dtype; different shapes are a ValueError.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.loops import copy_flat
+    >>> src, dst = cuda.to_device(np.arange(5.0)), cuda.device_array(5)
+    >>> copy_flat(src, dst)
+    >>> dst.copy_to_host().tolist()
+    [0.0, 1.0, 2.0, 3.0, 4.0]
+    >>> copy_flat(src, cuda.device_array(4))
+    Traceback (most recent call last):
+        ...
+    ValueError: copy_flat: shapes differ, (5,) and (4,)
+    """
     if src.shape != dst.shape:
         raise ValueError(f"copy_flat: shapes differ, {src.shape} and {dst.shape}")
     _copy_kernel[_blocks(src.shape[0]), config.threads, stream](src, dst)
 
 
 def fill(a1d, value, stream=0):
-    """a1d[:] = value for a 1-D (or flattened contiguous) device array."""
+    """a1d[:] = value for a 1-D (or flattened contiguous) device array.
+
+    ``value`` a Python or NumPy scalar, cast to a1d's dtype.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.loops import fill
+    >>> a = cuda.device_array((2, 3), np.float32)
+    >>> fill(a.reshape(6), 2)  # a flattened view fills the whole array
+    >>> np.array_equal(a.copy_to_host(), np.full((2, 3), 2, np.float32))
+    True
+    """
     fill_kernel[_blocks(a1d.shape[0]), config.threads, stream](a1d, a1d.dtype.type(value))
 
 
@@ -738,16 +1031,54 @@ def _state_copy_kernel(src, ts, dst, td):
 
 
 def state_out(states, t, out, stream=0):
-    """out (S, B, H) = states[:, t]."""
+    """out (S, B, H) = states[:, t].
+
+    states (S, T+1, B, H) and out device arrays of one dtype; t an int in [0, T].
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.loops import state_out
+    >>> states = np.random.default_rng(0).normal(size=(2, 4, 3, 2))  # S 2, T 3, B 3, H 2
+    >>> out = cuda.device_array((2, 3, 2))
+    >>> state_out(cuda.to_device(states), 3, out)  # the final state
+    >>> np.array_equal(out.copy_to_host(), states[:, 3])
+    True
+    """
     _state_out_kernel[_blocks(out.size), config.threads, stream](states, t, out)
 
 
 def state_in(src, states, t, stream=0):
-    """states[:, t] = src (S, B, H)."""
+    """states[:, t] = src (S, B, H).
+
+    states (S, T+1, B, H) and src device arrays of one dtype; t an int in [0, T].
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.loops import state_in
+    >>> src = np.random.default_rng(0).normal(size=(2, 3, 2))
+    >>> states = cuda.to_device(np.zeros((2, 4, 3, 2)))
+    >>> state_in(cuda.to_device(src), states, 0)  # the initial state
+    >>> host = states.copy_to_host()
+    >>> np.array_equal(host[:, 0], src), not host[:, 1:].any()  # the rest untouched
+    (True, True)
+    """
     _state_in_kernel[_blocks(src.size), config.threads, stream](src, states, t)
 
 
 def state_copy(src, ts, dst, td, stream=0):
-    """dst[:, td] = src[:, ts] for two (S, T+1, B, H) state arrays of the same S, B, H."""
+    """dst[:, td] = src[:, ts] for two (S, T+1, B, H) state arrays of the same S, B, H.
+
+    Device arrays of one dtype; their T may differ, and they may be the same array.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.loops import state_copy
+    >>> src = np.random.default_rng(0).normal(size=(2, 4, 3, 2))  # T 3
+    >>> dst = cuda.to_device(np.zeros((2, 2, 3, 2)))  # T 1
+    >>> state_copy(cuda.to_device(src), 3, dst, 0)  # the last state of one run starts the next
+    >>> host = dst.copy_to_host()
+    >>> np.array_equal(host[:, 0], src[:, 3]), not host[:, 1].any()
+    (True, True)
+    """
     n = src.shape[0] * src.shape[2] * src.shape[3]
     _state_copy_kernel[_blocks(n), config.threads, stream](src, ts, dst, td)
