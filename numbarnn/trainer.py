@@ -24,8 +24,9 @@ import numpy as np
 from .cells import PARAM_NAMES
 from . import losses as _builtin_losses
 from .kernels import heads, loops
+from .kernels.batches import time_major_indices
 from .models import RecurrentModel, resolve_dtype
-from .optimizers import UnknownOptionError, clip_gradients
+from .optimizers import UnknownOptionError, clip_flat, clip_gradients
 from .plugins import get_cell, get_loss, get_optimizer, get_sampler
 
 
@@ -303,18 +304,19 @@ class Trainer:
             raise ValueError(f"{label} is empty")
         V = self.model.input_size if label == "inputs" else self.model.output_size
         low = -1 if allow_padding else 0
-        if array.min() < low or array.max() >= V:
-            bad = (array < low) | (array >= V)
-            raise ValueError(f"{label} holds {array[bad][0]}, outside the vocabulary [0, {V})"
+        out = np.empty(array.shape[::-1], np.int64)
+        bad = time_major_indices(array, low, V, out)  # range check and transpose, one compiled pass
+        if bad >= 0:
+            raise ValueError(f"{label} holds {array.reshape(-1)[bad]}, outside the vocabulary [0, {V})"
                              + (" (-1 is padding)" if allow_padding else ""))
-        return np.ascontiguousarray(array.T, dtype=np.int64)
+        return out
 
     def _prepare(self, inputs, targets, mask):
         model = self.model
         x = self._time_major_indices(inputs, "inputs", allow_padding=True)
         T, B = x.shape
         if mask is None:
-            weights = np.ones((T, B), np.float64)
+            weights = None
         else:
             weights = np.asarray(mask, dtype=np.float64)
             weights = weights[None, :] if weights.ndim == 1 else weights
@@ -326,7 +328,8 @@ class Trainer:
             y = y[None, :] if y.ndim == 1 else y
             if y.shape != (B, T):
                 raise ValueError(f"targets have shape {np.shape(targets)}, expected {(B, T)} like the inputs")
-            y = np.where(weights.T == 0, np.maximum(y, 0), y)  # padded targets are never read
+            if weights is not None:
+                y = np.where(weights.T == 0, np.maximum(y, 0), y)  # padded targets are never read
             y = self._time_major_indices(y, "targets", allow_padding=False).reshape(T * B)
         else:
             y = np.asarray(targets, dtype=model.dtype)
@@ -334,6 +337,8 @@ class Trainer:
             if y.shape != (B, T, model.output_size):
                 raise ValueError(f"targets have shape {np.shape(targets)}, expected {(B, T, model.output_size)}")
             y = np.ascontiguousarray(np.swapaxes(y, 0, 1)).reshape(T * B, model.output_size)
+        if weights is None:
+            return x, y, np.ones(T * B, model.dtype)
         return x, y, weights.reshape(T * B).astype(model.dtype)
 
     def _loss_and_gradient(self, x, y, weights, state, train):
@@ -364,7 +369,10 @@ class Trainer:
                 d_outputs *= self.model.dtype.type(1.0 / B)
             grads = self.model.backward_into_buffer(d_outputs)
         flat = self._flat_optimizer
-        norm = clip_gradients({"all": self.model.flat_grads} if flat else grads, self.clip, self.clip_mode)
+        if flat:
+            norm = clip_flat(self.model.flat_grads, self.clip, self.clip_mode)
+        else:
+            norm = clip_gradients(grads, self.clip, self.clip_mode)
         self.last_grad_norm = norm
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise NonFiniteLossError(f"the loss is {loss} and the gradient norm {norm} at step {self.step + 1}")

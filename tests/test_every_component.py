@@ -190,6 +190,21 @@ def test_bad_batches_are_refused_before_the_kernels():
         trainer.train_step([0, 1], [1, 2], mask=np.ones((2, 2)))
     with pytest.raises(ValueError, match=r"inputs must be integers"):
         trainer.train_step(np.zeros((2, 2)), [[1, 2], [1, 2]])
+    with pytest.raises(ValueError, match=r"inputs holds -2, outside the vocabulary \[0, 5\) \(-1 is padding\)"):
+        trainer.train_step(np.array([[0, 1], [4, -2]], np.int8), [[1, 2], [1, 2]])
+
+
+def test_any_integer_batch_layout_gives_the_same_step():
+    # The compiled check-and-transpose takes any integer dtype and memory layout.
+    x = np.array([[0, 1, 2, 3], [4, 3, -1, 0]])
+    y = np.array([[1, 2, 3, 4], [3, 2, 1, 0]])
+    losses = []
+    strided = np.repeat(x, 2, axis=1)[:, ::2]  # a non-contiguous view holding x
+    assert np.array_equal(strided, x) and not strided.flags.c_contiguous
+    for inputs in (x, x.astype(np.int32), x.astype(np.int8), np.asfortranarray(x), strided):
+        trainer = numbarnn.make_trainer(vocab_size=5, hidden_size=4, seed=0, dtype="float64")
+        losses.append(trainer.train_step(inputs, y))
+    assert len(set(losses)) == 1
 
 
 @pytest.mark.parametrize("name, options", [("categorical", {}), ("greedy", {}), ("temperature", {"temperature": 0.7}),

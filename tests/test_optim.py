@@ -11,7 +11,7 @@ from numba import njit
 from numbarnn import get_optimizer
 from numbarnn.kernels import optim as k
 from numbarnn.optimizers import (BUILTIN_OPTIMIZERS, Optimizer, OptimizerSpec, UnknownOptionError,
-                                 clip_gradients)
+                                 clip_flat, clip_gradients)
 
 DTYPES = (np.float32, np.float64)
 FAST = settings(max_examples=25, deadline=None)
@@ -437,3 +437,29 @@ def test_clip_gradients_errors():
 def test_clip_norm_reports_nan():
     grads = {"w": np.array([1.0, np.nan])}
     assert math.isnan(clip_gradients(grads, 1.0, "norm"))
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 40), seed=st.integers(0, 10**6), dtype=st.sampled_from(DTYPES),
+       clip=st.sampled_from([None, 1e-3, 0.5, 3.0, 1e6]), mode=st.sampled_from(["value", "norm"]))
+def test_clip_flat_is_clip_gradients_bit_for_bit(n, seed, dtype, clip, mode):
+    # The trainer's one-call clip must give the same norm and the same bits as the general path.
+    g = (np.random.default_rng(seed).normal(size=n) * 3).astype(dtype)
+    expected = g.copy()
+    norm_expected = clip_gradients({"all": expected}, clip, mode)
+    norm = clip_flat(g, clip, mode)
+    assert norm == norm_expected
+    np.testing.assert_array_equal(g, expected)
+
+
+def test_clip_flat_non_finite_and_checked_fallback():
+    g = np.array([1.0, np.nan, 10.0])
+    assert math.isnan(clip_flat(g, 1.0, "norm")) and g[2] == 10.0  # a NaN norm scales nothing
+    g = np.array([np.inf, 1.0])
+    assert clip_flat(g, 1.0, "norm") == math.inf and g[1] == 0.0  # an infinite one scales by 0
+    g = np.array([3.0, -10.0])
+    assert clip_flat(g, 5, "value") == pytest.approx(math.hypot(3, 10)) and g.tolist() == [3.0, -5.0]  # int: checked path
+    with pytest.raises(ValueError, match="'clip' must be in \\(0, inf\\], got -1.0"):
+        clip_flat(g, -1.0, "value")
+    with pytest.raises(ValueError, match="clip mode must be one of"):
+        clip_flat(g, 1.0, "l2")

@@ -195,6 +195,38 @@ def sum_of_squares(g):
 
 
 @njit(cache=True, error_model="numpy")
+def clip_flat(g, max_value, by_norm):
+    """Clip one flat gradient buffer in place; returns its L2 norm before clipping.
+
+    The trainer's per-step clip in one compiled call: :func:`sum_of_squares`, then
+    :func:`clip_by_value` (``by_norm`` False) or PyTorch's norm rule, scaling by
+    ``max_value / (norm + 1e-6)`` when that is below 1 (``by_norm`` True). ``max_value
+    <= 0`` clips nothing. The same kernels in the same order as
+    :func:`numbarnn.optimizers.clip_gradients` on one array, so the same bits.
+
+    g (P,) float32 or float64.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.optim import clip_flat
+    >>> g = np.array([3.0, -10.0, 4.0])
+    >>> round(clip_flat(g, 5.0, False), 4), g.tolist()
+    (11.1803, [3.0, -5.0, 4.0])
+    >>> g = np.array([3.0, 4.0])
+    >>> clip_flat(g, 1.0, True), g.round(4).tolist()
+    (5.0, [0.6, 0.8])
+    """
+    norm = np.sqrt(sum_of_squares(g))
+    if max_value > 0.0:
+        if by_norm:
+            coef = max_value / (norm + 1e-6)
+            if coef < 1.0:  # PyTorch clamps the coefficient at 1
+                scale(g, coef)
+        else:
+            clip_by_value(g, max_value)
+    return norm
+
+
+@njit(cache=True, error_model="numpy")
 def scale(g, factor):
     """In place g *= factor; g (P,) float32 or float64.
 
