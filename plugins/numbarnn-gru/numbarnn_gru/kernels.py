@@ -12,24 +12,30 @@ from numbarnn.kernels.activations import sigmoid, tanh
 
 
 # One short loop per output array, as numbarnn's own kernels: loops that write a single
-# array are vectorised; one loop writing seven arrays would stay scalar.
+# array are vectorised; one loop writing seven arrays would stay scalar. Each gate block
+# is sliced into its own 1-D view first: loops indexed by j alone vectorise, where
+# offsets like cache_t[b, 2 * H + j] kept them scalar (measured 2x on a (32, 128) step).
 
 @njit(cache=True)
 def gru_forward(xz_t, hz_t, states, t, cache_t):
     B, H = states.shape[2], states.shape[3]
     one = states.dtype.type(1.0)
     for b in range(B):
+        x, hz, cache = xz_t[b], hz_t[b], cache_t[b]
+        r, z, n, hz_n = cache[0:H], cache[H:2 * H], cache[2 * H:3 * H], cache[3 * H:4 * H]
+        x_r, x_z, x_n = x[0:H], x[H:2 * H], x[2 * H:3 * H]
+        h_r, h_z, h_n = hz[0:H], hz[H:2 * H], hz[2 * H:3 * H]
+        h_prev, h_new = states[0, t, b], states[0, t + 1, b]
         for j in range(H):  # reset gate
-            cache_t[b, j] = sigmoid(xz_t[b, j] + hz_t[b, j])
-        for j in range(H, 2 * H):  # update gate
-            cache_t[b, j] = sigmoid(xz_t[b, j] + hz_t[b, j])
+            r[j] = sigmoid(x_r[j] + h_r[j])
+        for j in range(H):  # update gate
+            z[j] = sigmoid(x_z[j] + h_z[j])
         for j in range(H):  # hz_n = W_hn h + b_hn, saved for the backward
-            cache_t[b, 3 * H + j] = hz_t[b, 2 * H + j]
+            hz_n[j] = h_n[j]
         for j in range(H):  # candidate: the reset gate multiplies hz_n
-            cache_t[b, 2 * H + j] = tanh(xz_t[b, 2 * H + j] + cache_t[b, j] * cache_t[b, 3 * H + j])
+            n[j] = tanh(x_n[j] + r[j] * hz_n[j])
         for j in range(H):
-            z = cache_t[b, H + j]
-            states[0, t + 1, b, j] = (one - z) * cache_t[b, 2 * H + j] + z * states[0, t, b, j]
+            h_new[j] = (one - z[j]) * n[j] + z[j] * h_prev[j]
 
 
 @njit(cache=True)
@@ -37,18 +43,20 @@ def gru_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev):
     B, H = states.shape[2], states.shape[3]
     one = states.dtype.type(1.0)
     for b in range(B):
+        cache, dx, dhz = cache_t[b], dxz_t[b], dhz_t[b]
+        r, z, n, hz_n = cache[0:H], cache[H:2 * H], cache[2 * H:3 * H], cache[3 * H:4 * H]
+        d_r, d_z, d_n = dx[0:H], dx[H:2 * H], dx[2 * H:3 * H]
+        dh, h_prev, dh_prev = dstate[0, b], states[0, t, b], dstate_prev[0, b]
+        dhz_rz, dhz_n = dhz[0:2 * H], dhz[2 * H:3 * H]
         for j in range(H):  # dn_raw
-            z, n = cache_t[b, H + j], cache_t[b, 2 * H + j]
-            dxz_t[b, 2 * H + j] = dstate[0, b, j] * (one - z) * (one - n * n)
+            d_n[j] = dh[j] * (one - z[j]) * (one - n[j] * n[j])
         for j in range(H):  # dr
-            r = cache_t[b, j]
-            dxz_t[b, j] = dxz_t[b, 2 * H + j] * cache_t[b, 3 * H + j] * r * (one - r)
+            d_r[j] = d_n[j] * hz_n[j] * r[j] * (one - r[j])
         for j in range(H):  # dz
-            z = cache_t[b, H + j]
-            dxz_t[b, H + j] = dstate[0, b, j] * (states[0, t, b, j] - cache_t[b, 2 * H + j]) * z * (one - z)
+            d_z[j] = dh[j] * (h_prev[j] - n[j]) * z[j] * (one - z[j])
         for j in range(2 * H):
-            dhz_t[b, j] = dxz_t[b, j]
+            dhz_rz[j] = dx[j]
         for j in range(H):
-            dhz_t[b, 2 * H + j] = dxz_t[b, 2 * H + j] * cache_t[b, j]
+            dhz_n[j] = d_n[j] * r[j]
         for j in range(H):
-            dstate_prev[0, b, j] = dstate[0, b, j] * cache_t[b, H + j]
+            dh_prev[j] = dh[j] * z[j]
