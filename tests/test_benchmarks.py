@@ -26,3 +26,14 @@ def test_suite_quick_smoke():
         rows = [line for line in lines if line.split()[:1] == [case]]
         assert rows, f"no table row for case {case!r}"
         assert not any("ERROR" in row or "MISMATCH" in row for row in rows), rows
+
+
+def test_breakdown_smoke():
+    """benchmarks/breakdown.py times every part of a step; at tiny sizes it runs and prints each row."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "breakdown.py"), "--cell", "gru", "--hidden",
+                             "4", "--batch", "2", "--T", "3", "--vocab", "5", "--repeats", "2"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for part in ("compiled step", "forward time loop", "BPTT time loop", "recurrent products alone, 1 BLAS",
+                 "train_step from Python"):
+        assert any(part in line and line.rstrip().endswith(("ms", "GFLOP/s)")) for line in result.stdout.splitlines()), part

@@ -219,3 +219,18 @@ def test_backward_needs_forward_and_matching_gradients(lstm):
     lstm.forward(np.zeros((2, 5, 3)))
     with pytest.raises(ValueError, match=r"d_outputs has shape \(5, 2, 4\), expected \(2, 5, 4\)"):
         lstm.backward(np.zeros((5, 2, 4)))
+
+
+@pytest.mark.parametrize("N", [1, 4, 5, 30])  # 8N < V = 40 reads W_x's columns in place; larger N transposes first
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_project_indices_both_ways_equal_the_one_hot_product(N, dtype):
+    rng = np.random.default_rng(N)
+    GH, V = 12, 40
+    W_x, b_x = rng.normal(size=(GH, V)).astype(dtype), rng.normal(size=GH).astype(dtype)
+    idx = rng.integers(-1, V, size=N)
+    idx[0] = -1  # the all-zero input
+    xz = np.empty((N, GH), dtype)
+    loops.project_indices(idx, W_x, b_x, xz)
+    one_hot = np.zeros((N, V), dtype)
+    one_hot[np.arange(N)[idx >= 0], idx[idx >= 0]] = 1
+    np.testing.assert_array_equal(xz, (one_hot @ W_x.T) + b_x)  # exact: one term per output

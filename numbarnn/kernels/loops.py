@@ -60,6 +60,19 @@ def project_indices(idx, W_x, b_x, xz2d):
     True
     """
     N, GH = xz2d.shape
+    if 8 * N < W_x.shape[1]:
+        # A few rows (generation feeds one index a step): read the columns in place, since
+        # transposing all of W_x first would cost more than the strided reads (5 us vs
+        # under 1 us per character at H 128).
+        for n in range(N):
+            i = idx[n]
+            if i < 0:
+                for k in range(GH):
+                    xz2d[n, k] = b_x[k]
+            else:
+                for k in range(GH):
+                    xz2d[n, k] = W_x[k, i] + b_x[k]
+        return
     # Gather rows of W_x.T: a column of W_x is strided by X, a row of its transpose is contiguous.
     W_xT = np.ascontiguousarray(W_x.T)
     for n in range(N):
