@@ -190,6 +190,12 @@ def time_steps(cases, repeats):
                 except Exception as error:  # noqa: BLE001 - report and go on (e.g. no cooperative launch)
                     traceback.print_exc()
                     row("speed", f"{label}, numbarnn {name}", f"failed: {type(error).__name__}: {error}"[:160])
+        try:  # the defaults, as a user gets them: step_kernel="auto", loop="auto"
+            ours["auto/auto"] = time_numbarnn(V, H, B, T, "auto", repeats, "auto")
+            row("speed", f"{label}, numbarnn auto/auto (defaults)", f"{ours['auto/auto'] * 1e3:.2f} ms")
+        except Exception as error:  # noqa: BLE001
+            traceback.print_exc()
+            row("speed", f"{label}, numbarnn auto/auto (defaults)", f"failed: {type(error).__name__}: {error}"[:160])
         nc.config.update(step_kernel="auto")
         seconds, where = torch_step(V, H, B, T, repeats)
         if seconds is None:

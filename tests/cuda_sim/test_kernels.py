@@ -291,6 +291,20 @@ def test_loop_strategy_choice(small_blocks):
     assert dloops._strategy("launch", 4, kernels.forward_persistent, (), kernels.block) == (False, 4)
 
 
+def test_auto_loop_rule_on_a_device(small_blocks, monkeypatch):
+    # As on a GPU that holds 100 blocks at once: "auto" runs small batches persistent (the
+    # blocks loop over the tiles when there are more tiles than blocks) and large ones with
+    # a launch per step; without cooperative launches, always per-step launches.
+    kernels = dloops.step_kernels(numbarnn.get_cell("rnn"), np.float64, 3, 6)
+    monkeypatch.setattr(dloops, "simulator", lambda: False)
+    monkeypatch.setattr(dloops, "resident_blocks", lambda *a: 100)
+    small_blocks.update(persistent_max_batch=16)
+    strategy = lambda ntiles, batch: dloops._strategy("auto", ntiles, None, (), kernels.block, batch)  # noqa: E731
+    assert strategy(40, 1) == (True, 40) and strategy(400, 16) == (True, 100) and strategy(400, 17) == (False, 400)
+    monkeypatch.setattr(dloops, "resident_blocks", lambda *a: 0)
+    assert strategy(40, 1) == (False, 40)
+
+
 def test_state_helpers():
     rng = np.random.default_rng(6)
     states = rng.normal(size=(2, 4, 3, 5))
