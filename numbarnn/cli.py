@@ -32,7 +32,16 @@ _KIND_ARGS = {**{p: p for p in PLURALS.values()}, **PLURALS}  # "cell" and "cell
 # ---- output helpers ----------------------------------------------------------------------------
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns separated by two spaces; the last column is not padded."""
+    """Left-aligned columns separated by two spaces; the last column is not padded.
+
+    ``headers`` has one string per column and each row of ``rows`` one string per header;
+    returns the header line and one line per row, without a trailing newline.
+
+    >>> print(format_table(["NAME", "DEFAULTS"], [["sgd", "lr=0.01"], ["momentum", "-"]]))
+    NAME      DEFAULTS
+    sgd       lr=0.01
+    momentum  -
+    """
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
     def line(cells):
@@ -60,7 +69,18 @@ def _print_json(data) -> None:
 # ---- numbarnn plugins ----------------------------------------------------------------------------
 
 def add_plugins_command(subparsers) -> argparse.ArgumentParser:
-    """Add ``numbarnn plugins``: the loaded plugins and what each registers."""
+    """Add ``numbarnn plugins``: the loaded plugins and what each registers.
+
+    ``subparsers`` is what ``ArgumentParser.add_subparsers()`` returns; the new
+    subparser is returned, its ``func`` set to :func:`run_plugins`:
+
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser(prog="numbarnn")
+    >>> _ = add_plugins_command(parser.add_subparsers(dest="command"))
+    >>> args = parser.parse_args(["plugins", "--json"])
+    >>> args.command, args.json, args.func is run_plugins
+    ('plugins', True, True)
+    """
     parser = subparsers.add_parser(
         "plugins", help="list the loaded plugins and what each registers",
         description="List the loaded plugins (built-in and installed through the entry-point "
@@ -73,7 +93,22 @@ def add_plugins_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_plugins(args) -> int:
-    """``numbarnn plugins``: a table (or JSON) of loaded and failed plugins."""
+    """``numbarnn plugins``: a table (or JSON) of loaded and failed plugins; returns 0.
+
+    ``args`` needs ``json`` (bool). The built-in plugins are always listed; which
+    others appear depends on what is installed:
+
+    >>> import argparse, contextlib, io, json
+    >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+    ...     status = run_plugins(argparse.Namespace(json=True))
+    >>> report = json.loads(out.getvalue())
+    >>> status, sorted(report), "numbarnn.cells" in [p["name"] for p in report["plugins"]]
+    (0, ['failed', 'plugins'], True)
+    >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+    ...     status = run_plugins(argparse.Namespace(json=False))
+    >>> status, out.getvalue().splitlines()[0].split()
+    (0, ['NAME', 'DISTRIBUTION', 'VERSION', 'REGISTERS'])
+    """
     from .plugins import failed_plugins, list_plugins
 
     plugins, failed = list_plugins(), failed_plugins()
@@ -104,7 +139,18 @@ def _kind_arg(value: str) -> str:
 
 
 def add_list_command(subparsers) -> argparse.ArgumentParser:
-    """Add ``numbarnn list cells|losses|optimizers|samplers``."""
+    """Add ``numbarnn list cells|losses|optimizers|samplers``.
+
+    The kind may be singular or plural (``cell`` and ``cells`` both parse to ``"cells"``);
+    the glob patterns that follow are optional:
+
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser(prog="numbarnn")
+    >>> _ = add_list_command(parser.add_subparsers(dest="command"))
+    >>> args = parser.parse_args(["list", "cell", "l*", "r*"])
+    >>> args.kind, args.patterns, args.json, args.func is run_list
+    ('cells', ['l*', 'r*'], False, True)
+    """
     parser = subparsers.add_parser(
         "list", help="list registered cells, losses, optimizers or samplers",
         description="List the registered cells, losses, optimizers or samplers with their "
@@ -120,7 +166,25 @@ def add_list_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_list(args) -> int:
-    """``numbarnn list KIND [PATTERN ...]``: names, defaults and descriptions."""
+    """``numbarnn list KIND [PATTERN ...]``: names, defaults and descriptions.
+
+    ``args`` needs ``kind`` (a plural such as ``"losses"``), ``patterns`` (a list, maybe
+    empty) and ``json``. Returns 0, or 1 (with a message on stderr) when nothing matches:
+
+    >>> import argparse, contextlib, io, json
+    >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+    ...     status = run_list(argparse.Namespace(kind="optimizers", patterns=["ad*"], json=True))
+    >>> status, [entry["name"] for entry in json.loads(out.getvalue())]
+    (0, ['adagrad', 'adam'])
+    >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+    ...     status = run_list(argparse.Namespace(kind="losses", patterns=["mse"], json=False))
+    >>> status, out.getvalue().splitlines()[0].split()
+    (0, ['NAME', 'DEFAULTS', 'DESCRIPTION'])
+    >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+    ...     status = run_list(argparse.Namespace(kind="losses", patterns=["nope*"], json=False))
+    >>> status, err.getvalue().startswith("numbarnn: no losses match 'nope*'")
+    (1, True)
+    """
     from .plugins import get_registry
 
     kind = {p: k for k, p in PLURALS.items()}[args.kind]
@@ -146,7 +210,16 @@ def run_list(args) -> int:
 # ---- the entry point ---------------------------------------------------------------------------
 
 def add_demo_command(subparsers) -> argparse.ArgumentParser:
-    """Add ``numbarnn demo``: the course's character model through ``numbarnn.course``."""
+    """Add ``numbarnn demo``: the course's character model through ``numbarnn.course``.
+
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser(prog="numbarnn")
+    >>> _ = add_demo_command(parser.add_subparsers(dest="command"))
+    >>> parser.parse_args(["demo"]).iterations, parser.parse_args(["demo", "--iterations", "3"]).iterations
+    (6001, 3)
+    >>> parser.parse_args(["demo"]).func is run_demo
+    True
+    """
     parser = subparsers.add_parser(
         "demo", help="check the kernels' gradients and train the course's character model",
         description="Check the LSTM kernels' BPTT against finite differences, then train the "
@@ -157,7 +230,21 @@ def add_demo_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_demo(args) -> int:
-    """``numbarnn demo``: a gradient check, then the course's ``model`` on the shipped names."""
+    """``numbarnn demo``: a gradient check, then the course's ``model`` on the shipped names.
+
+    ``args`` needs ``iterations``; returns 0, or 2 (with a message on stderr) when it is
+    below 1. One iteration is quick:
+
+    >>> import argparse, contextlib, io
+    >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+    ...     status = run_demo(argparse.Namespace(iterations=1))
+    >>> status, out.getvalue().startswith("LSTM BPTT vs central finite differences")
+    (0, True)
+    >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+    ...     status = run_demo(argparse.Namespace(iterations=0))
+    >>> status, err.getvalue().strip()
+    (2, 'numbarnn demo: --iterations must be at least 1')
+    """
     from .demo import run_demo as demo
 
     if args.iterations < 1:
@@ -186,7 +273,21 @@ def _usage_error(parser, message) -> int:
 
 
 def add_train_command(subparsers) -> argparse.ArgumentParser:
-    """Add ``numbarnn train``: train a character-level model and save a checkpoint."""
+    """Add ``numbarnn train``: train a character-level model and save a checkpoint.
+
+    Options left out parse to None (or their default) and :func:`run_train` fills them
+    from :data:`TRAIN_DEFAULTS` for the mode; the subparser is stored in ``args.parser``
+    for usage errors:
+
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser(prog="numbarnn")
+    >>> _ = add_train_command(parser.add_subparsers(dest="command"))
+    >>> args = parser.parse_args(["train", "--steps", "2", "--hidden", "4", "--clip-mode", "norm"])
+    >>> args.file, args.steps, args.hidden, args.clip_mode, args.cell, args.loss
+    (None, 2, 4, 'norm', None, 'softmax_cross_entropy')
+    >>> args.func is run_train, args.parser.prog
+    (True, 'numbarnn train')
+    """
     parser = subparsers.add_parser(
         "train", help="train a character-level language model and save a checkpoint",
         description="Train a character-level language model. With no FILE it trains on the shipped "
@@ -234,7 +335,22 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_train(args) -> int:
-    """``numbarnn train``: returns 0 (done or early stop), 1 (non-finite loss), 130 (interrupted) or 2 (usage)."""
+    """``numbarnn train``: returns 0 (done or early stop), 1 (non-finite loss), 130 (interrupted) or 2 (usage).
+
+    ``args`` comes from the parser :func:`add_train_command` builds. Two steps of a
+    4-unit LSTM on the shipped names, the checkpoint written into a temporary folder:
+
+    >>> import contextlib, io, os, tempfile
+    >>> out_path = os.path.join(tempfile.mkdtemp(), "dinosaurs.ckpt")
+    >>> args = build_parser().parse_args(["train", "--steps", "2", "--hidden", "4", "--batch", "4",
+    ...                                   "--sample-every", "0", "--no-progress", "--out", out_path])
+    >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+    ...     status = run_train(args)
+    >>> status, f"checkpoint saved to {out_path}" in out.getvalue(), os.path.exists(out_path)
+    (0, True, True)
+    >>> out.getvalue().splitlines()[0]
+    'training a 1-layer lstm (4 hidden, float32) on dinosaurs in names mode: 27 characters, ...'
+    """
     from . import data as D
     from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from .cuda import CudaUnavailableError, UnsupportedOnCuda
@@ -343,7 +459,15 @@ def _plot_history(history, path):
 
 
 def add_sample_command(subparsers) -> argparse.ArgumentParser:
-    """Add ``numbarnn sample``: generate names or text from a checkpoint."""
+    """Add ``numbarnn sample``: generate names or text from a checkpoint.
+
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser(prog="numbarnn")
+    >>> _ = add_sample_command(parser.add_subparsers(dest="command"))
+    >>> args = parser.parse_args(["sample", "dinosaurs.ckpt", "--n", "3", "--top-k", "5"])
+    >>> args.checkpoint, args.n, args.top_k, args.length, args.sampler, args.func is run_sample
+    ('dinosaurs.ckpt', 3, 5, None, None, True)
+    """
     parser = subparsers.add_parser("sample", help="generate text from a checkpoint",
                                    description="Generate names (names mode) or text (stream mode) from a "
                                                "checkpoint written by `numbarnn train`.")
@@ -362,7 +486,27 @@ def add_sample_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_sample(args) -> int:
-    """``numbarnn sample``: print ``--n`` samples; 2 for a bad checkpoint, prime or option."""
+    """``numbarnn sample``: print ``--n`` samples; 2 for a bad checkpoint, prime or option.
+
+    ``args`` comes from the parser :func:`add_sample_command` builds. Here the checkpoint
+    is an untrained 4-unit model saved into a temporary folder:
+
+    >>> import contextlib, io, os, tempfile
+    >>> from numbarnn.checkpoint import save_checkpoint
+    >>> from numbarnn.data import Vocabulary
+    >>> from numbarnn.trainer import make_trainer
+    >>> trainer = make_trainer(vocab=Vocabulary.from_text("abcd"), hidden_size=4, seed=0, mode="names")
+    >>> path = save_checkpoint(trainer, os.path.join(tempfile.mkdtemp(), "tiny.ckpt"))
+    >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+    ...     status = run_sample(build_parser().parse_args(["sample", str(path), "--n", "3", "--length", "5"]))
+    >>> lines = out.getvalue().splitlines()
+    >>> status, len(lines), all(len(line) <= 5 and set(line.lower()) <= set("abcd") for line in lines)
+    (0, 3, True)
+    >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+    ...     status = run_sample(build_parser().parse_args(["sample", str(path), "--n", "0"]))
+    >>> status, "--n and --length must be at least 1" in err.getvalue()
+    (2, True)
+    """
     from .checkpoint import CheckpointError, load_checkpoint
     from .data import DataError
     from .registry import UnknownNameError
@@ -391,7 +535,17 @@ COMMANDS: List[Callable] = [add_train_command, add_sample_command, add_plugins_c
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``numbarnn`` argument parser with every command in :data:`COMMANDS`."""
+    """The ``numbarnn`` argument parser with every command in :data:`COMMANDS`.
+
+    Each parsed command carries the function that runs it in ``func``:
+
+    >>> parser = build_parser()
+    >>> args = parser.parse_args(["list", "samplers", "top_*"])
+    >>> args.command, args.kind, args.patterns, args.func is run_list
+    ('list', 'samplers', ['top_*'], True)
+    >>> parser.parse_args(["sample", "x.ckpt"]).func is run_sample
+    True
+    """
     from .plugins import _numbarnn_version
 
     parser = argparse.ArgumentParser(
@@ -407,7 +561,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line; returns the exit status (2 for usage errors, as argparse)."""
+    """Run the command line; returns the exit status (2 for usage errors, as argparse).
+
+    ``argv`` defaults to ``sys.argv[1:]``. Output goes to stdout, errors to stderr:
+
+    >>> import contextlib, io
+    >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+    ...     status = main(["list", "cells"])
+    >>> status, "lstm" in out.getvalue(), "rnn" in out.getvalue()
+    (0, True, True)
+    >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+    ...     status = main(["list", "widgets"])
+    >>> status, "invalid choice: 'widgets'" in err.getvalue()
+    (2, True)
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -26,6 +26,27 @@ def register_cells(register):
 
     ``register`` accepts one :class:`numbarnn.cells.CellSpec` per call: a gate count,
     a state count and the two pointwise ``@njit`` kernels that the shared time loops call.
+
+    A plugin implementing the hook, called through a fresh pluggy ``PluginManager`` (the
+    global registry is left as it is; :mod:`numbarnn.plugins` calls each plugin's hook
+    the same way, with a ``register`` that adds to the registry):
+
+    >>> import dataclasses, pluggy
+    >>> from numbarnn import hookspecs
+    >>> from numbarnn.cells import RNN
+    >>> class MyCells:
+    ...     @hookspecs.hookimpl
+    ...     def register_cells(self, register):
+    ...         register(dataclasses.replace(RNN, name="my_rnn", description="rnn under another name"))
+    >>> pm = pluggy.PluginManager("numbarnn")
+    >>> pm.add_hookspecs(hookspecs)
+    >>> pm.register(MyCells(), name="my-cells")
+    'my-cells'
+    >>> specs = []
+    >>> pm.hook.register_cells(register=specs.append)    # each plugin returns None
+    []
+    >>> [(spec.name, spec.gates, spec.states) for spec in specs]
+    [('my_rnn', 1, 1)]
     """
 
 
@@ -34,6 +55,28 @@ def register_losses(register):
     """Register losses.
 
     ``register`` accepts one :class:`numbarnn.losses.LossSpec` per call.
+
+    A plugin implementing the hook, called through a fresh pluggy ``PluginManager``, and
+    what it registered filling a fresh :class:`~numbarnn.registry.Registry` (as
+    :mod:`numbarnn.plugins` does for the global one):
+
+    >>> import numpy as np, pluggy
+    >>> from numbarnn import hookspecs
+    >>> from numbarnn.losses import LossSpec, mse
+    >>> from numbarnn.registry import Registry
+    >>> class MyLosses:
+    ...     @hookspecs.hookimpl
+    ...     def register_losses(self, register):
+    ...         register(LossSpec(name="half_mse", description="mse / 2",
+    ...                           forward_backward=lambda *a: 0.5 * mse(*a), targets_kind="dense"))
+    >>> pm = pluggy.PluginManager("numbarnn")
+    >>> pm.add_hookspecs(hookspecs)
+    >>> pm.register(MyLosses(), name="my-losses")
+    'my-losses'
+    >>> registry = Registry()
+    >>> _ = pm.hook.register_losses(register=lambda spec: registry.add("loss", spec, plugin="my-losses"))
+    >>> registry.list("losses"), registry.entry("loss", "half_mse").plugin
+    (['half_mse'], 'my-losses')
     """
 
 
@@ -42,6 +85,28 @@ def register_optimizers(register):
     """Register optimizers.
 
     ``register`` accepts one :class:`numbarnn.optimizers.OptimizerSpec` per call.
+
+    A plugin registering the built-in SGD under another name, called through a fresh
+    pluggy ``PluginManager`` (the global registry is left as it is):
+
+    >>> import dataclasses, numpy as np, pluggy
+    >>> from numbarnn import hookspecs
+    >>> from numbarnn.optimizers import BUILTIN_OPTIMIZERS
+    >>> sgd = next(spec for spec in BUILTIN_OPTIMIZERS if spec.name == "sgd")
+    >>> class MyOptimizers:
+    ...     @hookspecs.hookimpl
+    ...     def register_optimizers(self, register):
+    ...         register(dataclasses.replace(sgd, name="plain_sgd"))
+    >>> pm = pluggy.PluginManager("numbarnn")
+    >>> pm.add_hookspecs(hookspecs)
+    >>> pm.register(MyOptimizers(), name="my-optimizers")
+    'my-optimizers'
+    >>> specs = []
+    >>> _ = pm.hook.register_optimizers(register=specs.append)
+    >>> params = {"w": np.ones(2)}
+    >>> specs[0].factory(params, lr=0.5).step(params, {"w": np.array([1.0, -1.0])})
+    >>> specs[0].name, params["w"].tolist()
+    ('plain_sgd', [0.5, 1.5])
     """
 
 
@@ -50,4 +115,29 @@ def register_samplers(register):
     """Register samplers (how the next token is drawn when generating).
 
     ``register`` accepts one :class:`numbarnn.samplers.SamplerSpec` per call.
+
+    A plugin with a sampler that always picks index 0, called through a fresh pluggy
+    ``PluginManager`` (the global registry is left as it is):
+
+    >>> import numpy as np, pluggy
+    >>> from numbarnn import hookspecs
+    >>> from numbarnn.samplers import Sampler, SamplerSpec
+    >>> class FirstSampler(Sampler):
+    ...     name = "first"
+    ...     def distribution(self, logits_row):
+    ...         probs = np.zeros(len(logits_row)); probs[0] = 1.0
+    ...         return probs
+    >>> class MySamplers:
+    ...     @hookspecs.hookimpl
+    ...     def register_samplers(self, register):
+    ...         register(SamplerSpec(name="first", description="always index 0", defaults={},
+    ...                              factory=FirstSampler))
+    >>> pm = pluggy.PluginManager("numbarnn")
+    >>> pm.add_hookspecs(hookspecs)
+    >>> pm.register(MySamplers(), name="my-samplers")
+    'my-samplers'
+    >>> specs = []
+    >>> _ = pm.hook.register_samplers(register=specs.append)
+    >>> specs[0].name, specs[0].factory().choose(np.array([0.0, 5.0]), np.random.default_rng(0))
+    ('first', 0)
     """

@@ -692,6 +692,27 @@ def make_trainer(cell="lstm", loss="softmax_cross_entropy", optimizer="adam", sa
     accepts. ``mode`` ("names" or "stream") is recorded for generation and checkpoints.
     ``device="cuda"`` runs the same trainer on an NVIDIA GPU (``pip install "numbarnn[cuda]"``;
     see ``docs/gpu.md``); without the package, a driver or a GPU it says which is missing.
+
+    Shapes: with V = ``vocab_size`` and H = ``hidden_size``, a cell with G gate blocks
+    gets ``W_x (G*H, V)``, ``W_h (G*H, H)``, ``b_x, b_h (G*H,)`` and the head
+    ``W_y (V, H)``, ``b_y (V,)``; ``train_step`` takes ``(B, T)`` (or ``(T,)``) integer
+    inputs and targets. A tanh RNN (G = 1) with momentum and top-k sampling, each option
+    routed to the component that accepts it:
+
+    >>> trainer = make_trainer("rnn", "softmax_cross_entropy", "momentum", "top_k", vocab_size=5,
+    ...                        hidden_size=8, lr=0.1, momentum=0.5, k=2, seed=0)
+    >>> trainer.config["optimizer_options"], trainer.config["sampler_options"]
+    ({'momentum': 0.5, 'lr': 0.1}, {'k': 2})
+    >>> {name: p.shape for name, p in trainer.model.params.items()}
+    {'W_x': (8, 5), 'W_h': (8, 8), 'b_x': (8,), 'b_h': (8,), 'W_y': (5, 8), 'b_y': (5,)}
+    >>> inputs, targets = [[0, 1, 2], [3, 4, 0]], [[1, 2, 3], [4, 0, 1]]   # (B, T) = (2, 3)
+    >>> losses = [trainer.train_step(inputs, targets) for _ in range(20)]
+    >>> losses[-1] < losses[0] / 2
+    True
+    >>> make_trainer(vocab_size=5, momentum=0.9)   # adam and categorical take no momentum
+    Traceback (most recent call last):
+    ...
+    numbarnn.optimizers.UnknownOptionError: make_trainer got an unknown option 'momentum'; accepted: optimizer 'adam': lr, beta1, beta2, eps; sampler 'categorical': none
     """
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")

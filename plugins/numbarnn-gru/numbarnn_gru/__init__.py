@@ -36,4 +36,19 @@ GRU = CellSpec(
 
 @numbarnn.hookimpl
 def register_cells(register):
+    """The ``register_cells`` hook (see :mod:`numbarnn.hookspecs`): registers :data:`GRU`.
+
+    numbarnn calls it once, through the entry point ``gru = "numbarnn_gru"``, with a
+    ``register`` that adds the spec to the registry. Called directly, with a list's
+    ``append`` as the callback:
+
+    >>> import numbarnn_gru
+    >>> specs = []
+    >>> numbarnn_gru.register_cells(specs.append)
+    >>> [spec.name for spec in specs], specs[0] is numbarnn_gru.GRU
+    (['gru'], True)
+    >>> spec = specs[0]   # G = 3 gate blocks (r, z, n), S = 1 state (h), C = 4 cached blocks
+    >>> spec.gates, spec.states, spec.cache_width, spec.state_names
+    (3, 1, 4, ('h',))
+    """
     register(GRU)

@@ -18,6 +18,28 @@ from numbarnn.kernels.activations import sigmoid, tanh
 
 @njit(cache=True)
 def gru_forward(xz_t, hz_t, states, t, cache_t):
+    """One GRU step, pointwise: from the two projections of step t to ``states[0, t+1]``.
+
+    xz_t, hz_t (B, 3H): ``x_t @ W_x.T + b_x`` and ``h_{t-1} @ W_h.T + b_h``, gate blocks
+    r, z, n. states (1, T+1, B, H): reads ``states[0, t]`` (h_{t-1}), writes
+    ``states[0, t+1]``. cache_t (B, 4H): writes r, z, n and ``hz_n`` for the backward.
+    Float32 or float64, all arrays of one dtype. Against PyTorch's GRU equations in NumPy:
+
+    >>> import numpy as np
+    >>> from numbarnn_gru.kernels import gru_forward
+    >>> rng = np.random.default_rng(0)
+    >>> B, H = 2, 3
+    >>> xz_t, hz_t = rng.normal(size=(B, 3 * H)), rng.normal(size=(B, 3 * H))
+    >>> states, cache_t = rng.normal(size=(1, 2, B, H)), np.empty((B, 4 * H))   # T = 1
+    >>> gru_forward(xz_t, hz_t, states, 0, cache_t)
+    >>> sigmoid = lambda a: 1 / (1 + np.exp(-a))
+    >>> (x_r, x_z, x_n), (h_r, h_z, h_n) = np.split(xz_t, 3, axis=1), np.split(hz_t, 3, axis=1)
+    >>> r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
+    >>> n = np.tanh(x_n + r * h_n)
+    >>> h_prev = states[0, 0]
+    >>> np.allclose(states[0, 1], (1 - z) * n + z * h_prev), np.allclose(cache_t, np.hstack([r, z, n, h_n]))
+    (True, True)
+    """
     B, H = states.shape[2], states.shape[3]
     one = states.dtype.type(1.0)
     for b in range(B):
@@ -40,6 +62,40 @@ def gru_forward(xz_t, hz_t, states, t, cache_t):
 
 @njit(cache=True)
 def gru_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev):
+    """The backward of :func:`gru_forward` at step t, pointwise.
+
+    dstate (1, B, H): the total gradient w.r.t. ``states[0, t+1]``. states (1, T+1, B, H)
+    and cache_t (B, 4H) as the forward left them. Writes dxz_t, dhz_t (B, 3H), the
+    gradients w.r.t. the two projections (blocks r, z, n; they differ in the n block:
+    ``dhz_n = dn_raw * r``), and dstate_prev (1, B, H), the direct gradient w.r.t.
+    ``states[0, t]``, ``dh * z`` (the loop adds ``dhz_t @ W_h``). Against the formulas
+    and against central finite differences of ``L = sum(dstate * h_t)``:
+
+    >>> import numpy as np
+    >>> from numbarnn_gru.kernels import gru_backward, gru_forward
+    >>> rng = np.random.default_rng(0)
+    >>> B, H = 2, 3
+    >>> xz_t, hz_t, h_prev = rng.normal(size=(B, 3 * H)), rng.normal(size=(B, 3 * H)), rng.normal(size=(B, H))
+    >>> states, cache_t = np.stack([h_prev, np.zeros((B, H))])[None], np.empty((B, 4 * H))   # (1, 2, B, H)
+    >>> gru_forward(xz_t, hz_t, states, 0, cache_t)
+    >>> dstate = rng.normal(size=(1, B, H))
+    >>> dxz_t, dhz_t, dstate_prev = np.empty((B, 3 * H)), np.empty((B, 3 * H)), np.empty((1, B, H))
+    >>> gru_backward(dstate, states, 0, cache_t, dxz_t, dhz_t, dstate_prev)
+    >>> r, z = cache_t[:, :H], cache_t[:, H:2 * H]
+    >>> np.allclose(dstate_prev[0], dstate[0] * z), np.allclose(dhz_t[:, 2 * H:], dxz_t[:, 2 * H:] * r)
+    (True, True)
+    >>> def loss(xz, hz, h):
+    ...     s = np.stack([h, np.zeros((B, H))])[None]
+    ...     gru_forward(xz, hz, s, 0, np.empty((B, 4 * H)))
+    ...     return np.sum(dstate[0] * s[0, 1])
+    >>> def slope(i, d, eps=1e-6):   # central difference of loss along d in argument i
+    ...     plus, minus = [xz_t, hz_t, h_prev], [xz_t, hz_t, h_prev]
+    ...     plus[i], minus[i] = plus[i] + eps * d, minus[i] - eps * d
+    ...     return (loss(*plus) - loss(*minus)) / (2 * eps)
+    >>> grads = [dxz_t, dhz_t, dstate_prev[0]]   # along each gradient, the slope is its squared norm
+    >>> [bool(np.isclose(slope(i, g), np.sum(g * g))) for i, g in enumerate(grads)]
+    [True, True, True]
+    """
     B, H = states.shape[2], states.shape[3]
     one = states.dtype.type(1.0)
     for b in range(B):
