@@ -605,17 +605,20 @@ def _build_rowdot_steps(pair, dtype: np.dtype, G: int, S: int, tile: tuple) -> S
     warp_sum = _build_warp_sum()
 
     @cuda.jit(device=True)
+    def warp_unit(tile_id, H):
+        """This thread's warp and lane, and its warp's hidden unit j and first batch row b0."""
+        warp = cuda.threadIdx.x // 32
+        unit = tile_id * WPB + warp
+        return warp, cuda.threadIdx.x % 32, unit % H, (unit // H) * BG
+
+    @cuda.jit(device=True)
     def forward_tile(tile_id, t, xz, W_h, b_h, states, cache, hz):
         scratch = cuda.shared.array((WPB, 32), nb_dtype)
         acc = cuda.local.array((G, BG), nb_dtype)
         w = cuda.local.array(G, nb_dtype)
         B = states.shape[2]
         H = states.shape[3]
-        warp = cuda.threadIdx.x // 32
-        lane = cuda.threadIdx.x % 32
-        unit = tile_id * WPB + warp
-        j = unit % H
-        b0 = (unit // H) * BG
+        warp, lane, j, b0 = warp_unit(tile_id, H)
         active = b0 < B  # the same for the whole warp; past the last unit b0 >= B
         for g in range(G):
             for i in range(BG):
@@ -650,11 +653,7 @@ def _build_rowdot_steps(pair, dtype: np.dtype, G: int, S: int, tile: tuple) -> S
         B = states.shape[2]
         H = states.shape[3]
         GH = W_hT.shape[1]
-        warp = cuda.threadIdx.x // 32
-        lane = cuda.threadIdx.x % 32
-        unit = tile_id * WPB + warp
-        j = unit % H
-        b0 = (unit // H) * BG
+        warp, lane, j, b0 = warp_unit(tile_id, H)
         active = b0 < B
         for i in range(BG):
             acc[i] = zero
@@ -814,7 +813,7 @@ def resident_blocks(dispatcher, args, block) -> int:
         return 0
 
 
-def _strategy(loop, ntiles, dispatcher, args, block, batch=1):
+def _strategy(loop, ntiles, dispatcher, args, block, batch):
     """-> (use_persistent, grid) for the persistent kernel."""
     loop = config.loop if loop is None else loop
     if loop == "launch" or (loop == "auto" and simulator()):
@@ -996,32 +995,6 @@ def fill(a1d, value, stream=0):
 
 
 @cuda.jit
-def _state_out_kernel(states, t, out):
-    S = out.shape[0]
-    B = out.shape[1]
-    H = out.shape[2]
-    for p in range(cuda.grid(1), S * B * H, cuda.gridsize(1)):
-        s = p // (B * H)
-        r = p - s * B * H
-        b = r // H
-        j = r - b * H
-        out[s, b, j] = states[s, t, b, j]
-
-
-@cuda.jit
-def _state_in_kernel(src, states, t):
-    S = src.shape[0]
-    B = src.shape[1]
-    H = src.shape[2]
-    for p in range(cuda.grid(1), S * B * H, cuda.gridsize(1)):
-        s = p // (B * H)
-        r = p - s * B * H
-        b = r // H
-        j = r - b * H
-        states[s, t, b, j] = src[s, b, j]
-
-
-@cuda.jit
 def _state_copy_kernel(src, ts, dst, td):
     S = src.shape[0]
     B = src.shape[2]
@@ -1048,7 +1021,8 @@ def state_out(states, t, out, stream=0):
     >>> np.array_equal(out.copy_to_host(), states[:, 3])
     True
     """
-    _state_out_kernel[_blocks(out.size), config.threads, stream](states, t, out)
+    S, B, H = out.shape
+    state_copy(states, t, out.reshape((S, 1, B, H)), 0, stream)  # out as a one-step state array
 
 
 def state_in(src, states, t, stream=0):
@@ -1066,7 +1040,8 @@ def state_in(src, states, t, stream=0):
     >>> np.array_equal(host[:, 0], src), not host[:, 1:].any()  # the rest untouched
     (True, True)
     """
-    _state_in_kernel[_blocks(src.size), config.threads, stream](src, states, t)
+    S, B, H = src.shape
+    state_copy(src.reshape((S, 1, B, H)), 0, states, t, stream)  # src as a one-step state array
 
 
 def state_copy(src, ts, dst, td, stream=0):

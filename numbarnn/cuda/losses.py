@@ -27,6 +27,18 @@ SUM, SQUARES, NONFINITE = 0, 1, 2  # what reduce_sum adds up: x, x*x, or x - x (
 
 
 def _build_reduce(threads: int, mode: int):
+    @cuda.jit(device=True)
+    def block_sum(buf, tid, s):
+        """Every thread's s summed over the block, in buf[0] (a tree, fixed order)."""
+        buf[tid] = s
+        cuda.syncthreads()
+        width = threads // 2
+        while width > 0:
+            if tid < width:
+                buf[tid] += buf[tid + width]
+            cuda.syncthreads()
+            width //= 2
+
     @cuda.jit
     def partial_kernel(x, partials):
         buf = cuda.shared.array(threads, np.float64)
@@ -44,14 +56,7 @@ def _build_reduce(threads: int, mode: int):
             else:
                 s += v
             i += stride
-        buf[tid] = s
-        cuda.syncthreads()
-        width = threads // 2
-        while width > 0:
-            if tid < width:
-                buf[tid] += buf[tid + width]
-            cuda.syncthreads()
-            width //= 2
+        block_sum(buf, tid, s)
         if tid == 0:
             partials[cuda.blockIdx.x] = buf[0]
 
@@ -64,14 +69,7 @@ def _build_reduce(threads: int, mode: int):
         while i < nparts:
             s += partials[i]
             i += threads
-        buf[tid] = s
-        cuda.syncthreads()
-        width = threads // 2
-        while width > 0:
-            if tid < width:
-                buf[tid] += buf[tid + width]
-            cuda.syncthreads()
-            width //= 2
+        block_sum(buf, tid, s)
         if tid == 0:
             out[slot] = buf[0]
 

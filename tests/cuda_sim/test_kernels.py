@@ -286,9 +286,9 @@ def test_loop_strategy_choice(small_blocks):
     kernels = dloops.step_kernels(cell, np.float64, 3, 6)
     # The simulator runs cooperative grids of one block: "auto" takes per-step launches,
     # "persistent" one block looping over every tile.
-    assert dloops._strategy("auto", 4, kernels.forward_persistent, (), kernels.block) == (False, 4)
-    assert dloops._strategy("persistent", 4, kernels.forward_persistent, (), kernels.block) == (True, 1)
-    assert dloops._strategy("launch", 4, kernels.forward_persistent, (), kernels.block) == (False, 4)
+    assert dloops._strategy("auto", 4, kernels.forward_persistent, (), kernels.block, 3) == (False, 4)
+    assert dloops._strategy("persistent", 4, kernels.forward_persistent, (), kernels.block, 3) == (True, 1)
+    assert dloops._strategy("launch", 4, kernels.forward_persistent, (), kernels.block, 3) == (False, 4)
 
 
 def test_auto_loop_rule_on_a_device(small_blocks, monkeypatch):
