@@ -59,30 +59,29 @@ def project_indices(idx, W_x, b_x, xz2d):
     >>> np.allclose(xz2d, onehot @ W_x.T + b_x)
     True
     """
-    N, GH = xz2d.shape
+    N = xz2d.shape[0]
     if 8 * N < W_x.shape[1]:
-        # A few rows (generation feeds one index a step): read the columns in place, since
+        # A few rows (generation feeds one index a step): read W_x's columns in place, since
         # transposing all of W_x first would cost more than the strided reads (5 us vs
         # under 1 us per character at H 128).
         for n in range(N):
-            i = idx[n]
-            if i < 0:
-                for k in range(GH):
-                    xz2d[n, k] = b_x[k]
-            else:
-                for k in range(GH):
-                    xz2d[n, k] = W_x[k, i] + b_x[k]
+            _gather_row(idx[n], W_x.T, b_x, xz2d[n])
         return
     # Gather rows of W_x.T: a column of W_x is strided by X, a row of its transpose is contiguous.
     W_xT = np.ascontiguousarray(W_x.T)
     for n in range(N):
-        i = idx[n]
-        if i < 0:
-            for k in range(GH):
-                xz2d[n, k] = b_x[k]
-        else:
-            for k in range(GH):
-                xz2d[n, k] = W_xT[i, k] + b_x[k]
+        _gather_row(idx[n], W_xT, b_x, xz2d[n])
+
+
+@njit(inline="always")
+def _gather_row(i, W_rows, b_x, out):
+    """out = W_rows[i] + b_x, or b_x alone for i = -1 (the all-zero input)."""
+    if i < 0:
+        for k in range(out.shape[0]):
+            out[k] = b_x[k]
+    else:
+        for k in range(out.shape[0]):
+            out[k] = W_rows[i, k] + b_x[k]
 
 
 # ---- the recurrence ------------------------------------------------------------------------
