@@ -579,13 +579,14 @@ class Trainer:
             for _ in range(steps):
                 inputs, targets, mask, carry = batches.next_batch()
                 state = self.state if carry else None
-                snapshot = self.snapshot_params()
+                snapshot, good_step = self.snapshot_params(), self.step
                 try:
                     loss = self.train_step(inputs, targets, mask, state=state)
                     if not self.params_finite():
                         raise NonFiniteLossError(f"the weights stopped being finite at step {self.step}")
                 except NonFiniteLossError as error:
                     self.restore_params(snapshot)
+                    self.step = good_step  # the undone update is not a step (history, checkpoints)
                     summary.update(stopped="non-finite",
                                    reason=f"stopped: {error}; restored the weights of the last good step "
                                           "(try a lower --lr or a smaller --clip)")

@@ -26,12 +26,12 @@ def names_setup(dtype="float64", layers=1, dropout=0.0, cell="lstm", n=120, seed
     return trainer, batches
 
 
-def stream_setup(dtype="float64", layers=1, dropout=0.0):
-    text = D.pydoc_text()[:6000]
+def stream_setup(dtype="float64", layers=1, dropout=0.0, chars=6000, seed=1):
+    text = D.pydoc_text()[:chars]
     vocab = D.Vocabulary.from_text(text)
     batches = D.StreamBatches(text, vocab, 3, 10)
     trainer = numbarnn.make_trainer(cell="gru" if "gru" in numbarnn.list_cells() else "rnn", vocab=vocab,
-                                    hidden_size=12, layers=layers, dropout=dropout, dtype=dtype, seed=1,
+                                    hidden_size=12, layers=layers, dropout=dropout, dtype=dtype, seed=seed,
                                     mode="stream", lr=0.01)
     return trainer, batches
 
@@ -154,19 +154,69 @@ def test_early_stopping_keeps_the_best_weights():
     assert trainer.validation_loss(val) == pytest.approx(summary["val_loss"], rel=1e-12)
 
 
-def test_non_finite_loss_stops_and_restores_the_last_good_weights(capsys):
+def test_non_finite_weights_before_fit_stop_it_at_once_without_an_update():
+    """Weights already poisoned when fit starts: the first loss is NaN, so train_step refuses
+    the step; fit stops with "non-finite" and changes nothing."""
     trainer, batches = names_setup()
     trainer.fit(batches, steps=3, progress=False, sample_every=0)
-    good = {k: v.copy() for k, v in trainer.model.params.items()}
-    trainer.model.params["W_h"][0, 0] = np.nan  # as if the last update had blown up
-    poisoned = {k: v.copy() for k, v in trainer.model.params.items()}
+    trainer.model.params["W_h"][0, 0] = np.nan
+    poisoned = trainer.model.flat_params.copy()
+    optimizer_before = trainer.optimizer.state_dict()
     summary = trainer.fit(batches, steps=5, progress=False, sample_every=0)
-    assert summary["stopped"] == "non-finite" and "restored the weights" in summary["reason"]
-    assert trainer.step == 3
-    for key in good:
-        np.testing.assert_array_equal(trainer.model.params[key], poisoned[key])  # untouched, not updated
+    assert summary["stopped"] == "non-finite" and "the loss is nan" in summary["reason"]
+    assert trainer.step == summary["steps"] == 3 and len(trainer.history) == 3
+    np.testing.assert_array_equal(trainer.model.flat_params, poisoned)  # untouched, not updated
+    assert trainer.optimizer.step_count == optimizer_before["step"] == 3
     with pytest.raises(numbarnn.trainer.NonFiniteLossError):
         trainer.train_step(*batches.next_batch()[:3])
+
+
+def test_an_update_that_writes_inf_restores_the_weights_before_that_step(capsys):
+    """The branch where the gradient is finite but the update makes a weight infinite: fit
+    stops with "non-finite" and puts back exactly the weights from before that update."""
+    trainer, batches = names_setup()
+    real_step = trainer.optimizer.step_flat
+    seen = {"calls": 0, "before": None}
+
+    def step_that_overflows_on_the_fourth_call(flat_params, flat_grads):
+        seen["calls"] += 1
+        if seen["calls"] == 4:
+            seen["before"] = flat_params.copy()
+        real_step(flat_params, flat_grads)
+        if seen["calls"] == 4:
+            flat_params[7] = np.inf  # as an overflowing update would
+
+    trainer.optimizer.step_flat = step_that_overflows_on_the_fourth_call
+    summary = trainer.fit(batches, steps=10, progress=False, sample_every=0)
+    assert seen["calls"] == 4 and seen["before"] is not None
+    assert summary["stopped"] == "non-finite" and "weights stopped being finite at step 4" in summary["reason"]
+    assert "restored the weights of the last good step" in capsys.readouterr().out
+    assert trainer.params_finite()
+    np.testing.assert_array_equal(trainer.model.flat_params, seen["before"])
+    assert [s for s, _ in trainer.history] == [1, 2, 3]
+    assert trainer.step == summary["steps"] == 3  # the undone step is not counted
+
+
+def test_a_non_finite_gradient_mid_fit_stops_before_the_update(monkeypatch):
+    """A NaN gradient in the fourth step: train_step refuses the update, so the weights are
+    those after the third step, bit for bit."""
+    import numbarnn.trainer as T
+
+    trainer, batches = names_setup()
+    real_clip, calls, after = T.clip_flat, {"n": 0}, {}
+
+    def clip_with_a_nan_on_the_fourth_call(flat, clip, mode):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            after["third"] = trainer.model.flat_params.copy()
+            flat[3] = np.nan
+        return real_clip(flat, clip, mode)
+
+    monkeypatch.setattr(T, "clip_flat", clip_with_a_nan_on_the_fourth_call)
+    summary = trainer.fit(batches, steps=10, progress=False, sample_every=0)
+    assert calls["n"] == 4 and summary["stopped"] == "non-finite" and "gradient norm nan" in summary["reason"]
+    np.testing.assert_array_equal(trainer.model.flat_params, after["third"])
+    assert trainer.step == 3 and trainer.optimizer.step_count == 3
 
 
 def test_keyboard_interrupt_saves_a_checkpoint(tmp_path):
@@ -189,22 +239,37 @@ def test_keyboard_interrupt_saves_a_checkpoint(tmp_path):
 
 # ---- checkpoints -----------------------------------------------------------------------------
 
+def names_resume_setup(dtype, seed=0):
+    return names_setup(dtype=dtype, layers=2, dropout=0.2, n=120, seed=seed)  # 15 batches an epoch
+
+
+def stream_resume_setup(dtype, seed=1):
+    return stream_setup(dtype=dtype, layers=2, dropout=0.2, chars=451, seed=seed)  # 15 chunks an epoch
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("setup", [names_setup, stream_setup], ids=["names", "stream"])
+@pytest.mark.parametrize("setup", [names_resume_setup, stream_resume_setup], ids=["names", "stream"])
 def test_resume_is_bit_identical(tmp_path, dtype, setup):
-    straight, batches = setup(dtype=dtype, layers=2, dropout=0.2)
-    straight.fit(batches, steps=14, progress=False, sample_every=0)
-    first, batches = setup(dtype=dtype, layers=2, dropout=0.2)
-    first.fit(batches, steps=6, progress=False, sample_every=0)
+    """Saved inside the second epoch, resumed across the third epoch's start (where names
+    mode reshuffles from the batches' saved random state) into batches built from another
+    seed: the weights, the history and the data position all match a straight run."""
+    straight, straight_batches = setup(dtype)
+    assert straight_batches.steps_per_epoch() == 15
+    straight.fit(straight_batches, steps=40, progress=False, sample_every=0)
+    first, batches = setup(dtype)
+    first.fit(batches, steps=20, progress=False, sample_every=0)
+    assert batches.epoch == 1
     save_checkpoint(first, tmp_path / "c.ckpt", batches)
-    _, fresh_batches = setup(dtype=dtype, layers=2, dropout=0.2)
+    _, fresh_batches = setup(dtype, seed=99)  # its own order and random state must be replaced
     resumed = load_checkpoint(tmp_path / "c.ckpt", fresh_batches)
-    resumed.fit(fresh_batches, steps=8, progress=False, sample_every=0)
-    assert resumed.step == straight.step == 14
+    resumed.fit(fresh_batches, steps=20, progress=False, sample_every=0)
+    assert resumed.step == straight.step == 40 and fresh_batches.epoch == 2
     for key, value in straight.model.params.items():
         assert value.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(resumed.model.params[key], value, err_msg=key)
     assert resumed.history == straight.history
+    assert fresh_batches.state_dict() == straight_batches.state_dict()
+    assert resumed.rng.bit_generator.state == straight.rng.bit_generator.state
 
 
 def test_checkpoint_holds_names_versions_and_no_pickle(tmp_path):
