@@ -4,7 +4,11 @@ Cells, losses, optimizers and samplers are plugins registered by name (see
 ``docs/plugins.md``); :mod:`numbarnn.course` gives the sequence-models course's own
 functions on top of the same kernels.
 """
-from .cells import LSTM, RNN, CellSpec
+from .trust import secure_numba_cache_dir
+
+secure_numba_cache_dir()  # before any cache=True kernel is defined: Numba fixes its cache path then
+
+from .cells import LSTM, RNN, CellSpec  # noqa: E402
 from .hookspecs import hookimpl
 from .models import RecurrentModel
 from .plugins import (get_cell, get_loss, get_optimizer, get_registry, get_sampler, list_cells,

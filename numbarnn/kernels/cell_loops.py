@@ -2,7 +2,8 @@
 
 This is a real module (it runs the tanh RNN as written), but numbarnn never imports it:
 ``loops_for(cell)`` copies its text with the import marked ``CELL KERNELS`` rewritten to
-import the cell's own kernels, writes that to a file in the cache directory and imports it.
+import the cell's own kernels and runs that text as a module, its machine code cached in a
+private directory (see ``docs/trust.md``: the text runs from memory, never from the file).
 The kernels are then plain globals of ordinary ``cache=True`` functions, so every cell's
 loops are compiled once and cached on disk like the rest (a kernel passed as an argument
 cannot be: Numba treats it as a dynamic global). Each training step crosses from Python

@@ -4,10 +4,11 @@ Only the recurrence is sequential. The input projection of all steps is one
 matrix product (or a row gather for integer inputs) before the loop, and the
 weight gradients are two whole-sequence products after BPTT, as in cuDNN/oneDNN.
 """
+import contextlib
 import hashlib
-import importlib.util
-import inspect
+import linecache
 import os
+import re
 import sys
 import tempfile
 import types
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 from numba import njit
+
+from ..trust import enable_verified_cache, private_directory
 
 
 # ---- input projection: XZ = X @ W_x.T + b_x for all steps at once -------------------------
@@ -311,24 +314,106 @@ def _cell_source(cell, forward, backward):
     return "\n".join(lines) + "\n"
 
 
-def _fingerprint(source, modules) -> str:
-    """Changes whenever anything compiled into the loops changes: the template, the cell's
-    module, numbarnn's kernels, Numba or Python (Numba's own cache only checks the one file)."""
-    digest = hashlib.sha256(source.encode())
-    for path in sorted(set(Path(__file__).parent.glob("*.py")) | {Path(m) for m in modules}):
-        digest.update(str(path).encode())
-        digest.update(Path(path).read_bytes())
+# Packages whose code is pinned by the versions hashed below: their files are not read.
+_VERSIONED = {"numpy", "numba", "scipy", "llvmlite"}
+
+
+def _kernel_files(functions) -> list:
+    """The source files of the modules holding ``functions`` and of every module those reach
+    through their globals (a plugin's kernels importing its own helpers), transitively;
+    the standard library and the packages in ``_VERSIONED`` stop the walk."""
+    stop = set(getattr(sys, "stdlib_module_names", ())) | _VERSIONED
+    seen, files, todo = set(), set(), [getattr(f, "py_func", f).__module__ for f in functions]
+    while todo:
+        name = todo.pop()
+        if name in seen or name is None or name.partition(".")[0] in stop:
+            continue
+        seen.add(name)
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if not path or not path.endswith(".py"):
+            continue
+        files.add(path)
+        for value in vars(module).values():
+            if isinstance(value, types.ModuleType):
+                todo.append(value.__name__)
+            else:
+                todo.append(getattr(getattr(value, "py_func", value), "__module__", None))
+    return sorted(files)
+
+
+def _fingerprint(source, files) -> str:
+    """Changes whenever anything compiled into the loops changes: the template, every module the
+    cell's kernels reach, numbarnn's kernels, NumPy, Numba or Python."""
     import numba
 
-    digest.update(f"{numba.__version__} {sys.version}".encode())
+    digest = hashlib.sha256(source.encode())
+    for path in sorted(set(Path(__file__).parent.glob("*.py")) | {Path(f) for f in files}):
+        digest.update(str(path).encode())
+        digest.update(path.read_bytes())
+    digest.update(f"{numba.__version__} {np.__version__} {sys.version}".encode())
     return digest.hexdigest()[:16]
 
 
-def _load_module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
+_KEEP_OTHER_BUILDS = 3  # other fingerprints kept per cell: a few installs may share one cache
+
+
+def _prune(directory: Path, cell_prefix: str, current: str) -> None:
+    """Remove all but the newest few other builds of this cell's loops (their .py and Numba files)."""
+    builds = {}
+    for path in directory.glob(f"{cell_prefix}*"):
+        fingerprint = path.name[len(cell_prefix):].partition(".")[0]
+        if fingerprint != current and len(fingerprint) == 16:
+            with contextlib.suppress(OSError):
+                builds[fingerprint] = max(builds.get(fingerprint, 0), path.stat().st_mtime)
+    for fingerprint in sorted(builds, key=builds.get, reverse=True)[_KEEP_OTHER_BUILDS:]:
+        for path in directory.glob(f"{cell_prefix}{fingerprint}.*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, mode 0600 (a copy for readers: nothing imports it)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _module_from_source(name: str, source: str, filename: str):
+    """Execute ``source`` (text numbarnn generated and holds in memory) as module ``name``.
+
+    The file on disk is never read back: no bytecode cache, no window between a check and an
+    import. ``cache=True`` is replaced by numbarnn's verified cache in the caller's directory."""
+    module = types.ModuleType(name)
+    module.__file__ = filename
+    # Tracebacks and inspect.getsource show this text, not whatever the file holds now.
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    exec(compile(source.replace("@njit(cache=True)", "@njit"), filename, "exec"), module.__dict__)
+    return module
+
+
+def _disk_cached_module(cell, forward, backward):
+    """The cell's loops with their machine code cached in a private directory (see numbarnn.trust)."""
+    source = _cell_source(cell, forward, backward)
+    fingerprint = _fingerprint(source, _kernel_files((cell.forward, cell.backward)))
+    prefix = "numbarnn_loops_" + re.sub(r"\W", "_", cell.name) + "_"
+    name = prefix + fingerprint
+    directory = private_directory(cache_dir(), "loops")
+    path = directory / f"{name}.py"
+    _write_private(path, source)
+    _prune(directory, prefix, fingerprint)
+    module = _module_from_source(name, source, str(path))
+    stamp = hashlib.sha256(source.encode()).hexdigest()
+    for value in list(vars(module).values()):
+        if getattr(value, "__module__", None) == name and hasattr(value, "py_func"):
+            enable_verified_cache(value, directory, stamp)
     return module
 
 
@@ -364,21 +449,10 @@ def loops_for(cell):
     forward, backward = _importable(cell.forward), _importable(cell.backward)
     module = None
     if forward and backward:
-        source = _cell_source(cell, forward, backward)
-        files = [inspect.getsourcefile(sys.modules[m]) for m, _ in (forward, backward)]
         try:
-            name = f"numbarnn_loops_{cell.name.replace('-', '_').replace('.', '_')}_{_fingerprint(source, files)}"
-            directory = cache_dir()
-            path = directory / f"{name}.py"
-            if not path.exists() or path.read_text() != source:
-                directory.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-                with os.fdopen(fd, "w") as f:
-                    f.write(source)
-                os.replace(tmp, path)  # atomic: concurrent processes write the same text
-            module = _load_module(path, name)
+            module = _disk_cached_module(cell, forward, backward)
         except OSError:
-            module = None  # no writable cache directory: compile in memory below
+            module = None  # no usable cache directory: compile in memory below
     if module is None:
         module = types.ModuleType(f"numbarnn_loops_{cell.name}_in_memory")
         source = _TEMPLATE.read_text().replace("@njit(cache=True)", "@njit")
