@@ -19,10 +19,20 @@ from .trainer import SequenceModel, Trainer, make_model, make_trainer
 
 __version__ = "0.1.0"
 
+
+def load(path, batches=None) -> Trainer:
+    """The trainer saved at ``path`` by :meth:`Trainer.save` (or ``numbarnn train``), ready to
+    continue; with ``batches``, their data position is restored too. A file that is not a
+    valid checkpoint raises :class:`numbarnn.checkpoint.CheckpointError`; nothing in it runs."""
+    from .checkpoint import load_checkpoint
+
+    return load_checkpoint(path, batches)
+
+
 __all__ = [
     "CellSpec", "RNN", "LSTM", "RecurrentModel", "SequenceModel", "Trainer", "make_model", "make_trainer",
     "hookimpl",
     "get_cell", "get_loss", "get_optimizer", "get_sampler", "get_registry",
     "list_cells", "list_losses", "list_optimizers", "list_samplers", "list_plugins",
-    "DuplicateNameError", "UnknownNameError", "set_threads", "warmup", "__version__",
+    "DuplicateNameError", "UnknownNameError", "set_threads", "warmup", "load", "__version__",
 ]

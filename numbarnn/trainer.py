@@ -15,6 +15,7 @@ clipping and a sampler, all picked by name::
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 import time
 from typing import Optional, Sequence
@@ -56,7 +57,7 @@ class SequenceModel:
     >>> logits.shape, len(state), model.flat_params.size == sum(v.size for v in model.params.values())
     ((3, 2, 5), 2, True)
     >>> sorted(model.backward(np.ones_like(logits)))[:3]
-    ['W_h', 'W_h_l1', 'W_x']
+    ['dW_h', 'dW_h_l1', 'dW_x']
     """
 
     def __init__(self, cell, input_size: int, hidden_size: int, output_size: Optional[int], *,
@@ -177,12 +178,15 @@ class SequenceModel:
         return logits, final
 
     def backward(self, d_outputs, d_final_state=None) -> dict:
-        """Gradients of every parameter, keyed like ``params`` (new arrays)."""
-        return {key: value.copy() for key, value in self.backward_into_buffer(d_outputs, d_final_state).items()}
+        """Gradients of every parameter (new arrays): ``grads["d" + name]`` belongs to
+        ``params[name]``, the naming of :meth:`RecurrentModel.backward` and of the course."""
+        return {"d" + key: value.copy()
+                for key, value in self.backward_into_buffer(d_outputs, d_final_state).items()}
 
     def backward_into_buffer(self, d_outputs, d_final_state=None) -> dict:
-        """Like :meth:`backward`, but the gradients are views of ``flat_grads``, overwritten by
-        the next call (what the trainer uses: no copies)."""
+        """Like :meth:`backward`, but the gradients are views of ``flat_grads`` keyed like
+        ``params`` (as optimizers take them), overwritten by the next call (what the trainer
+        uses: no copies)."""
         if self._hidden is None:
             raise RuntimeError("backward() needs a forward() first")
         grads = self._grad_views
@@ -565,6 +569,21 @@ class Trainer:
         Returns a summary dict: ``stopped`` ("done", "early-stop", "non-finite",
         "interrupted"), ``reason``, ``steps``, ``loss`` (smoothed), ``val_loss``, ``val_perplexity``.
         """
+    def save(self, path, batches=None):
+        """Write this trainer (weights, optimizer state, random state, step and, with
+        ``batches``, the data position) to the checkpoint ``path``; returns the path.
+        :func:`numbarnn.load` reads it back, and resuming from it is exact.
+
+        >>> import pathlib, tempfile, numbarnn
+        >>> trainer = numbarnn.make_trainer("rnn", vocab_size=5, hidden_size=4, seed=0)
+        >>> path = trainer.save(pathlib.Path(tempfile.mkdtemp()) / "tiny.ckpt")
+        >>> numbarnn.load(path).generate(prime=[0], length=5, seed=1) == trainer.generate(prime=[0], length=5, seed=1)
+        True
+        """
+        from .checkpoint import save_checkpoint
+
+        return save_checkpoint(self, path, batches)
+
         from .checkpoint import save_checkpoint
 
         if steps is None:
@@ -713,7 +732,7 @@ def make_trainer(cell="lstm", loss="softmax_cross_entropy", optimizer="adam", sa
     >>> make_trainer(vocab_size=5, momentum=0.9)   # adam and categorical take no momentum
     Traceback (most recent call last):
     ...
-    numbarnn.optimizers.UnknownOptionError: make_trainer got an unknown option 'momentum'; accepted: optimizer 'adam': lr, beta1, beta2, eps; sampler 'categorical': none
+    numbarnn.optimizers.UnknownOptionError: make_trainer got an unknown option 'momentum'; accepted: model and trainer: vocab_size, hidden_size, layers, dropout, lr, clip, clip_mode, dtype, seed, vocab, mode, optimizer_options, sampler_options, device; optimizer 'adam': lr, beta1, beta2, eps; sampler 'categorical': none
     """
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
@@ -733,9 +752,11 @@ def make_trainer(cell="lstm", loss="softmax_cross_entropy", optimizer="adam", sa
     for key, value in options.items():
         owners = [spec for spec in (opt_spec, sampler_spec) if key in spec.defaults]
         if not owners:
-            accepted = "; ".join(f"{kind} {spec.name!r}: {', '.join(spec.defaults) or 'none'}"
-                                 for kind, spec in (("optimizer", opt_spec), ("sampler", sampler_spec)))
-            close = difflib.get_close_matches(key, [*opt_spec.defaults, *sampler_spec.defaults], n=3)
+            accepted = "; ".join([f"model and trainer: {', '.join(_MAKE_TRAINER_OPTIONS)}"] + [
+                f"{kind} {spec.name!r}: {', '.join(spec.defaults) or 'none'}"
+                for kind, spec in (("optimizer", opt_spec), ("sampler", sampler_spec))])
+            close = difflib.get_close_matches(key, [*_MAKE_TRAINER_OPTIONS, *opt_spec.defaults,
+                                                    *sampler_spec.defaults], n=3)
             hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
             raise UnknownOptionError(f"make_trainer got an unknown option {key!r}{hint}; accepted: {accepted}")
         if len(owners) > 1:
@@ -761,3 +782,8 @@ def make_trainer(cell="lstm", loss="softmax_cross_entropy", optimizer="adam", sa
 
         trainer = cuda_trainer_from(trainer)
     return trainer
+
+
+# make_trainer's own keyword options, listed when an option matches no component.
+_MAKE_TRAINER_OPTIONS = [name for name, p in inspect.signature(make_trainer).parameters.items()
+                         if p.kind is inspect.Parameter.KEYWORD_ONLY]

@@ -59,10 +59,10 @@ def test_model_with_head_gradients_match_finite_differences(name):
 
     loss()
     grads = model.backward(d_logits)
-    assert set(grads) == set(model.params)
+    assert set(grads) == {"d" + key for key in model.params}
     for key, value in model.params.items():
-        assert grads[key].shape == value.shape and grads[key].dtype == value.dtype
-        np.testing.assert_allclose(grads[key], naive.finite_difference_grad(loss, value),
+        assert grads["d" + key].shape == value.shape and grads["d" + key].dtype == value.dtype
+        np.testing.assert_allclose(grads["d" + key], naive.finite_difference_grad(loss, value),
                                    rtol=1e-6, atol=1e-8, err_msg=key)
 
 
@@ -151,7 +151,7 @@ def test_padded_batch_equals_sequences_run_one_by_one():
         g = model.backward(d / 2)
         grads_sum = g if grads_sum is None else {k: grads_sum[k] + g[k] for k in g}
     assert loss == pytest.approx(total / 2, rel=1e-12)
-    single.optimizer.step(model.params, grads_sum)
+    single.optimizer.step(model.params, {key: grads_sum["d" + key] for key in model.params})
     for key in model.params:
         np.testing.assert_allclose(batched.model.params[key], model.params[key], rtol=1e-12, atol=1e-15)
 

@@ -111,7 +111,7 @@ def test_stacked_layers_gradients_match_finite_differences(dropout):
 
     loss()
     grads = model.backward(d)
-    assert {"W_x_l1", "W_h_l2", "W_y"} <= set(grads)
+    assert {"dW_x_l1", "dW_h_l2", "dW_y"} <= set(grads)
     for key, value in model.params.items():
         np.testing.assert_allclose(grads[key], naive.finite_difference_grad(loss, value), rtol=1e-6, atol=1e-8,
                                    err_msg=key)

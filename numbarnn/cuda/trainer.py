@@ -422,7 +422,8 @@ class CudaSequenceModel:
         return outputs, self.final_state(buf, T, B).to_host()
 
     def backward(self, d_outputs, d_final_state=None, loop=None) -> dict:
-        """Host gradients keyed like ``params``, as :meth:`SequenceModel.backward` returns them."""
+        """Host gradients named ``"d" + name`` for ``params[name]``, as :meth:`SequenceModel.backward`
+        returns them."""
         if self._last is None:
             raise RuntimeError("backward() needs a forward() first")
         buf, T, B, _ = self._last
@@ -436,7 +437,7 @@ class CudaSequenceModel:
             arrays = self._check_model.layer._unpack_state(d_final_state, B, "d_final_state")
             d_final = np.stack([np.asarray(a, self.dtype) for a in arrays])
         self.backward_device(d_hidden_ready=self.output_size is None, d_final_state=d_final, loop=loop)
-        return self.grads_to_host()
+        return {"d" + key: value for key, value in self.grads_to_host().items()}
 
 
 # ---- optimizers -------------------------------------------------------------------------------
