@@ -423,7 +423,7 @@ class Trainer:
     # -- generation ------------------------------------------------------------------------------
     def generate(self, prime=(), length: int = 100, *, sampler=None, seed=None,
                  stop_index: Optional[int] = None, temperature=None, top_k=None, top_p=None,
-                 beam_width=None, **sampler_options):
+                 beam_width=None, n_best: Optional[int] = None, **sampler_options):
         """Sample ``length`` indices (or characters) after ``prime`` (not included).
 
         ``prime`` is a list of indices, or text when the trainer has a vocabulary (then text
@@ -432,7 +432,14 @@ class Trainer:
         its options override the trainer's sampler for this call; the shorthands pick one:
         ``top_k=5`` is ``sampler="top_k", k=5``, ``top_p=0.9`` is ``"top_p"``,
         ``beam_width=3`` is ``"beam"`` and a lone ``temperature`` is ``"temperature"``.
-        ``seed`` makes the call reproducible.
+        ``seed`` makes the call reproducible. With beam search, ``n_best=k`` returns a list of
+        the k best distinct continuations, best first (``beam_width`` must be at least k).
+
+        >>> import numbarnn
+        >>> trainer = numbarnn.make_trainer("rnn", vocab_size=4, hidden_size=3, seed=0)
+        >>> best = trainer.generate(prime=[0], length=3, beam_width=4, n_best=3)
+        >>> len(best), len({tuple(s) for s in best}), best[0] == trainer.generate(prime=[0], length=3, beam_width=4)
+        (3, 3, True)
         """
         as_text = isinstance(prime, str)
         if as_text:
@@ -442,6 +449,14 @@ class Trainer:
             if stop_index is None and self.config.get("mode") == "names":
                 stop_index = self.vocab.newline
         chooser = self._sampler_for(sampler, temperature, top_k, top_p, beam_width, sampler_options)
+        if n_best is not None:
+            if not getattr(chooser, "is_beam", False):
+                raise ValueError("n_best needs beam search (beam_width= or sampler='beam')")
+            if not isinstance(n_best, (int, np.integer)) or isinstance(n_best, bool) or not 1 <= n_best <= chooser.beam_width:
+                raise ValueError(f"n_best must be an integer from 1 to beam_width ({chooser.beam_width}), got {n_best!r}")
+            self._check_generation(prime, length)
+            best = self._beam_search(list(prime), length, chooser.beam_width, stop_index)[:n_best]
+            return [self.vocab.decode(s) for s in best] if as_text else best
         indices = self.generate_indices(list(prime), length, chooser, seed, stop_index)
         return self.vocab.decode(indices) if as_text else indices
 
@@ -464,14 +479,17 @@ class Trainer:
             return self.sampler
         return get_sampler(name or self.sampler_spec.name).factory(**options)
 
-    def generate_indices(self, prime: list, length: int, chooser, seed=None, stop_index=None) -> list:
-        """:meth:`generate` on indices with a sampler object ``chooser`` (see ``numbarnn.samplers``)."""
+    def _check_generation(self, prime, length) -> None:
         if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or length < 1:
             raise ValueError(f"length must be a positive integer, got {length!r}")
         if prime:
             self._time_major_indices(prime, "inputs", allow_padding=False)
+
+    def generate_indices(self, prime: list, length: int, chooser, seed=None, stop_index=None) -> list:
+        """:meth:`generate` on indices with a sampler object ``chooser`` (see ``numbarnn.samplers``)."""
+        self._check_generation(prime, length)
         if getattr(chooser, "is_beam", False):
-            return self._beam_search(prime, length, chooser.beam_width, stop_index)
+            return self._beam_search(prime, length, chooser.beam_width, stop_index)[0]
         rng = self.rng if seed is None else np.random.default_rng(seed)
         model = self.model
         mode = _FAST_SAMPLERS.get(type(chooser).__name__) if type(chooser).__module__ == "numbarnn.samplers" else None
@@ -515,7 +533,7 @@ class Trainer:
         return out[:n].tolist()
 
     def _beam_search(self, prime, length, width, stop_index):
-        """Highest total log-probability continuation kept among ``width`` beams."""
+        """The continuations kept among ``width`` beams, distinct, highest total log-probability first."""
         model = self.model
         logits, state = model.forward(np.array(prime)[:, None] if prime else np.array([[START_INPUT]]))
         beams = [([], 0.0, state, logits[-1, 0].astype(np.float64), False)]
@@ -539,7 +557,7 @@ class Trainer:
                 beams.append((seq, score, st, last, done))
             if all(b[4] for b in beams):
                 break
-        return beams[0][0]
+        return [b[0] for b in beams]  # sorted by score, and distinct: no two beams share a path
 
     # -- training loop -----------------------------------------------------------------------------
     def snapshot_params(self):
