@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 
+from .cellcheck import check_cell
 from .cells import PARAM_NAMES, CellSpec
 from .kernels import loops
 
@@ -52,6 +53,7 @@ class RecurrentModel:
         for label, value in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        check_cell(cell)  # a dry run of its kernels, once per process: a bad spec must not reach the loops
         self.cell = cell
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)
