@@ -379,7 +379,8 @@ class Trainer:
             norm = clip_gradients(grads, self.clip, self.clip_mode)
         self.last_grad_norm = norm
         if not (math.isfinite(loss) and math.isfinite(norm)):
-            raise NonFiniteLossError(f"the loss is {loss} and the gradient norm {norm} at step {self.step + 1}")
+            raise NonFiniteLossError(f"the loss is {loss} and the gradient norm {norm} at step {self.step + 1} "
+                                     f"(cell {self.model.cell.name!r})")
         if flat:
             self.optimizer.step_flat(self.model.flat_params, self.model.flat_grads)
         else:
@@ -620,7 +621,8 @@ class Trainer:
                 try:
                     loss = self.train_step(inputs, targets, mask, state=state)
                     if not self.params_finite():
-                        raise NonFiniteLossError(f"the weights stopped being finite at step {self.step}")
+                        raise NonFiniteLossError(f"the weights stopped being finite at step {self.step} "
+                                                 f"(cell {self.model.cell.name!r})")
                 except NonFiniteLossError as error:
                     self.restore_params(snapshot)
                     self.step = good_step  # the undone update is not a step (history, checkpoints)
