@@ -3,12 +3,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import checkout
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_kernel_benchmark_smoke():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_kernels.py"), "--quick",
-                             "--repeats", "2"], capture_output=True, text=True, timeout=300)
+                             "--repeats", "2"], capture_output=True, text=True, timeout=300, env=checkout.env())
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert any(line.startswith("rnn tiny f64") and "numbarnn" in line for line in lines)
@@ -18,7 +20,7 @@ def test_kernel_benchmark_smoke():
 def test_suite_quick_smoke():
     """benchmarks/suite.py --quick runs every case and prints one table with a row for each."""
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--quick"],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, env=checkout.env())
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     lines = result.stdout.splitlines()
     assert any(line.startswith("case") and "speed-up" in line and "target" in line for line in lines)
@@ -32,7 +34,7 @@ def test_breakdown_smoke():
     """benchmarks/breakdown.py times every part of a step; at tiny sizes it runs and prints each row."""
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "breakdown.py"), "--cell", "gru", "--hidden",
                              "4", "--batch", "2", "--T", "3", "--vocab", "5", "--repeats", "2"],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, env=checkout.env())
     assert result.returncode == 0, result.stderr
     for part in ("compiled step", "forward time loop", "BPTT time loop", "recurrent products alone, 1 BLAS",
                  "train_step from Python"):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import checkout
 import numbarnn.cuda as nc
 from numbarnn.cuda import CudaUnavailableError
 
@@ -27,7 +28,7 @@ def test_cuda_kernels_on_the_simulator():
     """tests/cuda_sim: every CUDA kernel against the CPU kernels, and training steps giving
     the CPU's losses, on numba's CUDA simulator (NUMBA_ENABLE_CUDASIM must be set before
     numba is imported, hence the separate process)."""
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    env = checkout.env(NUMBA_ENABLE_CUDASIM="1")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", str(ROOT / "tests" / "cuda_sim"), "-q", "-p", "no:cacheprovider",
          "-o", "addopts=", "-W", "ignore::DeprecationWarning"],
@@ -38,7 +39,7 @@ def test_cuda_kernels_on_the_simulator():
 
 
 def _modules_after(code: str) -> set:
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env = checkout.env({k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"})
     out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sorted(sys.modules)))"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=True)
     return set(out.stdout.split())

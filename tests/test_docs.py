@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import checkout
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
@@ -132,7 +134,7 @@ def test_generated_listings_match_the_code():
     """``numbarnn list ...``, ``numbarnn plugins``, the hook signatures and the CLI help in
     the docs are what the code prints now (``python docs/gen_listings.py`` regenerates them)."""
     result = subprocess.run([sys.executable, str(DOCS / "gen_listings.py"), "--check"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, env=checkout.env())
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
 
 
@@ -174,7 +176,7 @@ def test_site_builds_strictly(tmp_path, made_pictures):
     # A picture this run did not make (its page was skipped or deselected) is made by the
     # site's hook, at the small sizes.
     assert not runner.missing_pictures(TUTORIALS, img) or len(list(made_pictures.iterdir())) < len(shown)
-    env = dict(os.environ, NUMBARNN_DOCS_QUICK="1", NO_MKDOCS_2_WARNING="1")
+    env = checkout.env(NUMBARNN_DOCS_QUICK="1", NO_MKDOCS_2_WARNING="1")
     site = tmp_path / "site"
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(project / "mkdocs.yml"),
                              "-d", str(site)], cwd=project, env=env, capture_output=True, text=True, timeout=600)

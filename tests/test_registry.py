@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import checkout
 from numbarnn import cli, hookspecs, plugins
 from numbarnn.cells import LSTM, RNN, CellSpec
 from numbarnn.hookspecs import hookimpl
@@ -506,11 +507,11 @@ def test_cli_help_everywhere(argv, capsys):
 
 def test_python_dash_m_numbarnn():
     run = subprocess.run([sys.executable, "-m", "numbarnn", "list", "cells"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, env=checkout.env())
     assert run.returncode == 0, run.stderr
     assert "lstm" in run.stdout
     run = subprocess.run([sys.executable, "-m", "numbarnn", "frobnicate"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, env=checkout.env())
     assert run.returncode == 2 and "invalid choice" in run.stderr
 
 

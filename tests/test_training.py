@@ -11,6 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
+import checkout
 import naive
 import numbarnn
 from numbarnn import data as D
@@ -113,7 +114,7 @@ def test_stacked_layers_gradients_match_finite_differences(dropout):
     grads = model.backward(d)
     assert {"dW_x_l1", "dW_h_l2", "dW_y"} <= set(grads)
     for key, value in model.params.items():
-        np.testing.assert_allclose(grads[key], naive.finite_difference_grad(loss, value), rtol=1e-6, atol=1e-8,
+        np.testing.assert_allclose(grads["d" + key], naive.finite_difference_grad(loss, value), rtol=1e-6, atol=1e-8,
                                    err_msg=key)
 
 
@@ -142,6 +143,55 @@ def test_fit_learns_validates_and_samples_names(capsys):
     names = trainer.sample_texts(4, seed=3)
     assert names == trainer.sample_texts(4, seed=3)  # reproducible, and
     assert all("\n" not in n for n in names)          # one name each, stopped at the newline
+
+
+def reference_per_token_loss(model, batches):
+    """Mean masked cross-entropy per token of ``(inputs, targets, mask, carry)`` batches, from
+    ``model.forward`` and a log-softmax written out here (float64), padding not counted."""
+    total, tokens = 0.0, 0.0
+    for inputs, targets, mask, _ in batches:
+        logits = model.forward(np.asarray(inputs).T)[0].astype(np.float64)  # (T, B, V), time-major
+        log_p = logits - logits.max(axis=-1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(axis=-1, keepdims=True))
+        for b, t in zip(*np.nonzero(mask)):
+            total -= mask[b, t] * log_p[t, b, targets[b, t]]
+        tokens += mask.sum()
+    return total / tokens
+
+
+def test_validation_loss_is_the_masked_cross_entropy_per_token():
+    trainer, batches = names_setup(n=60)
+    vocab, names = trainer.vocab, D.dinosaur_names()
+    val = [D.pad_names([vocab.encode(n) for n in names[60 + 7 * i:67 + 7 * i]], vocab.newline) + (False,)
+           for i in range(3)]
+    assert all((batch[2] == 0).any() for batch in val)  # every batch has padding
+    summary = trainer.fit(batches, steps=10, validation=val, eval_every=10, progress=False, sample_every=0)
+    expected = reference_per_token_loss(trainer.model, val)
+    assert summary["val_loss"] == pytest.approx(expected, rel=1e-12)
+    assert trainer.validation_loss(val) == pytest.approx(expected, rel=1e-12)
+    assert summary["val_perplexity"] == pytest.approx(math.exp(expected), rel=1e-12)
+    loss, tokens, _ = trainer.evaluate(*val[0][:3])
+    assert tokens == val[0][2].sum() < val[0][2].size
+
+
+def test_norm_clipping_in_a_step_scales_the_whole_gradient():
+    """SGD with lr=1: the step moves the weights by exactly minus the clipped gradient. With
+    clip_mode="norm" that is the raw gradient (from a twin trainer that does not clip)
+    times clip / (norm + 1e-6), every element, small ones included."""
+    inputs, targets, mask = D.pad_names([[1, 2, 3], [4, 5], [6]], 0)
+    changes = {}
+    for clip in (None, 0.3):
+        trainer = numbarnn.make_trainer("lstm", optimizer="sgd", lr=1.0, clip=clip, clip_mode="norm",
+                                        vocab_size=8, hidden_size=5, dtype="float64", seed=3)
+        before = trainer.model.flat_params.copy()
+        trainer.train_step(inputs, targets, mask)
+        changes[clip] = before - trainer.model.flat_params
+        norm = trainer.last_grad_norm
+    raw = changes[None]
+    assert norm == pytest.approx(np.linalg.norm(raw), rel=1e-12) and norm > 2 * 0.3
+    clipped = raw * (0.3 / (norm + 1e-6))
+    assert not np.allclose(np.clip(raw, -0.3, 0.3), clipped, rtol=0.1)  # clipping by value differs
+    np.testing.assert_allclose(changes[0.3], clipped, rtol=1e-12, atol=1e-17)
 
 
 def test_early_stopping_keeps_the_best_weights():
@@ -335,17 +385,26 @@ while True:
 
 
 def test_killing_the_writer_mid_save_leaves_a_readable_checkpoint(tmp_path):
+    """SIGKILL while a save is being written (its temporary file exists): the temporary file
+    is left behind, which proves the save was cut short, and the previous checkpoint loads."""
     path = tmp_path / "big.ckpt"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        deadline = time.time() + 60
-        while not path.exists() and time.time() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.3)  # several saves in, one surely under way
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    for attempt in range(5):  # a kill can land between two saves; then try again
+        proc = subprocess.Popen([sys.executable, "-c", KILL_WRITER, str(path)], stdout=subprocess.PIPE, text=True,
+                                env=checkout.env())
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            deadline = time.time() + 60
+            while not path.exists() and time.time() < deadline:  # one save completed
+                time.sleep(0.005)
+            while not list(tmp_path.glob(".big.ckpt.*.tmp")) and time.time() < deadline:  # the next under way
+                time.sleep(0.001)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        interrupted = list(tmp_path.glob(".big.ckpt.*.tmp"))
+        if interrupted:
+            break
+    assert interrupted, "no kill landed while a save was being written"
     trainer = load_checkpoint(path)
     assert trainer.model.hidden_size == 600
 
@@ -354,7 +413,18 @@ def test_killing_the_writer_mid_save_leaves_a_readable_checkpoint(tmp_path):
 
 def run_cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "numbarnn", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=checkout.env())
+
+
+def test_the_command_line_tests_run_this_checkout(tmp_path):
+    """run_cli starts Python in a scratch directory; it must still import this checkout's
+    numbarnn (and GRU plugin), not an installed copy."""
+    code = "import numbarnn.cli, numbarnn_gru; print(numbarnn.cli.__file__); print(numbarnn_gru.__file__)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, env=checkout.env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [str(checkout.ROOT / "numbarnn" / "cli.py"),
+                                          str(checkout.ROOT / "plugins" / "numbarnn-gru" / "numbarnn_gru" / "__init__.py")]
 
 
 def test_train_then_sample_through_the_command_line(tmp_path):
