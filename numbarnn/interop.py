@@ -43,10 +43,10 @@ def from_torch(module) -> RecurrentModel:
     built with ``bias=False`` gives zero biases. The weights are copies: ``W_x`` (G*H, X) from
     ``weight_ih_l0``, ``W_h`` (G*H, H) from ``weight_hh_l0``, ``b_x``/``b_h`` (G*H,).
 
-    >>> import torch  # doctest: +SKIP
-    >>> module = torch.nn.LSTM(10, 16, batch_first=True)  # doctest: +SKIP
-    >>> model = from_torch(module)  # doctest: +SKIP
-    >>> model.params["W_h"].shape, model.batch_first  # doctest: +SKIP
+    >>> import torch
+    >>> module = torch.nn.LSTM(10, 16, batch_first=True)
+    >>> model = from_torch(module)
+    >>> model.params["W_h"].shape, model.batch_first
     ((64, 16), True)
     """
     torch = _torch()
@@ -75,9 +75,9 @@ def to_torch(model: RecurrentModel):
 
     Raises ``ValueError`` for a cell without a ``torch_module``.
 
-    >>> import numbarnn, torch  # doctest: +SKIP
-    >>> model = numbarnn.RecurrentModel(numbarnn.get_cell("lstm"), 10, 16, dtype="float32", seed=0)  # doctest: +SKIP
-    >>> to_torch(model)  # doctest: +SKIP
+    >>> import numbarnn, torch
+    >>> model = numbarnn.RecurrentModel(numbarnn.get_cell("lstm"), 10, 16, dtype="float32", seed=0)
+    >>> to_torch(model)
     LSTM(10, 16)
     """
     torch = _torch()

@@ -129,14 +129,26 @@ def test_continuing_from_final_state_equals_one_long_run():
     np.testing.assert_allclose(final_split, final_whole, rtol=1e-14)
 
 
-def test_saturated_gates_stay_finite():
+def test_saturated_gates_give_the_reference_values():
+    """Weights and inputs scaled by 1e3: every gate is exactly 0 or 1 and the candidate
+    exactly +-1. Outputs and gradients are finite and equal the NumPy reference's: the
+    state passes through z = 1 untouched (its gradient too), no gradient reaches a weight."""
     model, x, h0, d_out, d_hT = make_case(3, 2, 2, 3, seed=9)
     for key in model.params:
         model.params[key] *= 1e3
-    outputs, _ = model.forward(x * 1e3, h0)
+    x = x * 1e3
+    outputs, h_T = model.forward(x, h0)
     grads = model.backward(d_out, d_hT)
-    assert np.isfinite(outputs).all()
-    assert all(np.isfinite(g).all() for g in grads.values() if g is not None)
+    with np.errstate(over="ignore"):  # the reference's exp(-a) overflows to inf: sigmoid 0, as it should
+        (ref_out, ref_hT), ref = naive_run(model, x, h0, d_out, d_hT)
+    assert (np.abs(outputs) == 1.0).any() and np.isin(h0, outputs[0]).any()  # saturated, and holding h0
+    np.testing.assert_allclose(outputs, ref_out, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(h_T, ref_hT, rtol=1e-12, atol=0)
+    assert np.abs(ref["dh0"]).max() > 0.1
+    np.testing.assert_allclose(grads["dstate"], ref["dh0"], rtol=1e-12, atol=1e-300)
+    for key in ("dx", "dW_x", "dW_h", "db_x", "db_h"):
+        assert np.isfinite(grads[key]).all(), key
+        np.testing.assert_allclose(grads[key], ref[key], rtol=1e-12, atol=1e-300, err_msg=key)
 
 
 # ---- central finite differences, float64 ----------------------------------------------------------
