@@ -98,6 +98,24 @@ def test_names_batches_cover_an_epoch_and_streams_carry():
     np.testing.assert_array_equal(x1[:, 0], y0[:, -1])  # the next chunk continues the stream
 
 
+def test_every_epoch_is_a_new_shuffle_and_streams_restart_each_epoch():
+    names = D.dinosaur_names()[:50]
+    vocab = D.Vocabulary.from_text("\n".join(names))
+    batches = D.NamesBatches(names, vocab, 8, seed=0)
+    epochs = []
+    for _ in range(3):
+        seen = []
+        for _ in range(batches.steps_per_epoch()):
+            seen += ["".join(vocab.chars[i] for i in row[1:] if i >= 0) for row in batches.next_batch()[0]]
+        assert sorted(seen) == sorted(names)
+        epochs.append(seen)
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]  # reshuffled at every epoch's start
+    stream = D.StreamBatches("abcdefghij" * 10, D.Vocabulary.from_text("abcdefghij"), 2, 5)
+    n = stream.steps_per_epoch()
+    carries = [stream.next_batch()[3] for _ in range(2 * n)]
+    assert carries == ([False] + [True] * (n - 1)) * 2  # no state carried from the text's end to its start
+
+
 # ---- stacked layers --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
@@ -172,6 +190,33 @@ def test_validation_loss_is_the_masked_cross_entropy_per_token():
     assert summary["val_perplexity"] == pytest.approx(math.exp(expected), rel=1e-12)
     loss, tokens, _ = trainer.evaluate(*val[0][:3])
     assert tokens == val[0][2].sum() < val[0][2].size
+
+
+def test_fit_carries_the_state_along_a_stream_and_resets_it_each_epoch():
+    """fit on a stream equals train_step called by hand: each chunk starts from the state the
+    previous chunk ended in, except the first chunk of every epoch, which starts from zeros."""
+    fitted, batches = stream_setup(chars=121)  # 3 streams of 40 characters: 4 chunks an epoch
+    by_hand, chunks = stream_setup(chars=121)
+    assert batches.steps_per_epoch() == 4
+    fitted.fit(batches, steps=7, progress=False, sample_every=0)
+    losses = []
+    for step in range(7):
+        start = (step % 4) * 10
+        state = by_hand.state if step % 4 else None
+        losses.append(by_hand.train_step(chunks.inputs[:, start:start + 10], chunks.targets[:, start:start + 10],
+                                         state=state))
+    assert [loss for _, loss in fitted.history] == losses
+    np.testing.assert_array_equal(fitted.model.flat_params, by_hand.model.flat_params)
+
+
+def test_stream_validation_carries_the_state_from_chunk_to_chunk():
+    """Validation chunks of one text (carry True after the first) score like the whole text at once."""
+    trainer, _ = stream_setup()
+    ids = np.array(trainer.vocab.encode(D.pydoc_text()[1000:1061]))  # inside the text the vocabulary is from
+    chunks = [(ids[None, i:i + 10], ids[None, i + 1:i + 11], None, i > 0) for i in range(0, 60, 10)]
+    whole, tokens, _ = trainer.evaluate(ids[None, :60], ids[None, 1:61])
+    assert tokens == 60
+    assert trainer.validation_loss(chunks) == pytest.approx(whole / 60, rel=1e-12)
 
 
 def test_norm_clipping_in_a_step_scales_the_whole_gradient():
