@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -95,6 +98,7 @@ def save_checkpoint(trainer, path, batches=None) -> Path:
     }
     arrays["meta"] = np.frombuffer(json.dumps(_jsonable(meta)).encode("utf-8"), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -107,6 +111,34 @@ def save_checkpoint(trainer, path, batches=None) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+_PROCESS_STARTED = time.time()  # (as good as) this process's start: see _remove_stale_temps
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete the temporary files that interrupted saves of ``path`` left next to it.
+
+    A save killed mid-write (``kill -9``, a power cut) leaves a full-size
+    ``.NAME.XXXXXXXX.tmp`` (``tempfile.mkstemp``'s eight random characters). Only names of
+    exactly that pattern are removed, only regular files of this user, and only those last
+    written before this process started, so a save under way in another process is never
+    touched.
+    """
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
+    try:
+        entries = [entry for entry in os.scandir(path.parent) if pattern.fullmatch(entry.name)]
+    except OSError:
+        return  # the save itself will report an unreadable folder
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for entry in entries:
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if (stat.S_ISREG(info.st_mode) and uid in (None, info.st_uid)
+                    and info.st_mtime < _PROCESS_STARTED):
+                os.unlink(entry.path)
+        except OSError:
+            pass  # removed meanwhile by someone else
 
 
 def read_checkpoint(path):

@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import stat
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
+from .data import printable
 from .registry import KINDS, PLURALS, RegistryError
 
 _KIND_ARGS = {**{p: p for p in PLURALS.values()}, **PLURALS}  # "cell" and "cells" -> "cells"
@@ -255,36 +260,232 @@ def run_demo(args) -> int:
 
 # ---- numbarnn train / numbarnn sample -------------------------------------------------------------
 
+_SHARED_DEFAULTS = dict(loss="softmax_cross_entropy", optimizer="adam", sampler="top_p", dropout=0.0, clip=5.0,
+                        clip_mode="value", dtype="float32", seed=0)
 TRAIN_DEFAULTS = {
     # Tuned on two cores for the shipped dinosaur names: plausible names in well under a minute.
     # Validation perplexity bottoms out near step 500 (about 11 epochs), so early stopping
     # with patience 3 keeps the best weights.
-    "names": dict(cell="lstm", hidden=128, layers=1, batch=32, lr=0.005, steps=1000, seq_length=None,
-                  eval_every=100, patience=3),
-    "stream": dict(cell="lstm", hidden=256, layers=1, batch=32, lr=0.003, steps=2000, seq_length=64,
-                   eval_every=250, patience=None),
+    "names": dict(_SHARED_DEFAULTS, cell="lstm", hidden=128, layers=1, batch=32, lr=0.005, steps=1000,
+                  seq_length=None, eval_every=100, patience=3),
+    "stream": dict(_SHARED_DEFAULTS, cell="lstm", hidden=256, layers=1, batch=32, lr=0.003, steps=2000,
+                   seq_length=64, eval_every=250, patience=None),
 }
+"""What ``numbarnn train`` uses for an option left out, per mode. Options that shape the
+model default to None in the parser, so ``--resume`` can tell the ones given from the
+ones left out."""
 
 
 def _usage_error(parser, message) -> int:
     parser.print_usage(sys.stderr)
-    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    # One line, whatever the message quotes (file names, vocabulary characters).
+    print(f"{parser.prog}: error: {printable(message, keep='')}", file=sys.stderr)
     return 2
+
+
+# Value checks, run before anything is loaded or allocated: (option, test, what it must be).
+_COUNT = (lambda v: v >= 1, "must be at least 1")
+_COUNT0 = (lambda v: v >= 0, "must be at least 0")
+_POSITIVE = (lambda v: math.isfinite(v) and v > 0, "must be a positive finite number")
+_NONNEGATIVE = (lambda v: math.isfinite(v) and v >= 0, "must be a finite number at least 0")
+_FRACTION = (lambda v: 0 <= v < 1, "must be a fraction in [0, 1)")  # NaN fails every comparison
+_TRAIN_CHECKS = {"hidden": _COUNT, "layers": _COUNT, "batch": _COUNT, "seq_length": _COUNT, "steps": _COUNT,
+                 "threads": _COUNT, "eval_every": _COUNT, "epochs": _POSITIVE, "lr": _POSITIVE, "clip": _NONNEGATIVE,
+                 "dropout": _FRACTION, "validation": _FRACTION, "seed": _COUNT0, "patience": _COUNT0,
+                 "sample_every": _COUNT0}
+_SAMPLE_CHECKS = {"n": _COUNT, "length": _COUNT, "top_k": _COUNT, "beam_width": _COUNT, "seed": _COUNT0,
+                  "temperature": _POSITIVE,
+                  "top_p": (lambda v: 0 < v <= 1, "must be a probability in (0, 1]")}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _value_problem(args, checks) -> Optional[str]:
+    """The first option of ``args`` given a value its check refuses, as a message; None if all pass.
+
+    >>> import argparse
+    >>> _value_problem(argparse.Namespace(lr=float("inf"), seed=None), {"lr": _POSITIVE, "seed": _COUNT0})
+    '--lr must be a positive finite number, got inf'
+    """
+    for name, (ok, must) in checks.items():
+        value = getattr(args, name)
+        if value is not None and not ok(value):
+            return f"{_flag(name)} {must}, got {value}"
+    return None
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes this process can still allocate: the system's available memory, or what is left
+    under a container's (cgroup v2) limit when that is less; None where neither is known."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):
+            pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def _memory_problem(what: str, needed: int) -> Optional[str]:
+    """A message when ``needed`` bytes cannot fit in the memory available, else None."""
+    from .data import format_bytes
+
+    available = _available_memory()
+    if available is None or needed <= available:
+        return None
+    return (f"{what} need about {format_bytes(needed)}, more than the {format_bytes(available)} of memory "
+            "available")
+
+
+def train_memory(cell, vocab_size: int, hidden: int, layers: int, batch: int, steps: int, itemsize: int) -> int:
+    """Estimated bytes to train: the weights six times over (weights, gradients, two optimizer
+    slots, ``fit``'s copies of the last good and the best weights) plus one step's buffers for
+    ``batch`` sequences of ``steps`` characters.
+
+    >>> from numbarnn.cells import LSTM
+    >>> train_memory(LSTM, vocab_size=27, hidden=128, layers=1, batch=32, steps=27, itemsize=4) < 2**24
+    True
+    >>> train_memory(LSTM, vocab_size=27, hidden=10**6, layers=1, batch=32, steps=27, itemsize=4) > 2**40
+    True
+    """
+    G, S, C, V, H, T, B = cell.gates, cell.states, cell.cache_width, vocab_size, hidden, steps, batch
+    weights = G * H * (V + H + 2) + (layers - 1) * G * H * (2 * H + 2) + V * H + V
+    step = layers * (T * B * H * (3 * G + C + 1) + S * (T + 1) * B * H) + 3 * T * B * V
+    return itemsize * (6 * weights + step)
+
+
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"%PDF", b"%!PS", b"<?xml")  # what matplotlib's savefig writes
+
+
+def _is_checkpoint(path) -> bool:
+    """Whether ``path`` looks like a numbarnn checkpoint: a zip holding ``meta.npy``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "meta.npy" in archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False
+
+
+def _is_picture(path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(8).startswith(_IMAGE_MAGIC)
+    except OSError:
+        return False
+
+
+def output_problem(flag: str, path, may_replace: Callable, inputs=()) -> Optional[str]:
+    """Why ``path`` must not be written for the option ``flag``, or None when it may.
+
+    Refused: a symbolic link, a directory, anything but a regular file (a device, a pipe),
+    the same file as one of ``inputs`` (``(option, path)`` pairs, compared with
+    ``os.path.samefile`` so links count), an existing non-empty file ``may_replace(path)``
+    does not recognise as this option's own kind of output, and a path whose folder
+    cannot be created or written. Checked before training, so nothing is lost.
+
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> output_problem("--out", folder, _is_checkpoint)
+    '--out ... is a directory; name a file (e.g. .../model.ckpt)'
+    >>> output_problem("--out", os.path.join(folder, "new", "model.ckpt"), _is_checkpoint) is None
+    True
+    >>> output_problem("--out", "/dev/null", _is_checkpoint)
+    '--out /dev/null is not a regular file (a device, pipe or socket); refusing to replace it'
+    """
+    shown = os.fspath(path)
+    try:
+        info = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        info = None  # the folder check below says what is wrong
+    except OSError as error:
+        return f"{flag} {shown} cannot be checked: {error.strerror}"
+    if info is not None:
+        if stat.S_ISLNK(info.st_mode):
+            return (f"{flag} {shown} is a symbolic link; name the file itself (numbarnn does not write "
+                    "through links)")
+        if stat.S_ISDIR(info.st_mode):
+            return f"{flag} {shown} is a directory; name a file (e.g. {os.path.join(shown, 'model.ckpt')})"
+        if not stat.S_ISREG(info.st_mode):
+            return f"{flag} {shown} is not a regular file (a device, pipe or socket); refusing to replace it"
+    target = os.path.realpath(path)
+    for label, other in inputs:
+        if other is None:
+            continue
+        try:
+            same = os.path.samefile(path, other) if info is not None else target == os.path.realpath(other)
+        except OSError:
+            same = target == os.path.realpath(other)
+        if same:
+            return f"{flag} {shown} is the same file as {label} {os.fspath(other)}; it would be overwritten"
+    if info is not None and info.st_size > 0 and not may_replace(path):
+        return f"{flag} {shown} exists and is not a file numbarnn wrote there before; refusing to overwrite it"
+    folder = Path(target).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the nearest existing folder: the rest is created when saving
+    if not folder.is_dir():
+        return f"{flag} {shown}: {folder} is not a directory"
+    try:  # the one sure test that the folder is writable (read-only mounts, /proc, ACLs)
+        with tempfile.TemporaryFile(dir=folder, prefix=".numbarnn-probe-"):
+            pass
+    except OSError as error:
+        return f"{flag} {shown}: cannot write in {folder} ({error.strerror})"
+    return None
+
+
+# Options that --resume takes from the checkpoint: option -> its value in the checkpoint's config.
+_RESUMED = {"cell": lambda c: c.get("cell"), "hidden": lambda c: c.get("hidden_size"),
+            "layers": lambda c: c.get("layers"), "dropout": lambda c: c.get("dropout"),
+            "dtype": lambda c: c.get("dtype"), "loss": lambda c: c.get("loss"),
+            "optimizer": lambda c: c.get("optimizer"), "sampler": lambda c: c.get("sampler"),
+            "lr": lambda c: (c.get("optimizer_options") or {}).get("lr"),
+            "clip": lambda c: c.get("clip") or 0.0,  # None (clipping off) is what --clip 0 gives
+            "clip_mode": lambda c: c.get("clip_mode"), "seed": lambda c: c.get("seed"),
+            "mode": lambda c: c.get("mode")}
+
+
+def resume_conflicts(args, config: dict) -> List[str]:
+    """The options given with ``--resume`` that differ from the checkpoint's ``config``,
+    as ``"--flag value"`` strings (the resumed run keeps the checkpoint's model).
+
+    >>> import argparse
+    >>> args = argparse.Namespace(**{**dict.fromkeys(_RESUMED), "cell": "gru", "hidden": 64, "layers": 1})
+    >>> resume_conflicts(args, {"cell": "lstm", "hidden_size": 128, "layers": 1})
+    ['--cell gru', '--hidden 64']
+    """
+    conflicts = []
+    for name, saved in _RESUMED.items():
+        given, value = getattr(args, name), saved(config)
+        if given is not None and given != value and not (name == "mode" and value is None):  # None: not recorded
+            conflicts.append(f"{_flag(name)} {given}")
+    return conflicts
 
 
 def add_train_command(subparsers) -> argparse.ArgumentParser:
     """Add ``numbarnn train``: train a character-level model and save a checkpoint.
 
     Options left out parse to None (or their default) and :func:`run_train` fills them
-    from :data:`TRAIN_DEFAULTS` for the mode; the subparser is stored in ``args.parser``
-    for usage errors:
+    from :data:`TRAIN_DEFAULTS` for the mode (or from the checkpoint with ``--resume``);
+    the subparser is stored in ``args.parser`` for usage errors:
 
     >>> import argparse
     >>> parser = argparse.ArgumentParser(prog="numbarnn")
     >>> _ = add_train_command(parser.add_subparsers(dest="command"))
     >>> args = parser.parse_args(["train", "--steps", "2", "--hidden", "4", "--clip-mode", "norm"])
     >>> args.file, args.steps, args.hidden, args.clip_mode, args.cell, args.loss
-    (None, 2, 4, 'norm', None, 'softmax_cross_entropy')
+    (None, 2, 4, 'norm', None, None)
     >>> args.func is run_train, args.parser.prog
     (True, 'numbarnn train')
     """
@@ -292,38 +493,42 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
         "train", help="train a character-level language model and save a checkpoint",
         description="Train a character-level language model. With no FILE it trains on the shipped "
                     "dinosaur names (names mode); FILE may be any UTF-8 text file, or 'pydoc' for the "
-                    "standard library's documentation text (stream mode).")
+                    "standard library's documentation text (stream mode). Every value is checked before "
+                    "training starts; with --resume the model options come from the checkpoint.")
     parser.add_argument("file", nargs="?", metavar="FILE", help="UTF-8 text file, 'dinosaurs' (default) or 'pydoc'")
     parser.add_argument("--mode", choices=("names", "stream"),
                         help="names: one sequence per line; stream: long text in --seq-length chunks "
                              "(default: names for short lines, else stream)")
     parser.add_argument("--cell", help="registered cell (default: lstm; see `numbarnn list cells`)")
-    parser.add_argument("--loss", default="softmax_cross_entropy", help="registered loss (default: %(default)s)")
-    parser.add_argument("--optimizer", default="adam", help="registered optimizer (default: %(default)s)")
-    parser.add_argument("--sampler", default="top_p",
-                        help="registered sampler stored with the model (default: %(default)s, p=0.9)")
-    parser.add_argument("--hidden", type=int, help="hidden units per layer")
+    parser.add_argument("--loss", help="registered loss over class indices (default: softmax_cross_entropy)")
+    parser.add_argument("--optimizer", help="registered optimizer (default: adam)")
+    parser.add_argument("--sampler", help="registered sampler stored with the model (default: top_p, p=0.9)")
+    parser.add_argument("--hidden", type=int, help="hidden units per layer (default: 128 names, 256 stream)")
     parser.add_argument("--layers", type=int, help="stacked recurrent layers (default: 1)")
-    parser.add_argument("--dropout", type=float, default=0.0, help="dropout between layers (default: 0)")
-    parser.add_argument("--batch", type=int, help="names (or parallel streams) per step")
-    parser.add_argument("--seq-length", type=int, help="characters per chunk in stream mode")
+    parser.add_argument("--dropout", type=float, help="dropout between layers, in [0, 1) (default: 0)")
+    parser.add_argument("--batch", type=int, help="names (or parallel streams) per step (default: 32)")
+    parser.add_argument("--seq-length", type=int, help="characters per chunk in stream mode (default: 64)")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="training steps")
+    length.add_argument("--steps", type=int, help="training steps (default: 1000 names, 2000 stream)")
     length.add_argument("--epochs", type=float, help="passes over the training data")
-    parser.add_argument("--lr", type=float, help="learning rate")
-    parser.add_argument("--clip", type=float, default=5.0, help="gradient clip (default: %(default)s; 0 turns it off)")
-    parser.add_argument("--clip-mode", choices=("value", "norm"), default="value",
-                        help="clip each value (the course's) or the global norm (default: %(default)s)")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, help="learning rate, above 0 (default: 0.005 names, 0.003 stream)")
+    parser.add_argument("--clip", type=float, help="gradient clip (default: 5.0; 0 turns it off)")
+    parser.add_argument("--clip-mode", choices=("value", "norm"),
+                        help="clip each value (the course's) or the global norm (default: value)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), help="(default: float32)")
+    parser.add_argument("--seed", type=int,
+                        help="seed of the weights, the validation split and the batch order (default: 0; with "
+                             "--resume the checkpoint's)")
     parser.add_argument("--validation", type=float, default=0.05,
-                        help="fraction held out for validation loss and perplexity (default: %(default)s)")
+                        help="fraction held out for validation loss and perplexity, in [0, 1) (default: %(default)s)")
     parser.add_argument("--eval-every", type=int, help="steps between validations (default: 100 names, 250 stream)")
     parser.add_argument("--patience", type=int,
                         help="stop after this many validations without improvement, keeping the best "
                              "weights (default: 3 in names mode, off in stream mode; 0 turns it off)")
     parser.add_argument("--sample-every", type=int, default=500, help="steps between printed samples (0: never)")
-    parser.add_argument("--out", metavar="CKPT", help="checkpoint to write (default: <data name>.ckpt)")
+    parser.add_argument("--out", metavar="CKPT",
+                        help="checkpoint to write (default: <data name>.ckpt); an existing file there is "
+                             "replaced only if it is a numbarnn checkpoint")
     parser.add_argument("--resume", metavar="CKPT", help="continue training from this checkpoint")
     parser.add_argument("--plot", metavar="PNG", help="write a loss-curve picture (needs matplotlib)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -337,8 +542,10 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
 def run_train(args) -> int:
     """``numbarnn train``: returns 0 (done or early stop), 1 (non-finite loss), 130 (interrupted) or 2 (usage).
 
-    ``args`` comes from the parser :func:`add_train_command` builds. Two steps of a
-    4-unit LSTM on the shipped names, the checkpoint written into a temporary folder:
+    ``args`` comes from the parser :func:`add_train_command` builds. Every value, the
+    output paths and the memory the model needs are checked before anything is trained.
+    Two steps of a 4-unit LSTM on the shipped names, the checkpoint written into a
+    temporary folder:
 
     >>> import contextlib, io, os, tempfile
     >>> out_path = os.path.join(tempfile.mkdtemp(), "dinosaurs.ckpt")
@@ -350,44 +557,69 @@ def run_train(args) -> int:
     (0, True, True)
     >>> out.getvalue().splitlines()[0]
     'training a 1-layer lstm (4 hidden, float32) on dinosaurs in names mode: 27 characters, ...'
+    >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+    ...     status = run_train(build_parser().parse_args(["train", "--lr", "0"]))
+    >>> status, err.getvalue().splitlines()[-1]
+    (2, 'numbarnn train: error: --lr must be a positive finite number, got 0.0')
     """
     from . import data as D
-    from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
     from .cuda import CudaUnavailableError, UnsupportedOnCuda
+    from .plugins import get_cell, get_loss, get_registry
     from .registry import UnknownNameError
     from .trainer import make_trainer
 
     parser = args.parser
-    for name in ("hidden", "layers", "batch", "seq_length", "steps", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            return _usage_error(parser, f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.epochs is not None and args.epochs <= 0:
-        return _usage_error(parser, f"--epochs must be positive, got {args.epochs}")
-    if args.threads:
-        from .runtime import set_threads
-
-        _limits = set_threads(args.threads)  # noqa: F841 (kept alive while training)
+    problem = _value_problem(args, _TRAIN_CHECKS)
+    if problem:
+        return _usage_error(parser, problem)
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             return _usage_error(parser, "--plot needs matplotlib: pip install 'numbarnn[plot]'")
+    source = None if args.file in (None, "dinosaurs", "pydoc") else args.file  # a user's file, to protect
+    data_name = "dinosaurs" if args.file in (None, "dinosaurs") else Path(args.file).stem
+    out = args.out or f"{data_name}.ckpt"
+    problem = (output_problem("--out", out, _is_checkpoint, [("FILE", source)])
+               or (args.plot and output_problem("--plot", args.plot, _is_picture,
+                                                [("FILE", source), ("--resume", args.resume), ("--out", out)])))
+    if problem:
+        return _usage_error(parser, problem)
+    saved = {}
+    if args.resume:
+        try:
+            saved = read_checkpoint(args.resume)[0].get("config")
+        except CheckpointError as error:
+            return _usage_error(parser, str(error))
+        saved = saved if isinstance(saved, dict) else {}
+        conflicts = resume_conflicts(args, saved)
+        if conflicts:
+            return _usage_error(parser, f"{', '.join(conflicts)} contradict{'s' if len(conflicts) == 1 else ''} "
+                                        f"the checkpoint {args.resume}, whose model is resumed as saved; leave "
+                                        f"{'it' if len(conflicts) == 1 else 'them'} out, or train a new model "
+                                        "without --resume")
     try:
-        text, mode = D.load_corpus(args.file, args.mode)
+        text, mode = D.load_corpus(args.file, args.mode or saved.get("mode"))
     except D.DataError as error:
         return _usage_error(parser, str(error))
     defaults = TRAIN_DEFAULTS[mode]
-    hidden = args.hidden or defaults["hidden"]
-    batch = args.batch or defaults["batch"]
-    seq_length = args.seq_length or defaults["seq_length"] or 64
-    data_name = "dinosaurs" if args.file in (None, "dinosaurs") else Path(args.file).stem
-    out = args.out or f"{data_name}.ckpt"
+    option = {name: defaults[name] if getattr(args, name, None) is None else getattr(args, name)
+              for name in defaults}
+    if isinstance(saved.get("seed"), int) and args.seed is None:
+        option["seed"] = saved["seed"]  # the same validation split and batch order as the saved run
+    seed, batch = option["seed"], option["batch"]
+    seq_length = option["seq_length"] or 64
+    if args.threads:
+        from .runtime import set_threads
+
+        _limits = set_threads(args.threads)  # noqa: F841 (kept alive while training)
     vocab = D.Vocabulary.from_text(text)
     if mode == "names":
         names = [line.strip() for line in text.splitlines() if line.strip()]
-        train_names, val_names = D.split_names(names, args.validation, args.seed)
-        batches = D.NamesBatches(train_names, vocab, batch, seed=args.seed)
+        train_names, val_names = D.split_names(names, args.validation, seed)
+        batches = D.NamesBatches(train_names, vocab, batch, seed=seed)
+        steps_long = max(len(n) for n in names) + 1
         validation = ([D.pad_names([vocab.encode(n) for n in val_names[i:i + 256]], vocab.newline) + (False,)
                        for i in range(0, len(val_names), 256)] if val_names else None)
         validation = list(validation) if validation else None
@@ -397,43 +629,64 @@ def run_train(args) -> int:
             batches = D.StreamBatches(train_text, vocab, batch, seq_length)
         except D.DataError as error:
             return _usage_error(parser, str(error))
+        steps_long = batches.seq_length
         validation = None
         if len(val_text) > 1:
             ids = np.array(vocab.encode(val_text), dtype=np.int64)
             validation = [(ids[None, i:i + seq_length], ids[None, i + 1:i + seq_length + 1], None, i > 0)
                           for i in range(0, len(ids) - 1 - seq_length, seq_length)][:200] or None
+    if not args.resume:  # a checkpoint's sizes are checked against its arrays when it is read
+        try:
+            cell_spec = get_cell(option["cell"])
+        except UnknownNameError as error:
+            return _usage_error(parser, str(error))
+        sizing = ("hidden", "layers", "batch") + (("seq_length",) if mode == "stream" else ())
+        needed = train_memory(cell_spec, len(vocab), option["hidden"], option["layers"],
+                              getattr(batches, "batch_size", batch), steps_long, np.dtype(option["dtype"]).itemsize)
+        problem = _memory_problem(" ".join(f"{_flag(n)} {option[n]}" for n in sizing), needed)
+        if problem:
+            return _usage_error(parser, problem + f"; lower {' or '.join(map(_flag, sizing))}")
     try:
         if args.resume:
             trainer = load_checkpoint(args.resume, batches)
             if trainer.vocab is None or trainer.vocab.chars != vocab.chars:
                 return _usage_error(parser, f"{args.resume} was trained on another vocabulary than {data_name}")
+            if args.device == "cuda":
+                from .cuda.trainer import cuda_trainer_from
+
+                trainer = cuda_trainer_from(trainer)
         else:
-            trainer = make_trainer(cell=args.cell or defaults["cell"], loss=args.loss, optimizer=args.optimizer,
-                                   sampler=args.sampler,
-                                   vocab=vocab, hidden_size=hidden, layers=args.layers or defaults["layers"],
-                                   dropout=args.dropout, lr=args.lr or defaults["lr"], clip=args.clip or None,
-                                   clip_mode=args.clip_mode, dtype=args.dtype, seed=args.seed, mode=mode,
-                                   device=args.device)
+            trainer = make_trainer(cell=cell_spec, loss=option["loss"], optimizer=option["optimizer"],
+                                   sampler=option["sampler"], vocab=vocab, hidden_size=option["hidden"],
+                                   layers=option["layers"], dropout=option["dropout"], lr=option["lr"],
+                                   clip=option["clip"] or None, clip_mode=option["clip_mode"],
+                                   dtype=option["dtype"], seed=seed, mode=mode, device=args.device)
     except (UnknownNameError, CheckpointError, ValueError, CudaUnavailableError, UnsupportedOnCuda) as error:
         return _usage_error(parser, str(error))
+    if trainer.loss.targets_kind != "indices":
+        usable = [n for n in get_registry().list("loss") if get_loss(n).targets_kind == "indices"]
+        return _usage_error(parser, f"--loss {trainer.config['loss']} compares {trainer.loss.targets_kind} targets, "
+                                    "but a character model predicts the next character's index; use a loss over "
+                                    f"class indices ({', '.join(usable) or 'none is registered'})")
     steps = args.steps if args.steps or args.epochs else defaults["steps"]
-    print(f"training a {trainer.config['layers']}-layer {trainer.config['cell']} ({trainer.config['hidden_size']} "
-          f"hidden, {trainer.config['dtype']}) on {data_name} in {mode} mode: {len(vocab)} characters, "
-          f"{batches.steps_per_epoch()} steps per epoch")
+    print(printable(f"training a {trainer.config['layers']}-layer {trainer.config['cell']} "
+                    f"({trainer.config['hidden_size']} hidden, {trainer.config['dtype']}) on {data_name} in {mode} "
+                    f"mode: {len(vocab)} characters, {batches.steps_per_epoch()} steps per epoch"))
     summary = trainer.fit(batches, steps=steps, epochs=args.epochs if not args.steps else None,
-                          validation=validation, eval_every=args.eval_every or defaults["eval_every"],
-                          sample_every=args.sample_every,
-                          patience=defaults["patience"] if args.patience is None else (args.patience or None), progress=not args.no_progress, checkpoint=out)
+                          validation=validation, eval_every=option["eval_every"], sample_every=args.sample_every,
+                          patience=option["patience"] or None, progress=not args.no_progress, checkpoint=out)
     save_checkpoint(trainer, out, batches)
-    print(("" if summary["stopped"] != "done" else summary["reason"] + "; ")
-          + f"training loss {summary['loss']:.3f} per {'name' if mode == 'names' else 'chunk'}"
-          + (f", validation perplexity {summary['val_perplexity']:.2f}" if summary["val_perplexity"] else ""))
-    print(f"checkpoint saved to {out}; samples:")
-    for text_out in trainer.sample_texts(8 if mode == "names" else 2, seed=args.seed):
-        print("  " + (text_out.capitalize() if mode == "names" else text_out))
+    # A run stopped before any step finished has no training loss to report.
+    loss = (f"training loss {summary['loss']:.3f} per {'name' if mode == 'names' else 'chunk'}"
+            if summary["loss"] is not None else "no training step finished")
+    print(printable(("" if summary["stopped"] != "done" else summary["reason"] + "; ") + loss
+                    + (f", validation perplexity {summary['val_perplexity']:.2f}" if summary["val_perplexity"] else "")))
+    print(printable(f"checkpoint saved to {out}; samples:"))
+    for text_out in trainer.sample_texts(8 if mode == "names" else 2, seed=seed):
+        print(printable("  " + (text_out.capitalize() if mode == "names" else text_out)))
     if args.plot:
         _plot_history(trainer.history, args.plot)
-        print(f"loss curve written to {args.plot}")
+        print(printable(f"loss curve written to {args.plot}"))
     return {"done": 0, "early-stop": 0, "non-finite": 1, "interrupted": 130}[summary["stopped"]]
 
 
@@ -454,6 +707,7 @@ def _plot_history(history, path):
     ax.set_ylabel("loss per sequence")
     ax.legend()
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # checked writable before training
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -470,17 +724,18 @@ def add_sample_command(subparsers) -> argparse.ArgumentParser:
     """
     parser = subparsers.add_parser("sample", help="generate text from a checkpoint",
                                    description="Generate names (names mode) or text (stream mode) from a "
-                                               "checkpoint written by `numbarnn train`.")
+                                               "checkpoint written by `numbarnn train`. Control characters "
+                                               "in the output are shown as escapes such as \\x1b.")
     parser.add_argument("checkpoint", metavar="CKPT")
     parser.add_argument("--n", type=int, default=10, help="how many samples (default: %(default)s)")
     parser.add_argument("--length", type=int, help="characters per sample (default: 50 for names, 300 for text)")
     parser.add_argument("--prime", default="", help="text to start from")
     parser.add_argument("--sampler", help="registered sampler (default: the checkpoint's)")
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--top-k", type=int)
-    parser.add_argument("--top-p", type=float)
-    parser.add_argument("--beam-width", type=int)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, help="above 0")
+    parser.add_argument("--top-k", type=int, help="at least 1")
+    parser.add_argument("--top-p", type=float, help="in (0, 1]")
+    parser.add_argument("--beam-width", type=int, help="at least 1")
+    parser.add_argument("--seed", type=int, default=0, help="at least 0 (default: %(default)s)")
     parser.set_defaults(func=run_sample, parser=parser)
     return parser
 
@@ -504,28 +759,36 @@ def run_sample(args) -> int:
     (0, 3, True)
     >>> with contextlib.redirect_stderr(io.StringIO()) as err:
     ...     status = run_sample(build_parser().parse_args(["sample", str(path), "--n", "0"]))
-    >>> status, "--n and --length must be at least 1" in err.getvalue()
-    (2, True)
+    >>> status, err.getvalue().splitlines()[-1]
+    (2, 'numbarnn sample: error: --n must be at least 1, got 0')
     """
     from .checkpoint import CheckpointError, load_checkpoint
     from .data import DataError
     from .registry import UnknownNameError
 
     parser = args.parser
-    if args.n < 1 or (args.length is not None and args.length < 1):
-        return _usage_error(parser, "--n and --length must be at least 1")
+    problem = _value_problem(args, _SAMPLE_CHECKS)
+    if problem:
+        return _usage_error(parser, problem)
     try:
         trainer = load_checkpoint(args.checkpoint)
         if trainer.vocab is None:
             return _usage_error(parser, f"{args.checkpoint} has no vocabulary to sample text with")
         names = trainer.config.get("mode") == "names"
-        texts = trainer.sample_texts(args.n, seed=args.seed, length=args.length or (50 if names else 300),
+        length = args.length or (50 if names else 300)
+        # Per character: a uniform draw, an index, a list entry and the text (its copy kept
+        # until printing), for every beam.
+        problem = _memory_problem(f"--length {length} --n {args.n}",
+                                  length * (28 * (args.beam_width or 1) + 4 * args.n))
+        if problem:
+            return _usage_error(parser, problem + "; lower --length")
+        texts = trainer.sample_texts(args.n, seed=args.seed, length=length,
                                      prime=args.prime, sampler=args.sampler, temperature=args.temperature,
                                      top_k=args.top_k, top_p=args.top_p, beam_width=args.beam_width)
     except (CheckpointError, DataError, UnknownNameError, ValueError) as error:
         return _usage_error(parser, str(error))
     for text in texts:
-        print(text.capitalize() if names else text)
+        print(printable(text.capitalize() if names else text))
     return 0
 
 
@@ -587,7 +850,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             status = int(args.func(args) or 0)
         except RegistryError as exc:
-            print(f"numbarnn: error: {exc}", file=sys.stderr)
+            print(printable(f"numbarnn: error: {exc}", keep=""), file=sys.stderr)
             status = 1
     for w in caught:
         if issubclass(w.category, PluginLoadWarning):

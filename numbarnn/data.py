@@ -11,6 +11,9 @@ so a checkpoint resumes exactly where training stopped.
 """
 from __future__ import annotations
 
+import os
+import stat
+import unicodedata
 from importlib import resources
 from pathlib import Path
 from typing import Iterable, Optional
@@ -38,21 +41,63 @@ class DataError(ValueError):
 
 # ---- loading -----------------------------------------------------------------------------------
 
-def read_text(path) -> str:
+MAX_TEXT_BYTES = 256 * 2**20
+"""The largest text file :func:`read_text` reads (256 MiB): training holds several copies of
+the text (characters, indices, batches), so a bigger file would exhaust memory first."""
+
+
+def format_bytes(n: float) -> str:
+    """A byte count for messages, in the largest binary unit that keeps it at least 1.
+
+    >>> format_bytes(512), format_bytes(3 * 2**30), format_bytes(1.5 * 2**40)
+    ('512 bytes', '3.0 GiB', '1.5 TiB')
+    """
+    for unit in ("PiB", "TiB", "GiB", "MiB", "KiB"):
+        scale = 2 ** (10 * ("KMGTP".index(unit[0]) + 1))
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def read_text(path, max_bytes: int = MAX_TEXT_BYTES) -> str:
     """A user's UTF-8 text file as one string (``\\r\\n`` becomes ``\\n``), with a clear
-    :class:`DataError` for a missing, empty, binary or non-UTF-8 file.
+    :class:`DataError` for a missing, empty, binary or non-UTF-8 file, for anything that is
+    not a regular file (a directory, ``/dev/zero``, a pipe) and for a file over ``max_bytes``.
 
     >>> read_text("no/such/file.txt")
     Traceback (most recent call last):
     ...
     numbarnn.data.DataError: no/such/file.txt: no such file
+    >>> read_text("/dev/zero")
+    Traceback (most recent call last):
+    ...
+    numbarnn.data.DataError: /dev/zero: not a regular file (a device, pipe or socket); give a text file
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.is_dir():
+    try:
+        info = path.stat()  # before opening: opening a pipe would wait for a writer
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
         raise DataError(f"{path}: is a directory, not a text file")
-    raw = path.read_bytes()
+    too_big = DataError(f"{path}: {format_bytes(max(info.st_size, max_bytes + 1))} is more than the "
+                        f"{format_bytes(max_bytes)} numbarnn reads as training text; train on a part of it "
+                        "(e.g. `head -c 100M`)")
+    try:
+        # O_NONBLOCK: should the path have become a pipe since the stat, the open does not wait.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise DataError(f"{path}: not a regular file (a device, pipe or socket); give a text file")
+            if info.st_size > max_bytes:
+                raise too_big
+            raw = f.read(max_bytes + 1)  # the cap holds even if the file grows meanwhile
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error.strerror})") from None
+    if len(raw) > max_bytes:
+        raise too_big
     if not raw.strip():
         raise DataError(f"{path}: the file is empty")
     if b"\x00" in raw:
@@ -63,6 +108,27 @@ def read_text(path) -> str:
         raise DataError(f"{path}: not UTF-8 text (invalid byte at offset {error.start}); convert it "
                         "with e.g. `iconv -t utf-8`") from None
     return text.replace("\r\n", "\n")
+
+
+# Characters shown as escapes when printed: they move the cursor, ring the bell, change the
+# terminal's state (ESC sequences) or reorder the text (bidirectional overrides), and lone
+# surrogates cannot be encoded at all.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: str, keep: str = "\n\t") -> str:
+    """``text`` safe to print on a terminal: control characters (except those in ``keep``),
+    lone surrogates and bidirectional overrides are shown as Python escapes.
+
+    >>> printable("ok\\x1b[2J\\x07 \\ud800\\n")
+    'ok\\\\x1b[2J\\\\x07 \\\\ud800\\n'
+    >>> print(printable("tab\\there\\nnew line", keep=""))
+    tab\\there\\nnew line
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c in keep or not (unicodedata.category(c) in ("Cc", "Cs") or c in _BIDI_CONTROLS)
+                   else repr(c)[1:-1] for c in text)
 
 
 def dinosaur_names() -> list:

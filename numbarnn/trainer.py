@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .cells import PARAM_NAMES
+from .data import printable
 from . import losses as _builtin_losses
 from .kernels import heads, loops
 from .kernels.batches import time_major_indices
@@ -287,7 +288,8 @@ class Trainer:
         self.history = []  # (step, training loss) of every step fit() ran
         # The common model (one layer of any cell, integer inputs, a head, the built-in
         # softmax cross-entropy) trains through one compiled call per step.
-        self._workspace = {}
+        self._workspace = {}  # (T, B) -> the compiled step's buffers: views of _workspace_buffer
+        self._workspace_buffer = None
         self._compiled_step = (type(model) is SequenceModel and len(model.layers) == 1 and model.index_input
                                and model.output_size is not None
                                and loss.forward_backward is _builtin_losses.softmax_cross_entropy)
@@ -391,20 +393,14 @@ class Trainer:
 
     def _language_model_step(self, x, y, weights, state):
         """The common model's forward, loss and backward in one compiled call (see
-        ``numbarnn.kernels.cell_loops.language_model_step``); buffers are reused between steps of one shape."""
+        ``numbarnn.kernels.cell_loops.language_model_step``); buffers are reused between steps (see
+        :meth:`_step_workspace`)."""
         model = self.model
         layer, cell, dtype = model.layers[0], model.cell, model.dtype
         T, B = x.shape
-        H, V, GH, S = model.hidden_size, model.output_size, cell.gates * model.hidden_size, cell.states
-        work = self._workspace.get((T, B))
-        if work is None:
-            empty = lambda *shape: np.empty(shape, dtype)  # noqa: E731
-            dxz = empty(T, B, GH)
-            work = self._workspace[(T, B)] = (
-                empty(T, B, GH), empty(S, T + 1, B, H), empty(T, B, cell.cache_width * H), empty(B, GH),
-                empty(T * B, V), empty(T * B, V), empty(T * B, V), empty(T, B, H), empty(S, B, H), empty(S, B, H),
-                dxz, dxz if cell.shared_gate_grad else empty(T, B, GH), empty(B, H))
-        xz, states = work[0], work[1]
+        S = cell.states
+        work = self._step_workspace(T, B)
+        states = work[1]
         initial = layer._unpack_state(state, B, "initial state") if state is not None else None
         for s in range(S):
             states[s, 0] = 0.0 if initial is None else initial[s]
@@ -414,6 +410,35 @@ class Trainer:
             p["b_y"], *work, g["W_x"], g["W_h"], g["b_x"], g["b_h"], g["W_y"], g["b_y"])
         final = layer._pack_state([states[s, T].copy() for s in range(S)])
         return float(loss), final, B
+
+    def _step_workspace(self, T, B):
+        """The buffers of one compiled step for a ``(T, B)`` batch.
+
+        They are views into one backing buffer that grows to the largest batch seen, so
+        memory stays bounded however many sequence lengths the data has; the views of the
+        last :data:`WORKSPACE_SHAPES` shapes are kept (most recently used last), as
+        rebuilding them costs a little every step."""
+        work = self._workspace.pop((T, B), None)
+        if work is None:
+            model, cell = self.model, self.model.cell
+            H, V, GH, S = model.hidden_size, model.output_size, cell.gates * model.hidden_size, cell.states
+            shapes = [(T, B, GH), (S, T + 1, B, H), (T, B, cell.cache_width * H), (B, GH), (T * B, V), (T * B, V),
+                      (T * B, V), (T, B, H), (S, B, H), (S, B, H), (T, B, GH),
+                      None if cell.shared_gate_grad else (T, B, GH), (B, H)]
+            sizes = [0 if shape is None else math.prod(shape) for shape in shapes]
+            starts = np.cumsum([0] + [-(-n // 16) * 16 for n in sizes])  # 64-byte aligned float32 views
+            if self._workspace_buffer is None or self._workspace_buffer.size < starts[-1]:
+                self._workspace.clear()  # the old buffer is freed once no view of it is left
+                self._workspace_buffer = np.empty(int(starts[-1]), model.dtype)
+            views = [None if shape is None else self._workspace_buffer[start:start + n].reshape(shape)
+                     for shape, start, n in zip(shapes, starts, sizes)]
+            if views[11] is None:
+                views[11] = views[10]  # dhz is dxz for cells whose gates take h @ W_h.T + b_h by addition
+            work = tuple(views)
+        self._workspace[(T, B)] = work
+        while len(self._workspace) > WORKSPACE_SHAPES:
+            del self._workspace[next(iter(self._workspace))]  # the least recently used
+        return work
 
     def evaluate(self, inputs, targets, mask=None, state=None):
         """``(summed loss, token count, final state)`` without updating anything."""
@@ -573,21 +598,6 @@ class Trainer:
         """True when no weight is NaN or infinite."""
         return bool(np.isfinite(self.model.flat_params).all())
 
-    def fit(self, batches, *, steps: Optional[int] = None, epochs: Optional[float] = None,
-            validation=None, eval_every: int = 200, sample_every: int = 500, samples: int = 5,
-            patience: Optional[int] = None, progress: bool = True, checkpoint: Optional[str] = None,
-            checkpoint_every: Optional[int] = None, print_fn=print) -> dict:
-        """Train on ``batches`` (:class:`numbarnn.data.NamesBatches` or ``StreamBatches``).
-
-        Runs ``steps`` more steps (or ``epochs`` more passes). Shows a progress bar (step,
-        smoothed loss, tokens/s), prints ``samples`` generated texts every ``sample_every``
-        steps, evaluates the ``validation`` batches every ``eval_every`` steps (loss per
-        token and perplexity) and stops early after ``patience`` evaluations without
-        improvement, keeping the best weights. A non-finite loss stops training and restores
-        the last good weights; Ctrl-C saves ``checkpoint`` (if given) before returning.
-        Returns a summary dict: ``stopped`` ("done", "early-stop", "non-finite",
-        "interrupted"), ``reason``, ``steps``, ``loss`` (smoothed), ``val_loss``, ``val_perplexity``.
-        """
     def save(self, path, batches=None):
         """Write this trainer (weights, optimizer state, random state, step and, with
         ``batches``, the data position) to the checkpoint ``path``; returns the path.
@@ -603,6 +613,21 @@ class Trainer:
 
         return save_checkpoint(self, path, batches)
 
+    def fit(self, batches, *, steps: Optional[int] = None, epochs: Optional[float] = None,
+            validation=None, eval_every: int = 200, sample_every: int = 500, samples: int = 5,
+            patience: Optional[int] = None, progress: bool = True, checkpoint: Optional[str] = None,
+            checkpoint_every: Optional[int] = None, print_fn=print) -> dict:
+        """Train on ``batches`` (:class:`numbarnn.data.NamesBatches` or ``StreamBatches``).
+
+        Runs ``steps`` more steps (or ``epochs`` more passes). Shows a progress bar (step,
+        smoothed loss, tokens/s), prints ``samples`` generated texts every ``sample_every``
+        steps, evaluates the ``validation`` batches every ``eval_every`` steps (loss per
+        token and perplexity) and stops early after ``patience`` evaluations without
+        improvement, keeping the best weights. A non-finite loss stops training and restores
+        the last good weights; Ctrl-C saves ``checkpoint`` (if given) before returning.
+        Returns a summary dict: ``stopped`` ("done", "early-stop", "non-finite",
+        "interrupted"), ``reason``, ``steps``, ``loss`` (smoothed), ``val_loss``, ``val_perplexity``.
+        """
         from .checkpoint import save_checkpoint
 
         if steps is None:
@@ -642,7 +667,7 @@ class Trainer:
                 if sample_every and self.step % sample_every == 0 and self.vocab is not None:
                     write(f"-- step {self.step}, loss {smooth:.3f}, samples:")
                     for text in self.sample_texts(samples, seed=self.step):
-                        write("   " + text.replace("\n", " / "))
+                        write("   " + printable(text.replace("\n", " / ")))  # no raw ESC, BEL, ...
                 if validation is not None and eval_every and self.step % eval_every == 0:
                     val = self.validation_loss(validation)
                     summary.update(val_loss=val, val_perplexity=math.exp(min(val, 700)))
@@ -701,6 +726,8 @@ class Trainer:
 
 
 START_INPUT = -1
+#: Batch shapes whose compiled-step buffers a trainer keeps (they share one backing buffer).
+WORKSPACE_SHAPES = 8
 # Built-in samplers the compiled generation loop implements (the sampler mode it takes).
 _FAST_SAMPLERS = {"CategoricalSampler": 0, "GreedySampler": 1, "TemperatureSampler": 2, "TopKSampler": 3,
                   "TopPSampler": 4}
