@@ -5,7 +5,7 @@
     numbarnn train [FILE] [--mode names|stream] [--cell ...] ...   train, save a checkpoint
     numbarnn sample CKPT [--n] [--length] [--prime] [--sampler] ...  generate from a checkpoint
     numbarnn plugins [--json]                      loaded plugins and what each registers
-    numbarnn list cells|losses|optimizers|samplers [PATTERN ...] [--json]
+    numbarnn list [cells|losses|optimizers|samplers [PATTERN ...]] [--json]
     numbarnn demo                                  the course's character model, step by step
 
 Each subcommand is added by one ``add_<name>_command(subparsers)`` function listed in
@@ -144,10 +144,10 @@ def _kind_arg(value: str) -> str:
 
 
 def add_list_command(subparsers) -> argparse.ArgumentParser:
-    """Add ``numbarnn list cells|losses|optimizers|samplers``.
+    """Add ``numbarnn list [cells|losses|optimizers|samplers [PATTERN ...]]``.
 
-    The kind may be singular or plural (``cell`` and ``cells`` both parse to ``"cells"``);
-    the glob patterns that follow are optional:
+    The kind may be singular or plural (``cell`` and ``cells`` both parse to ``"cells"``)
+    and may be left out (every kind is listed); the glob patterns that follow it are optional:
 
     >>> import argparse
     >>> parser = argparse.ArgumentParser(prog="numbarnn")
@@ -155,14 +155,16 @@ def add_list_command(subparsers) -> argparse.ArgumentParser:
     >>> args = parser.parse_args(["list", "cell", "l*", "r*"])
     >>> args.kind, args.patterns, args.json, args.func is run_list
     ('cells', ['l*', 'r*'], False, True)
+    >>> parser.parse_args(["list"]).kind is None
+    True
     """
     parser = subparsers.add_parser(
-        "list", help="list registered cells, losses, optimizers or samplers",
-        description="List the registered cells, losses, optimizers or samplers with their "
-                    "description and default options, optionally filtered by glob patterns "
-                    "(case-insensitive, e.g. 'l*' or '*_cross_*').")
-    parser.add_argument("kind", type=_kind_arg, choices=list(PLURALS.values()),
-                        help="what to list: %(choices)s")
+        "list", help="list registered cells, losses, optimizers and samplers",
+        description="List the registered cells, losses, optimizers or samplers (every kind when "
+                    "KIND is left out) with their description and default options, optionally "
+                    "filtered by glob patterns (case-insensitive, e.g. 'l*' or '*_cross_*').")
+    parser.add_argument("kind", type=_kind_arg, choices=list(PLURALS.values()), nargs="?", metavar="KIND",
+                        help="what to list: %(choices)s (default: all of them)")
     parser.add_argument("patterns", nargs="*", metavar="PATTERN",
                         help="fnmatch glob pattern(s) on the name; several give the union")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -171,10 +173,11 @@ def add_list_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_list(args) -> int:
-    """``numbarnn list KIND [PATTERN ...]``: names, defaults and descriptions.
+    """``numbarnn list [KIND [PATTERN ...]]``: names, defaults and descriptions.
 
-    ``args`` needs ``kind`` (a plural such as ``"losses"``), ``patterns`` (a list, maybe
-    empty) and ``json``. Returns 0, or 1 (with a message on stderr) when nothing matches:
+    ``args`` needs ``kind`` (a plural such as ``"losses"``, or None for every kind: a
+    heading and a table per kind, or one JSON object keyed by kind), ``patterns`` (a list,
+    maybe empty) and ``json``. Returns 0, or 1 (with a message on stderr) when nothing matches:
 
     >>> import argparse, contextlib, io, json
     >>> with contextlib.redirect_stdout(io.StringIO()) as out:
@@ -189,27 +192,37 @@ def run_list(args) -> int:
     ...     status = run_list(argparse.Namespace(kind="losses", patterns=["nope*"], json=False))
     >>> status, err.getvalue().startswith("numbarnn: no losses match 'nope*'")
     (1, True)
+    >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+    ...     status = run_list(argparse.Namespace(kind=None, patterns=[], json=True))
+    >>> status, list(json.loads(out.getvalue()))
+    (0, ['cells', 'losses', 'optimizers', 'samplers'])
     """
     from .plugins import get_registry
 
-    kind = {p: k for k, p in PLURALS.items()}[args.kind]
     registry = get_registry()
-    names = registry.list(kind, args.patterns or None)
-    entries = registry.entries(kind)
-    if not names:
-        available = ", ".join(registry.list(kind)) or "none"
-        what = f" match {' '.join(map(repr, args.patterns))}" if args.patterns else " are registered"
-        print(f"numbarnn: no {args.kind}{what} (available: {available})", file=sys.stderr)
-        return 1
+    plurals = [args.kind] if args.kind else list(PLURALS.values())
+    report, status = {}, 0
+    for plural in plurals:
+        kind = {p: k for k, p in PLURALS.items()}[plural]
+        names = registry.list(kind, args.patterns or None)
+        entries = registry.entries(kind)
+        if not names:
+            available = ", ".join(registry.list(kind)) or "none"
+            what = f" match {' '.join(map(repr, args.patterns))}" if args.patterns else " are registered"
+            print(f"numbarnn: no {plural}{what} (available: {available})", file=sys.stderr)
+            status = 1
+        report[plural] = [{"name": n, "description": entries[n].spec.description,
+                           "defaults": dict(entries[n].spec.defaults), "plugin": entries[n].plugin} for n in names]
     if args.json:
-        _print_json([{"name": n, "description": entries[n].spec.description,
-                      "defaults": dict(entries[n].spec.defaults), "plugin": entries[n].plugin}
-                     for n in names])
-        return 0
-    rows = [[n, format_defaults(entries[n].spec.defaults), entries[n].spec.description]
-            for n in names]
-    print(format_table(["NAME", "DEFAULTS", "DESCRIPTION"], rows))
-    return 0
+        _print_json(report if args.kind is None else report[args.kind])
+        return status
+    for number, (plural, listed) in enumerate(report.items()):
+        if args.kind is None:  # every kind: a heading over each table
+            print(("\n" if number else "") + f"{plural}:")
+        if listed:
+            print(format_table(["NAME", "DEFAULTS", "DESCRIPTION"],
+                               [[e["name"], format_defaults(e["defaults"]), e["description"]] for e in listed]))
+    return status
 
 
 # ---- the entry point ---------------------------------------------------------------------------
@@ -473,6 +486,15 @@ def resume_conflicts(args, config: dict) -> List[str]:
     return conflicts
 
 
+def _other_vocabulary(checkpoint, data_name, unrecorded: bool) -> str:
+    """The error for a resumed checkpoint whose vocabulary is not the data's."""
+    message = f"{checkpoint} was trained on another vocabulary than {data_name}"
+    if unrecorded:  # written before checkpoints recorded their data: the default was tried
+        message += (f"; {checkpoint} does not record what text it was trained on (an older checkpoint), so name it: "
+                    f"numbarnn train FILE --resume {checkpoint}")
+    return message
+
+
 def add_train_command(subparsers) -> argparse.ArgumentParser:
     """Add ``numbarnn train``: train a character-level model and save a checkpoint.
 
@@ -495,7 +517,9 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
                     "dinosaur names (names mode); FILE may be any UTF-8 text file, or 'pydoc' for the "
                     "standard library's documentation text (stream mode). Every value is checked before "
                     "training starts; with --resume the model options come from the checkpoint.")
-    parser.add_argument("file", nargs="?", metavar="FILE", help="UTF-8 text file, 'dinosaurs' (default) or 'pydoc'")
+    parser.add_argument("file", nargs="?", metavar="FILE",
+                        help="UTF-8 text file, 'dinosaurs' (default) or 'pydoc'; with --resume, the text the "
+                             "checkpoint records")
     parser.add_argument("--mode", choices=("names", "stream"),
                         help="names: one sequence per line; stream: long text in --seq-length chunks "
                              "(default: names for short lines, else stream)")
@@ -527,9 +551,10 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
                              "weights (default: 3 in names mode, off in stream mode; 0 turns it off)")
     parser.add_argument("--sample-every", type=int, default=500, help="steps between printed samples (0: never)")
     parser.add_argument("--out", metavar="CKPT",
-                        help="checkpoint to write (default: <data name>.ckpt); an existing file there is "
-                             "replaced only if it is a numbarnn checkpoint")
-    parser.add_argument("--resume", metavar="CKPT", help="continue training from this checkpoint")
+                        help="checkpoint to write (default: <data name>.ckpt, or the --resume checkpoint); an "
+                             "existing file there is replaced only if it is a numbarnn checkpoint")
+    parser.add_argument("--resume", metavar="CKPT",
+                        help="continue training from this checkpoint, on the text it records, and save back to it")
     parser.add_argument("--plot", metavar="PNG", help="write a loss-curve picture (needs matplotlib)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help='cpu (default), or cuda: an NVIDIA GPU (pip install "numbarnn[cuda]")')
@@ -567,7 +592,7 @@ def run_train(args) -> int:
     from .cuda import CudaUnavailableError, UnsupportedOnCuda
     from .plugins import get_cell, get_loss, get_registry
     from .registry import UnknownNameError
-    from .trainer import make_trainer
+    from .trainer import make_trainer, sample_lines
 
     parser = args.parser
     problem = _value_problem(args, _TRAIN_CHECKS)
@@ -578,21 +603,26 @@ def run_train(args) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             return _usage_error(parser, "--plot needs matplotlib: pip install 'numbarnn[plot]'")
-    source = None if args.file in (None, "dinosaurs", "pydoc") else args.file  # a user's file, to protect
-    data_name = "dinosaurs" if args.file in (None, "dinosaurs") else Path(args.file).stem
-    out = args.out or f"{data_name}.ckpt"
+    saved, saved_vocab = {}, None
+    if args.resume:
+        try:
+            meta = read_checkpoint(args.resume)[0]
+        except CheckpointError as error:
+            return _usage_error(parser, str(error))
+        saved = meta["config"]
+        saved_vocab = meta.get("vocab")
+    # The data: FILE, else what the resumed checkpoint records, else the shipped names.
+    recorded = saved.get("data_source") if isinstance(saved.get("data_source"), str) else None
+    file = args.file if args.file is not None else recorded
+    source = None if file in (None, "dinosaurs", "pydoc") else file  # a user's file, to protect
+    data_name = "dinosaurs" if file in (None, "dinosaurs") else Path(file).stem
+    out = args.out or args.resume or f"{data_name}.ckpt"  # a resumed run saves back to its checkpoint
     problem = (output_problem("--out", out, _is_checkpoint, [("FILE", source)])
                or (args.plot and output_problem("--plot", args.plot, _is_picture,
                                                 [("FILE", source), ("--resume", args.resume), ("--out", out)])))
     if problem:
         return _usage_error(parser, problem)
-    saved = {}
     if args.resume:
-        try:
-            saved = read_checkpoint(args.resume)[0].get("config")
-        except CheckpointError as error:
-            return _usage_error(parser, str(error))
-        saved = saved if isinstance(saved, dict) else {}
         conflicts = resume_conflicts(args, saved)
         if conflicts:
             return _usage_error(parser, f"{', '.join(conflicts)} contradict{'s' if len(conflicts) == 1 else ''} "
@@ -600,9 +630,10 @@ def run_train(args) -> int:
                                         f"{'it' if len(conflicts) == 1 else 'them'} out, or train a new model "
                                         "without --resume")
     try:
-        text, mode = D.load_corpus(args.file, args.mode or saved.get("mode"))
+        text, mode = D.load_corpus(file, args.mode or saved.get("mode"))
     except D.DataError as error:
-        return _usage_error(parser, str(error))
+        where = f" (the text {args.resume} records it was trained on; name another copy as FILE)" if recorded and args.file is None else ""
+        return _usage_error(parser, str(error) + where)
     defaults = TRAIN_DEFAULTS[mode]
     option = {name: defaults[name] if getattr(args, name, None) is None else getattr(args, name)
               for name in defaults}
@@ -615,6 +646,8 @@ def run_train(args) -> int:
 
         _limits = set_threads(args.threads)  # noqa: F841 (kept alive while training)
     vocab = D.Vocabulary.from_text(text)
+    if saved_vocab is not None and saved_vocab != "".join(vocab.chars):  # before the data position is loaded
+        return _usage_error(parser, _other_vocabulary(args.resume, data_name, args.file is None and recorded is None))
     if mode == "names":
         names = [line.strip() for line in text.splitlines() if line.strip()]
         train_names, val_names = D.split_names(names, args.validation, seed)
@@ -650,7 +683,7 @@ def run_train(args) -> int:
         if args.resume:
             trainer = load_checkpoint(args.resume, batches)
             if trainer.vocab is None or trainer.vocab.chars != vocab.chars:
-                return _usage_error(parser, f"{args.resume} was trained on another vocabulary than {data_name}")
+                return _usage_error(parser, _other_vocabulary(args.resume, data_name, args.file is None and recorded is None))
             if args.device == "cuda":
                 from .cuda.trainer import cuda_trainer_from
 
@@ -663,6 +696,9 @@ def run_train(args) -> int:
                                    dtype=option["dtype"], seed=seed, mode=mode, device=args.device)
     except (UnknownNameError, CheckpointError, ValueError, CudaUnavailableError, UnsupportedOnCuda) as error:
         return _usage_error(parser, str(error))
+    # What it trains on, so that --resume without FILE continues on the same text.
+    trainer.config["data_source"] = ("dinosaurs" if file in (None, "dinosaurs") else "pydoc" if file == "pydoc"
+                                     else os.path.abspath(file))
     if trainer.loss.targets_kind != "indices":
         usable = [n for n in get_registry().list("loss") if get_loss(n).targets_kind == "indices"]
         return _usage_error(parser, f"--loss {trainer.config['loss']} compares {trainer.loss.targets_kind} targets, "
@@ -675,15 +711,20 @@ def run_train(args) -> int:
     summary = trainer.fit(batches, steps=steps, epochs=args.epochs if not args.steps else None,
                           validation=validation, eval_every=option["eval_every"], sample_every=args.sample_every,
                           patience=option["patience"] or None, progress=not args.no_progress, checkpoint=out)
-    save_checkpoint(trainer, out, batches)
+    interrupted = summary["stopped"] == "interrupted"
+    if not interrupted:  # fit saved (and said so) when Ctrl-C stopped it
+        save_checkpoint(trainer, out, batches)
     # A run stopped before any step finished has no training loss to report.
     loss = (f"training loss {summary['loss']:.3f} per {'name' if mode == 'names' else 'chunk'}"
             if summary["loss"] is not None else "no training step finished")
     print(printable(("" if summary["stopped"] != "done" else summary["reason"] + "; ") + loss
                     + (f", validation perplexity {summary['val_perplexity']:.2f}" if summary["val_perplexity"] else "")))
-    print(printable(f"checkpoint saved to {out}; samples:"))
-    for text_out in trainer.sample_texts(8 if mode == "names" else 2, seed=seed):
-        print(printable("  " + (text_out.capitalize() if mode == "names" else text_out)))
+    print(printable("samples:" if interrupted else f"checkpoint saved to {out}; samples:"))
+    texts = trainer.sample_texts(8 if mode == "names" else 2, seed=seed)
+    if mode == "names":
+        texts = [shown_name(t, trainer.vocab) for t in texts]
+    for line in sample_lines(texts, names=mode == "names", indent="  "):
+        print(line)
     if args.plot:
         _plot_history(trainer.history, args.plot)
         print(printable(f"loss curve written to {args.plot}"))
@@ -724,12 +765,19 @@ def add_sample_command(subparsers) -> argparse.ArgumentParser:
     """
     parser = subparsers.add_parser("sample", help="generate text from a checkpoint",
                                    description="Generate names (names mode) or text (stream mode) from a "
-                                               "checkpoint written by `numbarnn train`. Control characters "
-                                               "in the output are shown as escapes such as \\x1b.")
+                                               "checkpoint written by `numbarnn train`, printed as generated; "
+                                               "only when the training text has no upper-case letters (such as "
+                                               "the shipped names) are names shown with a capital first letter. "
+                                               "Control characters in the output are shown as escapes such as "
+                                               "\\x1b.")
     parser.add_argument("checkpoint", metavar="CKPT")
-    parser.add_argument("--n", type=int, default=10, help="how many samples (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=10,
+                        help="how many samples (default: %(default)s); with beam search the N best distinct "
+                             "ones, at most --beam-width")
     parser.add_argument("--length", type=int, help="characters per sample (default: 50 for names, 300 for text)")
-    parser.add_argument("--prime", default="", help="text to start from")
+    parser.add_argument("--prime", default="",
+                        help="text to start from; lower-cased when the vocabulary has no upper-case letters "
+                             "(--prime TYR on the shipped names)")
     parser.add_argument("--sampler", help="registered sampler (default: the checkpoint's)")
     parser.add_argument("--temperature", type=float, help="above 0")
     parser.add_argument("--top-k", type=int, help="at least 1")
@@ -782,14 +830,71 @@ def run_sample(args) -> int:
                                   length * (28 * (args.beam_width or 1) + 4 * args.n))
         if problem:
             return _usage_error(parser, problem + "; lower --length")
-        texts = trainer.sample_texts(args.n, seed=args.seed, length=length,
-                                     prime=args.prime, sampler=args.sampler, temperature=args.temperature,
-                                     top_k=args.top_k, top_p=args.top_p, beam_width=args.beam_width)
+        prime = fold_prime(args.prime, trainer.vocab)
+        folded = " (lower-cased: the vocabulary has no upper-case letters)" if prime != args.prime else ""
+        trainer.vocab.encode(prime, what="the prime" + folded)
+        width = _beam_width(trainer, args)
+        if width is not None and args.n > width:
+            return _usage_error(parser, f"--n {args.n} is more than the beam width {width}: beam search returns at "
+                                        "most that many distinct sequences; raise --beam-width or lower --n")
+        if width is not None:  # the n best distinct sequences, best first
+            best = trainer.generate(prime, length, sampler=args.sampler, temperature=args.temperature, top_k=args.top_k,
+                                    top_p=args.top_p, beam_width=args.beam_width, n_best=args.n)
+            texts = [prime + (text.rstrip("\n") if names else text) for text in best]
+        else:
+            texts = trainer.sample_texts(args.n, seed=args.seed, length=length, prime=prime, sampler=args.sampler,
+                                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     except (CheckpointError, DataError, UnknownNameError, ValueError) as error:
         return _usage_error(parser, str(error))
-    for text in texts:
-        print(printable(text.capitalize() if names else text))
+    for number, text in enumerate(texts, 1):
+        if names:
+            print(printable(shown_name(text, trainer.vocab)))
+        else:  # text, as generated but for trailing spaces; several samples each under a header
+            if len(texts) > 1:
+                print(f"-- sample {number} of {len(texts)} --")
+            print(printable(text.rstrip()))
     return 0
+
+
+def _beam_width(trainer, args) -> Optional[int]:
+    """The beam width ``numbarnn sample`` searches with, or None when it samples."""
+    from .plugins import get_sampler
+
+    if args.beam_width is not None:
+        return args.beam_width
+    if args.sampler is not None:
+        spec = get_sampler(args.sampler)
+        return spec.factory().beam_width if spec.is_beam else None
+    if args.temperature is not None or args.top_k is not None or args.top_p is not None:
+        return None  # one of those samplers replaces the checkpoint's
+    return trainer.sampler.beam_width if getattr(trainer.sampler, "is_beam", False) else None
+
+
+def _has_upper_case(vocab) -> bool:
+    return any(char.isupper() for char in vocab.chars)
+
+
+def shown_name(text: str, vocab) -> str:
+    """A generated name as the command line shows it: as generated, but with a capital first
+    letter when the training text has no upper-case letters at all (lower-case data such as
+    the shipped dinosaur names, shown as names are written). Only the first letter changes.
+
+    >>> from numbarnn.data import Vocabulary
+    >>> shown_name("łódź köln", Vocabulary("łódź kn")), shown_name("mcLeod", Vocabulary("mcLeod"))
+    ('Łódź köln', 'mcLeod')
+    """
+    return text[:1].upper() + text[1:] if not _has_upper_case(vocab) else text
+
+
+def fold_prime(prime: str, vocab) -> str:
+    """``prime`` lower-cased when ``vocab`` has no upper-case letters (the command line shows
+    such names capitalised, so ``--prime TYR`` means ``tyr``); else as given.
+
+    >>> from numbarnn.data import Vocabulary
+    >>> fold_prime("TYR", Vocabulary("rty")), fold_prime("McL", Vocabulary("McLe"))
+    ('tyr', 'McL')
+    """
+    return prime.lower() if not _has_upper_case(vocab) else prime
 
 
 COMMANDS: List[Callable] = [add_train_command, add_sample_command, add_plugins_command, add_list_command,

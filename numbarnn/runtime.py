@@ -51,3 +51,71 @@ def warmup(cells: Iterable[str] = ("rnn", "lstm"), dtypes: Iterable[str] = ("flo
             if verbose:
                 print(f"warmup {cell} {dtype}: {time.perf_counter() - t0:.2f} s")
     return time.perf_counter() - start
+
+
+def kernels_to_compile(trainer, phase: str) -> Optional[str]:
+    """Whether ``phase`` of ``trainer.fit`` compiles the cell's time loops before it runs:
+    ``None`` when they are compiled already (in this process, or in the disk cache for this
+    machine and dtype), ``"cached"`` when they compile now and are cached on disk for later
+    runs, ``"uncached"`` when they compile in every process (kernels that are not importable,
+    see :func:`numbarnn.kernels.loops.loops_for`). ``phase`` is ``"step"``, ``"validation"``
+    or ``"samples"``. Only CPU models of index inputs are looked at; for others it is None.
+
+    ``fit`` uses it to say "compiling kernels" before a wait of seconds, not after it.
+
+    >>> import numpy as np, numbarnn
+    >>> trainer = numbarnn.make_trainer("rnn", vocab_size=3, hidden_size=2, seed=0)
+    >>> _ = trainer.train_step(np.array([[0, 1]]), np.array([[1, 2]]))
+    >>> kernels_to_compile(trainer, "step") is None   # compiled by the step above
+    True
+    """
+    from .kernels import loops
+    from .trainer import _FAST_SAMPLERS, SequenceModel
+
+    if phase not in ("step", "validation", "samples"):
+        raise ValueError(f"phase must be 'step', 'validation' or 'samples', got {phase!r}")
+    model = trainer.model
+    if type(model) is not SequenceModel or not model.index_input:
+        return None
+    deeper = ["forward_dense"] if len(model.layers) > 1 else []  # the layers above the first
+    if phase == "step":
+        names = (["language_model_step"] if trainer._compiled_step
+                 else ["forward_indices", "backward_indices"] + (deeper and ["forward_dense", "backward_dense"]))
+    elif phase == "validation":
+        names = ["forward_indices"] + deeper
+    else:  # what Trainer.generate_indices runs for the trainer's own sampler
+        sampler = type(trainer.sampler)
+        fast = (sampler.__module__ == "numbarnn.samplers" and sampler.__name__ in _FAST_SAMPLERS
+                and not deeper and model.output_size)
+        names = ["generate"] if fast else ["forward_indices"] + deeper
+    module = loops.loops_for(model.cell)
+    found = [_compile_state(getattr(module, name), model.dtype) for name in names]
+    return "uncached" if "uncached" in found else "cached" if "cached" in found else None
+
+
+def _compile_state(dispatcher, dtype) -> Optional[str]:
+    """None when ``dispatcher`` has a ``dtype`` specialisation loaded or in its disk cache,
+    else "cached" or "uncached" (no disk cache). Numba's cache index is internal API: anything
+    unexpected reads as None (no claim made)."""
+    def fits(signature):  # the first 2-D array is a weight matrix in every loop's signature
+        matrices = [t for t in signature if getattr(t, "ndim", 0) == 2]
+        return bool(matrices) and str(matrices[0].dtype) == dtype.name
+
+    try:
+        if any(fits(signature) for signature in dispatcher.signatures):
+            return None
+        cache_file = getattr(dispatcher._cache, "_cache_file", None)
+        if cache_file is None:
+            return "uncached"
+        magic = dispatcher.targetctx.codegen().magic_tuple()
+        load_index = cache_file._load_index
+    except Exception:
+        return None
+    try:
+        index = load_index()
+    except Exception:  # unreadable: numbarnn.trust drops it and compiles afresh
+        return "cached"
+    try:  # index keys are (signature, the machine's codegen tuple, source hashes)
+        return None if any(key[1] == magic and fits(key[0]) for key in index) else "cached"
+    except Exception:
+        return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import sys
 import time
 from typing import Optional, Sequence
 
@@ -636,10 +637,15 @@ class Trainer:
         bar = _progress_bar(steps, progress)
         smooth = self.config.get("smoothed_loss")
         best, since_best, best_params = math.inf, 0, None
-        tokens, started = 0, time.perf_counter()
+        # tokens/s over the steps on the clock: all but the first, without the phases that compiled
+        rate_tokens, started, off_clock = 0, time.perf_counter(), 0.0
         write = bar.write if bar is not None else print_fn
+        note = _note_writer(bar)
+        phases = set()  # the phases (step, validation, samples) run once already
         try:
             for _ in range(steps):
+                # The first step loads (or compiles) the kernels: its time is not a step's.
+                clock = _first_time(self, "step", phases, bar, note)
                 inputs, targets, mask, carry = batches.next_batch()
                 state = self.state if carry else None
                 snapshot, good_step = self.snapshot_params(), self.step
@@ -657,19 +663,29 @@ class Trainer:
                     write(summary["reason"])
                     break
                 self.history.append((self.step, loss))
-                tokens += batches.tokens(mask)
                 smooth = loss if smooth is None else 0.98 * smooth + 0.02 * loss
                 self.config["smoothed_loss"] = smooth
                 if bar is not None:
-                    rate = tokens / max(time.perf_counter() - started, 1e-9)
-                    bar.set_postfix_str(f"loss {smooth:.3f}, {rate:,.0f} tok/s", refresh=False)
+                    if clock is None:
+                        rate_tokens += batches.tokens(mask)
+                    off_clock += _off_the_clock(bar, clock)
+                    postfix = f"loss {smooth:.3f}"
+                    if rate_tokens:
+                        rate = rate_tokens / max(time.perf_counter() - started - off_clock, 1e-9)
+                        postfix += f", {rate:,.0f} tok/s"
+                    bar.set_postfix_str(postfix, refresh=False)
                     bar.update(1)
                 if sample_every and self.step % sample_every == 0 and self.vocab is not None:
+                    clock = _first_time(self, "samples", phases, bar, note)
+                    texts = self.sample_texts(samples, seed=self.step)
+                    off_clock += _off_the_clock(bar, clock)
                     write(f"-- step {self.step}, loss {smooth:.3f}, samples:")
-                    for text in self.sample_texts(samples, seed=self.step):
-                        write("   " + printable(text.replace("\n", " / ")))  # no raw ESC, BEL, ...
+                    for line in sample_lines(texts, names=self.config.get("mode") == "names", indent="   "):
+                        write(line)
                 if validation is not None and eval_every and self.step % eval_every == 0:
+                    clock = _first_time(self, "validation", phases, bar, note)
                     val = self.validation_loss(validation)
+                    off_clock += _off_the_clock(bar, clock)
                     summary.update(val_loss=val, val_perplexity=math.exp(min(val, 700)))
                     write(f"-- step {self.step}: validation loss {val:.4f} per token, perplexity "
                           f"{summary['val_perplexity']:.2f}")
@@ -734,11 +750,73 @@ _FAST_SAMPLERS = {"CategoricalSampler": 0, "GreedySampler": 1, "TemperatureSampl
 
 
 def _progress_bar(total, enabled):
+    """fit's tqdm bar on stderr (None when disabled). Phases that compile kernels are kept off
+    its clock (:func:`_first_time`, :func:`_off_the_clock`), so its rate and ETA are training's."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="step", dynamic_ncols=True, mininterval=0.5)
+
+
+def sample_lines(texts, *, names: bool, indent: str = "   ") -> list:
+    """Samples as printed while training, one line each, escaped (no raw ESC, BEL, ...):
+    names as they are; text with its newlines shown as `` / ``, trailing spaces dropped and
+    each sample numbered, so one long sample is not mistaken for two.
+
+    >>> sample_lines(["ab", "ba"], names=True)
+    ['   ab', '   ba']
+    >>> sample_lines(["one  \\ntwo   ", "three\\n\\n"], names=False, indent="  ")
+    ['  [1] one / two', '  [2] three']
+    """
+    if names:
+        return [indent + printable(text.rstrip().replace("\n", " / ")) for text in texts]
+    return [f"{indent}[{k}] " + printable(" / ".join(line.rstrip() for line in text.rstrip().split("\n")))
+            for k, text in enumerate(texts, 1)]
+
+
+_COMPILING = {"step": "compiling kernels", "validation": "compiling the validation kernels",
+              "samples": "compiling the sampling kernels"}
+
+
+def _note_writer(bar):
+    """Where fit's notes about itself go: stderr, with the progress bar (not among the results)."""
+    if bar is not None:
+        return lambda text: bar.write(text, file=sys.stderr)
+    return lambda text: print(text, file=sys.stderr, flush=True)
+
+
+def _first_time(trainer, phase, seen: set, bar, note):
+    """Before ``phase`` of fit ("step", "validation" or "samples") runs for the first time, say
+    so when its kernels must compile first (seconds of silence otherwise). Returns the time
+    (``time.perf_counter()``) when the phase is to be kept off the bar's clock (see
+    :func:`_off_the_clock`): the first step always (it loads the kernels), a phase that
+    compiles; else None."""
+    if phase in seen:
+        return None
+    seen.add(phase)
+    from .runtime import kernels_to_compile
+
+    pending = kernels_to_compile(trainer, phase)
+    if pending == "cached":
+        note(f"{_COMPILING[phase]} (first run only, cached afterwards)")
+    elif pending == "uncached":
+        note(f"{_COMPILING[phase]} (in every process: this cell's kernels are not importable, so not cached)")
+    if bar is None or not (pending or phase == "step"):
+        return None
+    return time.perf_counter()
+
+
+def _off_the_clock(bar, mark) -> float:
+    """Keep the seconds since ``mark`` (a ``time.perf_counter()``) out of ``bar``'s elapsed
+    time, rate and ETA, as tqdm's ``unpause`` does for a pause; returns them (0.0 when
+    ``mark`` is None: nothing to do)."""
+    if bar is None or mark is None:
+        return 0.0
+    spent = time.perf_counter() - mark
+    bar.start_t += spent
+    bar.last_print_t += spent
+    return spent
 
 
 def make_trainer(cell="lstm", loss="softmax_cross_entropy", optimizer="adam", sampler="categorical", *,

@@ -490,7 +490,8 @@ def test_cli_strict_failure_exits_1(fixture_entry_points, monkeypatch, capsys):
     assert "numbarnn: error: numbarnn plugin 'test-broken'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["bogus"], [], ["list"], ["list", "bogus"], ["plugins", "x"],
+# `numbarnn list` alone lists every kind (issue 12, item 6; tests/test_cli_newuser.py), so it is no usage error.
+@pytest.mark.parametrize("argv", [["bogus"], [], ["list", "bogus"], ["plugins", "x"],
                                   ["list", "cells", "--nope"]])
 def test_cli_usage_errors_exit_2(argv, capsys):
     assert cli.main(argv) == 2
