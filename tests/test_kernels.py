@@ -6,7 +6,7 @@ from numba import njit
 
 import naive
 from numbarnn.cells import LSTM, RNN
-from numbarnn.kernels import cells as kcells, loops
+from numbarnn.kernels import loops
 from numbarnn.models import RecurrentModel
 
 NAIVE = {
@@ -151,14 +151,15 @@ def test_zero_initial_state_by_default():
     np.testing.assert_array_equal(a, b)
 
 
-@njit
-def user_code_running_the_lstm(xz, W_h, b_h, states, cache, hz):
-    # numba-stats style: the kernels are usable from a user's own @njit code.
-    loops.sequence_forward(kcells.lstm_forward, xz, W_h, b_h, states, cache, hz)
-    return states[0, -1].sum()
-
-
 def test_kernels_callable_from_user_njit_code():
+    sequence_forward = loops.loops_for(LSTM).sequence_forward
+
+    @njit
+    def user_code_running_the_lstm(xz, W_h, b_h, states, cache, hz):
+        # numba-stats style: the kernels are usable from a user's own @njit code.
+        sequence_forward(xz, W_h, b_h, states, cache, hz)
+        return states[0, -1].sum()
+
     model, x, state, _, _ = make_case("lstm", 4, 2, 3, 5, seed=4)
     outputs, (h, c) = model.forward(x, packed(state))
     p = model.params

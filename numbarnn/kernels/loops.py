@@ -3,6 +3,9 @@
 Only the recurrence is sequential. The input projection of all steps is one
 matrix product (or a row gather for integer inputs) before the loop, and the
 weight gradients are two whole-sequence products after BPTT, as in cuDNN/oneDNN.
+The recurrence itself runs in each cell's own compiled copy of the loops,
+``loops_for(cell).sequence_forward`` and ``.sequence_backward`` (the template is
+:mod:`numbarnn.kernels.cell_loops`), which may also be called from your own ``@njit`` code.
 """
 import contextlib
 import hashlib
@@ -85,93 +88,6 @@ def _gather_row(i, W_rows, b_x, out):
     else:
         for k in range(out.shape[0]):
             out[k] = W_rows[i, k] + b_x[k]
-
-
-# ---- the recurrence ------------------------------------------------------------------------
-
-# These two take a cell's kernels as arguments, for use from anyone's @njit code. They are
-# not cached on disk: Numba keys such an entry on the kernel object of one process, so it
-# never hits in the next, and a cached caller cannot take a kernel as a value either (a
-# "dynamic global"). numbarnn itself runs the per-cell copies of ``loops_for(cell)``, which
-# are cached: see cell_loops.py.
-@njit
-def sequence_forward(cell_forward, xz, W_h, b_h, states, cache, hz):
-    """Run ``cell_forward`` over T steps.
-
-    xz (T, B, G*H); states (S, T+1, B, H) with ``states[:, 0]`` set to the initial
-    state; cache (T, B, C*H); hz (B, G*H) scratch for the recurrent projection.
-    W_h ``(G*H, H)``, b_h ``(G*H,)``.
-
-    >>> import numpy as np
-    >>> from numbarnn.kernels.cells import rnn_forward
-    >>> from numbarnn.kernels.loops import sequence_forward
-    >>> rng = np.random.default_rng(0)
-    >>> T, B, H = 3, 2, 2
-    >>> xz, W_h, b_h = rng.normal(size=(T, B, H)), rng.normal(size=(H, H)), rng.normal(size=H)
-    >>> states = np.zeros((1, T + 1, B, H))  # h_0 = 0
-    >>> sequence_forward(rnn_forward, xz, W_h, b_h, states, np.empty((T, B, 0)), np.empty((B, H)))
-    >>> h = np.zeros((B, H))
-    >>> for t in range(T):
-    ...     h = np.tanh(xz[t] + h @ W_h.T + b_h)
-    >>> np.allclose(states[0, T], h)
-    True
-    """
-    T = xz.shape[0]
-    B, GH = hz.shape
-    for t in range(T):
-        np.dot(states[0, t], W_h.T, hz)
-        for b in range(B):
-            for k in range(GH):
-                hz[b, k] += b_h[k]
-        cell_forward(xz[t], hz, states, t, cache[t])
-
-
-@njit
-def sequence_backward(cell_backward, W_h, states, cache, d_outputs, dstate, dstate_prev,
-                      dxz, dhz, dh_recurrent):
-    """Backpropagation through time.
-
-    d_outputs (T, B, H): upstream gradient of every hidden state h_1..h_T.
-    dstate (S, B, H): on entry the gradient w.r.t. the final state (zeros if none);
-    on exit the gradient w.r.t. the initial state. dstate_prev (S, B, H) and
-    dh_recurrent (B, H) are scratch. dxz, dhz (T, B, G*H) receive the gradients of
-    the two projections (they may be the same array, see the cell protocol).
-
-    W_h ``(G*H, H)``; states and cache as :func:`sequence_forward` left them.
-
-    >>> import numpy as np
-    >>> from numbarnn.kernels.cells import rnn_backward, rnn_forward
-    >>> from numbarnn.kernels.loops import sequence_backward, sequence_forward
-    >>> rng = np.random.default_rng(0)
-    >>> T, B, H = 3, 2, 2
-    >>> xz, W_h = rng.normal(size=(T, B, H)), rng.normal(size=(H, H))
-    >>> states, cache = np.zeros((1, T + 1, B, H)), np.empty((T, B, 0))
-    >>> sequence_forward(rnn_forward, xz, W_h, np.zeros(H), states, cache, np.empty((B, H)))
-    >>> d_outputs = rng.normal(size=(T, B, H))
-    >>> dstate, dxz = np.zeros((1, B, H)), np.empty((T, B, H))
-    >>> sequence_backward(rnn_backward, W_h, states, cache, d_outputs, dstate, np.empty((1, B, H)),
-    ...                   dxz, dxz, np.empty((B, H)))
-    >>> dh = np.zeros((B, H))  # the same by hand, newest step first
-    >>> for t in reversed(range(T)):
-    ...     dh = ((dh + d_outputs[t]) * (1 - states[0, t + 1] ** 2)) @ W_h
-    >>> np.allclose(dstate[0], dh)  # the gradient w.r.t. h_0
-    True
-    """
-    T = d_outputs.shape[0]
-    S, B, H = dstate.shape
-    for t in range(T - 1, -1, -1):
-        for b in range(B):
-            for j in range(H):
-                dstate[0, b, j] += d_outputs[t, b, j]
-        cell_backward(dstate, states, t, cache[t], dxz[t], dhz[t], dstate_prev)
-        np.dot(dhz[t], W_h, dh_recurrent)
-        for b in range(B):
-            for j in range(H):
-                dstate_prev[0, b, j] += dh_recurrent[b, j]
-        for s in range(S):
-            for b in range(B):
-                for j in range(H):
-                    dstate[s, b, j] = dstate_prev[s, b, j]
 
 
 # ---- weight gradients, hoisted out of the loop ---------------------------------------------

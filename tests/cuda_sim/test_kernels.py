@@ -169,12 +169,13 @@ def _cpu_sequence(cell, xz, W_h, b_h, h0, d_out, d_final):
     states = np.empty((S, T + 1, B, H), xz.dtype)
     states[:, 0] = h0
     cache = np.empty((T, B, cell.cache_width * H), xz.dtype)
-    loops.sequence_forward(cell.forward, xz, W_h, b_h, states, cache, np.empty((B, cell.gates * H), xz.dtype))
+    cpu = loops.loops_for(cell)
+    cpu.sequence_forward(xz, W_h, b_h, states, cache, np.empty((B, cell.gates * H), xz.dtype))
     dstate = d_final.copy()
     dxz = np.empty_like(xz)
     dhz = dxz if cell.shared_gate_grad else np.empty_like(xz)
-    loops.sequence_backward(cell.backward, W_h, states, cache, d_out, dstate, np.empty_like(dstate), dxz, dhz,
-                            np.empty((B, H), xz.dtype))
+    cpu.sequence_backward(W_h, states, cache, d_out, dstate, np.empty_like(dstate), dxz, dhz,
+                          np.empty((B, H), xz.dtype))
     return states, dxz, dhz, dstate
 
 

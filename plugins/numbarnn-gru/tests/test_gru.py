@@ -288,13 +288,14 @@ def test_a_second_gru_is_a_duplicate_name_error_naming_this_distribution():
     assert numbarnn.get_cell("gru") is numbarnn_gru.GRU
 
 
-@njit
-def user_code_running_the_gru(xz, W_h, b_h, states, cache, hz):
-    loops.sequence_forward(numbarnn_gru.gru_forward, xz, W_h, b_h, states, cache, hz)
-    return states[0, -1].sum()
-
-
 def test_kernels_callable_from_user_njit_code():
+    sequence_forward = loops.loops_for(numbarnn_gru.GRU).sequence_forward
+
+    @njit
+    def user_code_running_the_gru(xz, W_h, b_h, states, cache, hz):
+        sequence_forward(xz, W_h, b_h, states, cache, hz)
+        return states[0, -1].sum()
+
     model, x, h0, _, _ = make_case(4, 2, 3, 5, seed=4)
     _, h_T = model.forward(x, h0)
     p = model.params
