@@ -1,4 +1,6 @@
 """Kernels and RecurrentModel against the naive NumPy references and finite differences."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -235,3 +237,14 @@ def test_project_indices_both_ways_equal_the_one_hot_product(N, dtype):
     one_hot = np.zeros((N, V), dtype)
     one_hot[np.arange(N)[idx >= 0], idx[idx >= 0]] = 1
     np.testing.assert_array_equal(xz, (one_hot @ W_x.T) + b_x)  # exact: one term per output
+
+
+def test_kernel_modules_take_their_njit_options_from_one_decorator():
+    # numbarnn/kernels/_jit.py sets cache=True and refuses fastmath in one place. cell_loops.py
+    # keeps its own: it is a template whose "@njit(cache=True)" loops_for rewrites.
+    folder = Path(loops.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        if path.name in ("_jit.py", "cell_loops.py"):
+            continue
+        own = [line.strip() for line in path.read_text().splitlines() if line.lstrip().startswith("@njit")]
+        assert not own, f"{path.name} decorates with njit directly: {own}"

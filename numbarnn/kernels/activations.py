@@ -16,8 +16,10 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic, overload
+
+from ._jit import jit
 
 
 @intrinsic
@@ -55,7 +57,7 @@ _LN2_LO = 1.90821492927058770002e-10
 _EXPM1_SMALL = 0.34657359027997264  # ln(2) / 2
 
 
-@njit(inline="always")
+@jit(inline="always")
 def _exp_reduced64(x):
     """exp(x) for x already clamped to [-708, 709] (or NaN)."""
     n = np.floor(x * _LOG2E + 0.5)
@@ -77,12 +79,12 @@ def _exp_reduced64(x):
     return p * _bits_as_float64((np.int64(n) + 1023) << 52)
 
 
-@njit(inline="always")
+@jit(inline="always")
 def _clamp64(x):
     return np.minimum(np.maximum(x, -708.0), 709.0)  # NumPy's min/max let a NaN through
 
 
-@njit(inline="always")
+@jit(inline="always")
 def _expm1_64(x):
     """exp(x) - 1 with full relative precision near 0; x <= 0 here."""
     # Taylor series x + x^2/2! + ... + x^14/14! in Horner form, for |x| <= ln2 / 2.
@@ -113,12 +115,12 @@ def _expm1_64(x):
     return use_small * small + (1.0 - use_small) * large
 
 
-@njit(inline="always")
+@jit(inline="always")
 def _sigmoid64(z):
     return _divide(1.0, 1.0 + _exp_reduced64(_clamp64(-z)))
 
 
-@njit(inline="always")
+@jit(inline="always")
 def _tanh64(z):
     em = _expm1_64(-2.0 * abs(z))  # in (-1, 0]
     return math.copysign(_divide(-em, 2.0 + em), z)
@@ -138,7 +140,7 @@ _EXPM1_SMALL32 = np.float32(0.34657359)
 _C32 = tuple(np.float32(1.0 / math.factorial(k)) for k in range(9))
 
 
-@njit(inline="always")
+@jit(inline="always")
 def _exp_reduced32(x):
     n = np.floor(x * _LOG2E32 + _HALF32)
     r = (x - n * _LN2_HI32) - n * _LN2_LO32
@@ -153,12 +155,12 @@ def _exp_reduced32(x):
     return p * _bits_as_float32((np.int32(n) + np.int32(127)) << np.int32(23))
 
 
-@njit(inline="always")
+@jit(inline="always")
 def _clamp32(x):
     return np.minimum(np.maximum(x, _LOW32), _HIGH32)
 
 
-@njit(inline="always")
+@jit(inline="always")
 def _expm1_32(x):
     xs = x
     x = np.minimum(np.maximum(x, -_EXPM1_SMALL32), _EXPM1_SMALL32)
@@ -178,12 +180,12 @@ def _expm1_32(x):
     return use_small * small + (_ONE32 - use_small) * large
 
 
-@njit(inline="always")
+@jit(inline="always")
 def _sigmoid32(z):
     return _divide(_ONE32, _ONE32 + _exp_reduced32(_clamp32(-z)))
 
 
-@njit(inline="always")
+@jit(inline="always")
 def _tanh32(z):
     em = _expm1_32(np.float32(-2.0) * abs(z))
     return math.copysign(_divide(-em, _TWO32 + em), z)

@@ -21,14 +21,14 @@ reads an array or two and writes one; a loop that writes several arrays needs ru
 aliasing checks it gives up on, and stays scalar (9x slower for the LSTM). Constants are
 made in the arrays' dtype (``one = states.dtype.type(1.0)``) so float32 stays float32.
 """
-from numba import njit
 
+from ._jit import jit
 from .activations import sigmoid, tanh
 
 
 # ---- tanh RNN: G = 1, S = 1 (h), C = 0 -------------------------------------------------
 
-@njit(cache=True)
+@jit
 def rnn_forward(xz_t, hz_t, states, t, cache_t):
     """h_t = tanh(xz_t + hz_t); see the module docstring for the protocol.
 
@@ -51,7 +51,7 @@ def rnn_forward(xz_t, hz_t, states, t, cache_t):
             states[0, t + 1, b, j] = tanh(xz_t[b, j] + hz_t[b, j])
 
 
-@njit(cache=True)
+@jit
 def rnn_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev):
     """dz = dh * (1 - h_t^2) into both dxz_t and dhz_t; no direct path to h_{t-1}.
 
@@ -85,7 +85,7 @@ def rnn_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev):
 
 # ---- LSTM: G = 4 (PyTorch's order i, f, g, o), S = 2 (h, c), C = 5 (i, f, g, o, tanh c) ----
 
-@njit(cache=True)
+@jit
 def lstm_forward(xz_t, hz_t, states, t, cache_t):
     """PyTorch's LSTM step; saves i, f, g, o and tanh(c_t) in cache_t.
 
@@ -131,7 +131,7 @@ def lstm_forward(xz_t, hz_t, states, t, cache_t):
             h_new[j] = o[j] * tanh_c[j]
 
 
-@njit(cache=True)
+@jit
 def lstm_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev):
     """Gate gradients from dh_t and dc_t; the direct path gives dc_{t-1} = dc_t * f.
 

@@ -18,14 +18,14 @@ import types
 from pathlib import Path
 
 import numpy as np
-from numba import njit
 
 from ..trust import enable_verified_cache, private_directory
+from ._jit import jit
 
 
 # ---- input projection: XZ = X @ W_x.T + b_x for all steps at once -------------------------
 
-@njit(cache=True)
+@jit
 def project_dense(x2d, W_x, b_x, xz2d):
     """x2d (N, X) -> xz2d (N, G*H); N = T*B.
 
@@ -48,7 +48,7 @@ def project_dense(x2d, W_x, b_x, xz2d):
             xz2d[n, k] += b_x[k]
 
 
-@njit(cache=True)
+@jit
 def project_indices(idx, W_x, b_x, xz2d):
     """idx (N,) integer inputs (one-hot, never materialised); -1 is an all-zero input.
 
@@ -79,7 +79,7 @@ def project_indices(idx, W_x, b_x, xz2d):
         _gather_row(idx[n], W_xT, b_x, xz2d[n])
 
 
-@njit(inline="always")
+@jit(inline="always")
 def _gather_row(i, W_rows, b_x, out):
     """out = W_rows[i] + b_x, or b_x alone for i = -1 (the all-zero input)."""
     if i < 0:
@@ -92,7 +92,7 @@ def _gather_row(i, W_rows, b_x, out):
 
 # ---- weight gradients, hoisted out of the loop ---------------------------------------------
 
-@njit(cache=True)
+@jit
 def recurrent_weight_gradients(dhz2d, h_prev2d, dW_h, db_h):
     """dW_h = dHZ^T H_prev, db_h = sum dHZ over all steps; dhz2d (N, G*H), h_prev2d (N, H).
 
@@ -111,7 +111,7 @@ def recurrent_weight_gradients(dhz2d, h_prev2d, dW_h, db_h):
     column_sums(dhz2d, db_h)
 
 
-@njit(cache=True)
+@jit
 def input_weight_gradients_dense(dxz2d, x2d, W_x, dW_x, db_x, dx2d):
     """dW_x = dXZ^T X, db_x = sum dXZ, dX = dXZ W_x.
 
@@ -132,7 +132,7 @@ def input_weight_gradients_dense(dxz2d, x2d, W_x, dW_x, db_x, dx2d):
     np.dot(dxz2d, W_x, dx2d)
 
 
-@njit(cache=True)
+@jit
 def input_weight_gradients_indices(dxz2d, idx, dW_x, db_x):
     """Scatter-add version of dW_x = dXZ^T onehot(idx); inputs -1 contribute nothing.
 
@@ -161,7 +161,7 @@ def input_weight_gradients_indices(dxz2d, idx, dW_x, db_x):
     column_sums(dxz2d, db_x)
 
 
-@njit(cache=True)
+@jit
 def column_sums(a2d, out):
     """out (K,) = a2d (N, K) summed over its rows.
 

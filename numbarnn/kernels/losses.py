@@ -2,10 +2,11 @@
 import math
 
 import numpy as np
-from numba import njit
+
+from ._jit import jit
 
 
-@njit(cache=True)
+@jit
 def _softmax_row(logits2d, n, probs2d):
     """Writes softmax of row n into probs2d[n]; returns log of the normaliser (log-sum-exp)."""
     V = logits2d.shape[1]
@@ -23,7 +24,7 @@ def _softmax_row(logits2d, n, probs2d):
     return m + math.log(s)
 
 
-@njit(cache=True)
+@jit
 def softmax_rows(logits2d, probs2d):
     """Row-wise softmax, max-shifted so exp never overflows.
 
@@ -41,7 +42,7 @@ def softmax_rows(logits2d, probs2d):
         _softmax_row(logits2d, n, probs2d)
 
 
-@njit(cache=True)
+@jit
 def softmax_cross_entropy(logits2d, targets, mask, probs2d, dlogits2d):
     """Sum over rows of ``-mask * log softmax(logits)[target]``; writes probs and the gradient.
 
@@ -78,7 +79,7 @@ def softmax_cross_entropy(logits2d, targets, mask, probs2d, dlogits2d):
     return loss
 
 
-@njit(cache=True)
+@jit
 def squared_error(outputs2d, targets2d, mask, dout2d):
     """Half the masked sum of squared errors: ``0.5 * sum_n mask[n] * sum_k (out - target)^2``.
 

@@ -15,10 +15,11 @@ Numba's default that keeps the update loops from being vectorised (8x for Adam).
 import math
 
 import numpy as np
-from numba import njit
+
+from ._jit import jit
 
 
-@njit(cache=True, error_model="numpy")
+@jit(error_model="numpy")
 def sgd_update(p, g, lr):
     """p (P,) -= lr * g (P,).
 
@@ -33,7 +34,7 @@ def sgd_update(p, g, lr):
         p[i] -= lr * g[i]
 
 
-@njit(cache=True, error_model="numpy")
+@jit(error_model="numpy")
 def momentum_update(p, g, velocity, lr, momentum, nesterov):
     """PyTorch's SGD with momentum (dampening 0), velocity (P,) starting at zero.
 
@@ -59,7 +60,7 @@ def momentum_update(p, g, velocity, lr, momentum, nesterov):
             p[i] -= lr * v
 
 
-@njit(cache=True, error_model="numpy")
+@jit(error_model="numpy")
 def adagrad_update(p, g, memory, lr, eps):
     """min-char-rnn's Adagrad: memory (P,) += g*g; p -= lr * g / sqrt(memory + eps).
 
@@ -81,7 +82,7 @@ def adagrad_update(p, g, memory, lr, eps):
         p[i] -= lr * gi / math.sqrt(mem + eps)
 
 
-@njit(cache=True, error_model="numpy")
+@jit(error_model="numpy")
 def rmsprop_update(p, g, square_avg, lr, alpha, eps):
     """PyTorch's RMSprop (not centered, no momentum): v = alpha v + (1-alpha) g^2;
     p -= lr * g / (sqrt(v) + eps). square_avg (P,) starts at zero.
@@ -103,7 +104,7 @@ def rmsprop_update(p, g, square_avg, lr, alpha, eps):
         p[i] -= lr * (gi / (math.sqrt(v) + eps))
 
 
-@njit(cache=True, error_model="numpy")
+@jit(error_model="numpy")
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, step):
     """PyTorch's Adam (amsgrad off) with bias correction; ``step`` counts from 1.
 
@@ -136,7 +137,7 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step):
 
 # ---- clipping -------------------------------------------------------------------------------
 
-@njit(cache=True, error_model="numpy")
+@jit(error_model="numpy")
 def clip_by_value(g, max_value):
     """In place, the course's ``np.clip(g, -max_value, max_value, out=g)``; NaN stays NaN.
 
@@ -156,7 +157,7 @@ def clip_by_value(g, max_value):
             g[i] = -max_value
 
 
-@njit(cache=True, error_model="numpy")
+@jit(error_model="numpy")
 def sum_of_squares(g):
     """sum(g*g) of a flat array in a float64 accumulator, so a caller can add several
     arrays' sums and take one square root for a global norm.
@@ -194,7 +195,7 @@ def sum_of_squares(g):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
-@njit(cache=True, error_model="numpy")
+@jit(error_model="numpy")
 def clip_flat(g, max_value, by_norm):
     """Clip one flat gradient buffer in place; returns its L2 norm before clipping.
 
@@ -226,7 +227,7 @@ def clip_flat(g, max_value, by_norm):
     return norm
 
 
-@njit(cache=True, error_model="numpy")
+@jit(error_model="numpy")
 def scale(g, factor):
     """In place g *= factor; g (P,) float32 or float64.
 

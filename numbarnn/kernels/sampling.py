@@ -8,10 +8,11 @@ time loop, so ``top_k_filter`` and ``top_p_filter`` may allocate (one argsort ea
 import math
 
 import numpy as np
-from numba import njit
+
+from ._jit import jit
 
 
-@njit(cache=True)
+@jit
 def sample_categorical(probs, u):
     """Index drawn from probs (V,) by inverse CDF with the uniform u in [0, 1).
 
@@ -52,7 +53,7 @@ def sample_categorical(probs, u):
     return V - 1  # unreachable: the last cdf is total/total == 1 > u
 
 
-@njit(cache=True)
+@jit
 def argmax(x):
     """Index of the first largest entry of x (V,), as np.argmax (a NaN counts as largest).
 
@@ -72,7 +73,7 @@ def argmax(x):
     return best
 
 
-@njit(cache=True)
+@jit
 def apply_temperature(logits, temperature, out_probs):
     """out_probs (V,) = softmax(logits (V,) / temperature), max-shifted so exp never overflows.
 
@@ -102,7 +103,7 @@ def apply_temperature(logits, temperature, out_probs):
         out_probs[k] /= s
 
 
-@njit(cache=True)
+@jit
 def _renormalise_kept(probs, order, n_keep, out):
     """out = probs on the first n_keep indices of ``order``, zero elsewhere, summing to 1."""
     s = 0.0
@@ -116,13 +117,13 @@ def _renormalise_kept(probs, order, n_keep, out):
         out[j] = probs[j] / s
 
 
-@njit(cache=True)
+@jit
 def _descending_order(probs):
     # A stable sort of -probs: largest first, equal values in increasing index order.
     return np.argsort(-probs.astype(np.float64), kind="mergesort")
 
 
-@njit(cache=True)
+@jit
 def top_k_filter(probs, k, out):
     """Keep the k largest of probs (V,) (ties: lower index first), renormalised into out (V,).
 
@@ -140,7 +141,7 @@ def top_k_filter(probs, k, out):
     _renormalise_kept(probs, order, min(k, V), out)
 
 
-@njit(cache=True)
+@jit
 def top_p_filter(probs, p, out):
     """Nucleus filter of probs (V,) into out (V,).
 
