@@ -3,9 +3,17 @@
 What a checkpoint holds: the registry names of the cell, loss, optimizer and sampler with
 the package (distribution) and version that registered each, the hyper-parameters, the
 vocabulary and mode, every weight, the optimizer's state, the trainer's random state and
-step, the data position (so a resumed run sees the same batches) and, in stream mode,
-the carried hidden state. Loading uses ``np.load(..., allow_pickle=False)`` and plain JSON,
-so it never executes code from the file.
+step, the data position (so a resumed run sees the same batches), ``fit``'s early-stopping
+state (best validation loss, evaluations since, best weights) and, in stream mode, the
+carried hidden state.
+
+Reading never executes code from the file and never trusts a size it claims: the zip
+archive and each array's ``.npy`` header are parsed without pickle (a pickle, a bare
+``.npy`` or any other file is "not a numbarnn checkpoint", with the reason), each array's
+claimed size is checked against the bytes actually present before it is copied, the JSON
+metadata is checked field by field, and the model sizes it claims are checked against the
+weights present before a trainer is built. Whatever is wrong with a file, loading it
+raises :class:`CheckpointError` (one line naming the file and the fault).
 
 Writes are atomic: the file is written next to the target under a temporary name,
 flushed to disk and renamed over it, so a crash mid-save leaves the previous checkpoint
@@ -13,13 +21,19 @@ intact.
 """
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
+import pickletools
 import re
 import stat
+import struct
 import tempfile
 import time
+import tokenize
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +93,10 @@ def save_checkpoint(trainer, path, batches=None) -> Path:
             arrays[f"optim/{key}"] = value
         else:
             optimizer_numbers[key] = value
+    fit = trainer.fit_state
+    best = fit["best_params"]
+    if best is not None:  # early stopping's best weights (a device array on CUDA)
+        arrays["fit/best_params"] = best.copy_to_host() if hasattr(best, "copy_to_host") else best
     carried = None
     if trainer.state is not None and batches is not None and getattr(batches, "mode", None) == "stream":
         carried = trainer.model.state_arrays(trainer.state)
@@ -95,6 +113,9 @@ def save_checkpoint(trainer, path, batches=None) -> Path:
         "history": trainer.history,
         "data": None if batches is None else {"mode": batches.mode, **batches.state_dict()},
         "carried_state": carried is not None,
+        "fit": {"best_val_loss": None if math.isinf(fit["best_val_loss"]) else fit["best_val_loss"],
+                "evals_since_best": fit["evals_since_best"], "val_loss": fit["val_loss"],
+                "best_params": best is not None},
     }
     arrays["meta"] = np.frombuffer(json.dumps(_jsonable(meta)).encode("utf-8"), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,12 +162,210 @@ def _remove_stale_temps(path: Path) -> None:
             pass  # removed meanwhile by someone else
 
 
+# ---- reading: every check runs on the file's own bytes before anything is allocated -------------
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or an empty zip
+_DEFLATE_MAX_RATIO = 1032  # deflate's own ceiling: no honest member expands more than this
+_ARRAY_KINDS = "fiub"  # plain numbers only: no objects, strings, records or sub-arrays
+# What a damaged zip or .npy header can raise from zipfile, zlib, struct and NumPy's header parser.
+_DAMAGE = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, KeyError, IndexError, TypeError,
+           NotImplementedError, RuntimeError, SyntaxError, RecursionError, OverflowError, struct.error, zlib.error,
+           tokenize.TokenError)
+
+
+def _not_a_checkpoint(path, why) -> CheckpointError:
+    return CheckpointError(f"{path}: not a numbarnn checkpoint ({why})")
+
+
+def _looks_like_pickle(start: bytes) -> bool:
+    """Whether ``start`` (a file's first bytes) decodes as a pickle of protocol 2 or newer.
+    pickletools only decodes the opcodes; nothing is loaded or run."""
+    if len(start) < 2 or start[0] != 0x80 or not 2 <= start[1] <= 5:
+        return False
+    count = 0
+    try:
+        for opcode, _, _ in pickletools.genops(io.BytesIO(start)):
+            count += 1
+            if opcode.name == "STOP":
+                return True
+    except (ValueError, EOFError, OverflowError, struct.error):  # junk, or the sample ran out
+        pass
+    return count >= 8  # random bytes almost never decode this far
+
+
+def _foreign_format(f) -> str:
+    """Why the open file ``f``, which does not start like a zip archive, is not a checkpoint."""
+    f.seek(0)
+    start = f.read(65536)
+    if not start:
+        return "the file is empty"
+    if start.startswith(b"\x93NUMPY"):
+        return "a single NumPy .npy array, not numbarnn's .npz archive"
+    if _looks_like_pickle(start):
+        return "it looks like a Python pickle; numbarnn never loads pickles"
+    return "corrupt or truncated file: it does not start like a zip archive"
+
+
+def _read_member(path, archive, info) -> np.ndarray:
+    """One ``.npy`` member: header checked against the bytes present, then copied out."""
+    name = info.filename[:-4]
+    data = archive.read(info)  # the size was bounded by the caller; zipfile checks the CRC
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    if version not in ((1, 0), (2, 0)):
+        raise _not_a_checkpoint(path, f"array {name!r} uses .npy format version {version}")
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(stream)
+    if dtype.hasobject or dtype.kind not in _ARRAY_KINDS or dtype.fields or dtype.subdtype:
+        why = "Python objects (pickled data; numbarnn never loads pickles)" if dtype.hasobject else f"dtype {dtype}"
+        raise _not_a_checkpoint(path, f"array {name!r} holds {why}")
+    claimed = math.prod(shape) * dtype.itemsize
+    if any(d < 0 for d in shape) or claimed != len(data) - stream.tell():
+        raise _not_a_checkpoint(path, f"array {name!r} claims shape {shape} of {dtype} ({claimed} bytes) but "
+                                      f"holds {len(data) - stream.tell()} bytes")
+    flat = np.frombuffer(data, dtype, count=math.prod(shape), offset=stream.tell())
+    return flat.reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _read_arrays(path: Path) -> dict:
+    """Every array in the ``.npz`` at ``path``; sizes are checked before any is allocated."""
+    try:
+        f = open(path, "rb")
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({error.strerror or error})") from None
+    with f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if not head.startswith(_ZIP_MAGIC):
+                raise _not_a_checkpoint(path, _foreign_format(f))
+            f.seek(0)
+            with zipfile.ZipFile(f) as archive:
+                infos = archive.infolist()
+                for info in infos:  # every member's claims, before reading any
+                    name = info.filename
+                    if not name.endswith(".npy"):
+                        raise _not_a_checkpoint(path, f"the archive holds {name!r}, which is not a .npy array")
+                    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                        raise _not_a_checkpoint(path, f"{name!r} uses zip compression method {info.compress_type}; "
+                                                      "numbarnn reads stored or deflated archives (np.savez, "
+                                                      "np.savez_compressed)")
+                    if info.flag_bits & 0x1:
+                        raise _not_a_checkpoint(path, f"{name!r} is encrypted")
+                    ratio = 1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_MAX_RATIO
+                    if info.header_offset + info.compress_size > size or info.file_size > ratio * info.compress_size + 64:
+                        raise _not_a_checkpoint(path, f"corrupt or truncated file: {name!r} claims {info.file_size} "
+                                                      f"bytes, more than the {size}-byte file can hold")
+                return {info.filename[:-4]: _read_member(path, archive, info) for info in infos}
+        except CheckpointError:
+            raise
+        except OSError as error:
+            raise CheckpointError(f"{path}: cannot read the checkpoint ({error.strerror or error})") from None
+        except _DAMAGE as error:
+            raise _not_a_checkpoint(path, f"corrupt or truncated file: {type(error).__name__}: "
+                                          f"{_short(str(error), 120)}") from None
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# ---- the metadata's schema ------------------------------------------------------------------------
+
+_MISSING = object()
+_FLOAT_MAX = int(np.finfo(np.float64).max)
+_KIND_WORDS = {"int": "an integer", "number": "a number", "str": "a string", "dict": "an object",
+               "list": "a list", "bool": "true or false"}
+
+
+def _is(value, kind) -> bool:
+    if kind in ("int", "number") and isinstance(value, bool):
+        return False
+    if kind == "number" and isinstance(value, int) and abs(value) > _FLOAT_MAX:
+        return False  # arithmetic with it would raise OverflowError
+    return isinstance(value, {"int": int, "number": (int, float), "str": str, "dict": dict, "list": list,
+                              "bool": bool}[kind])
+
+
+def _field(path, doc: dict, key: str, kind: str, label: str, *, optional=False, low=None, below=None):
+    """``doc[key]``, checked: of ``kind``, within ``[low, below)``; null or absent only if ``optional``."""
+    value = doc.get(key, _MISSING)
+    if optional and (value is None or value is _MISSING):
+        return None
+    ok = value is not _MISSING and _is(value, kind)
+    if ok and kind == "number" and low is not None:
+        ok = math.isfinite(value)  # a bounded number must be finite too
+    if ok and low is not None:
+        ok = value >= low and (below is None or value < below)
+    if not ok:
+        what = _KIND_WORDS[kind] + ("" if low is None else f" >= {low}" if below is None else f" in [{low}, {below})")
+        got = "it is missing" if value is _MISSING else f"got {_short(repr(value))}"
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata: {label} should be "
+                              f"{what}{' or null' if optional else ''}; {got}")
+    return value
+
+
+def _check_meta(path, meta) -> None:
+    """The JSON document's structure: every field numbarnn reads, with its type and range."""
+    for kind in KINDS:
+        comp = _field(path, _field(path, meta, "components", "dict", "components"), kind, "dict",
+                      f"components.{kind}")
+        _field(path, comp, "name", "str", f"components.{kind}.name")
+        for key in ("plugin", "distribution", "version"):
+            _field(path, comp, key, "str", f"components.{kind}.{key}", optional=True)
+    cfg = _field(path, meta, "config", "dict", "config")
+    for kind in KINDS:
+        _field(path, cfg, kind, "str", f"config.{kind}")
+    for key in ("vocab_size", "hidden_size", "layers"):
+        _field(path, cfg, key, "int", f"config.{key}", low=1)
+    _field(path, cfg, "dropout", "number", "config.dropout", low=0.0, below=1.0)
+    _field(path, cfg, "clip", "number", "config.clip", optional=True)
+    _field(path, cfg, "clip_mode", "str", "config.clip_mode")
+    if _field(path, cfg, "dtype", "str", "config.dtype") not in ("float32", "float64"):
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata: config.dtype should be 'float32' or "
+                              f"'float64'; got {_short(repr(cfg['dtype']))}")
+    _field(path, cfg, "seed", "int", "config.seed", optional=True, low=0)
+    if cfg.get("mode") not in (None, "names", "stream"):
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata: config.mode should be 'names', 'stream' "
+                              f"or null; got {_short(repr(cfg['mode']))}")
+    _field(path, cfg, "optimizer_options", "dict", "config.optimizer_options")
+    _field(path, cfg, "sampler_options", "dict", "config.sampler_options")
+    _field(path, cfg, "smoothed_loss", "number", "config.smoothed_loss", optional=True)
+    vocab = _field(path, meta, "vocab", "str", "vocab", optional=True)
+    if vocab is not None and (vocab != "".join(sorted(set(vocab) | {"\n"})) or len(vocab) != cfg["vocab_size"]):
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata: vocab should be config.vocab_size "
+                              f"({cfg['vocab_size']}) distinct sorted characters with the newline; got "
+                              f"{_short(repr(vocab))}")
+    _field(path, meta, "optimizer", "dict", "optimizer")
+    _field(path, meta, "rng", "dict", "rng")
+    _field(path, meta, "step", "int", "step", low=0)
+    for i, entry in enumerate(_field(path, meta, "history", "list", "history")):
+        if not (isinstance(entry, list) and len(entry) == 2 and _is(entry[0], "int") and _is(entry[1], "number")):
+            raise CheckpointError(f"{path}: corrupt checkpoint metadata: history[{i}] should be [step, loss]; "
+                                  f"got {_short(repr(entry))}")
+    data = _field(path, meta, "data", "dict", "data", optional=True)
+    if data is not None:
+        _field(path, data, "mode", "str", "data.mode")
+    if not isinstance(meta.get("carried_state", False), bool):
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata: carried_state should be true or false; "
+                              f"got {_short(repr(meta['carried_state']))}")
+    fit = _field(path, meta, "fit", "dict", "fit", optional=True)  # absent from older checkpoints
+    if fit is not None:
+        _field(path, fit, "best_val_loss", "number", "fit.best_val_loss", optional=True)
+        _field(path, fit, "val_loss", "number", "fit.val_loss", optional=True)
+        _field(path, fit, "evals_since_best", "int", "fit.evals_since_best", low=0)
+        _field(path, fit, "best_params", "bool", "fit.best_params")
+
+
 def read_checkpoint(path):
     """``(meta, arrays)`` of a checkpoint file, with clear :class:`CheckpointError` s for anything else.
 
     ``meta`` is the JSON document (a dict: ``format``, ``components``, ``config``, ``vocab``,
-    ``step``, ``history``, ...); ``arrays`` maps ``param/NAME``, ``optim/SLOT.NAME`` and
-    ``state/I`` to NumPy arrays. Nothing in the file is executed.
+    ``step``, ``history``, ``fit``, ...); ``arrays`` maps ``param/NAME``, ``optim/SLOT.NAME``,
+    ``state/I`` and ``fit/best_params`` to NumPy arrays. Nothing in the file is executed: the zip
+    archive and each array's header are parsed without pickle, each array's claimed size is
+    checked against the bytes present before it is read, and the metadata's structure (every
+    field numbarnn reads, its type and range) is checked here.
 
     >>> import tempfile, pathlib, numbarnn
     >>> trainer = numbarnn.make_trainer("lstm", vocab_size=5, hidden_size=4, seed=0)
@@ -154,28 +373,97 @@ def read_checkpoint(path):
     >>> meta, arrays = read_checkpoint(path)
     >>> meta["components"]["cell"]["name"], arrays["param/W_h"].shape
     ('lstm', (16, 4))
+    >>> _ = path.write_bytes(b"junk")
+    >>> read_checkpoint(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    numbarnn.checkpoint.CheckpointError: ...tiny.ckpt: not a numbarnn checkpoint (corrupt or truncated file: it does not start like a zip archive)
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{path}: not a readable numbarnn checkpoint (corrupt or truncated file: "
-                              f"{error})") from None
-    if "meta" not in arrays:
-        raise CheckpointError(f"{path}: not a numbarnn checkpoint (an .npz without numbarnn's metadata)")
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({error.strerror or error})") from None
+    if stat.S_ISDIR(mode):
+        raise CheckpointError(f"{path}: a directory, not a checkpoint file")
+    if not stat.S_ISREG(mode):  # reading a pipe would wait for a writer
+        raise CheckpointError(f"{path}: not a regular file (a device, pipe or socket), not a checkpoint")
+    arrays = _read_arrays(path)
+    raw = arrays.pop("meta", None)
+    if raw is None:
+        raise _not_a_checkpoint(path, "an .npz without numbarnn's metadata")
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise _not_a_checkpoint(path, f"its metadata is a {raw.shape} {raw.dtype} array, not JSON bytes")
     try:
-        meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({error})") from None
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({_short(str(error), 120)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a numbarnn checkpoint")
+        raise _not_a_checkpoint(path, f"its metadata does not say format {FORMAT!r}")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {meta.get('format_version')} is not "
+        raise CheckpointError(f"{path}: checkpoint format version {_short(repr(meta.get('format_version')))} is not "
                               f"supported by numbarnn {__version__} (which reads version {FORMAT_VERSION})")
+    _check_meta(path, meta)
     return meta, arrays
+
+
+def expected_param_shapes(gates: int, vocab_size: int, hidden_size: int, layers: int) -> dict:
+    """The weights ``make_trainer`` builds for these sizes, ``{name: shape}``, computed without allocating.
+
+    >>> expected_param_shapes(4, 5, 3, 2)["W_x_l1"], expected_param_shapes(1, 5, 3, 1)["W_y"]
+    ((12, 3), (5, 3))
+    """
+    from .trainer import layer_param_name
+
+    GH, H = gates * hidden_size, hidden_size
+    shapes = {}
+    for layer in range(layers):
+        X = vocab_size if layer == 0 else H
+        for name, shape in (("W_x", (GH, X)), ("W_h", (GH, H)), ("b_x", (GH,)), ("b_h", (GH,))):
+            shapes[layer_param_name(name, layer)] = shape
+    shapes.update(W_y=(vocab_size, H), b_y=(vocab_size,))
+    return shapes
+
+
+def _check_sizes(path, meta, arrays, cell) -> None:
+    """The metadata's sizes against the arrays present, before ``make_trainer`` allocates by them:
+    a small file claiming a huge model is refused here, not by a failed allocation."""
+    cfg = meta["config"]
+    dtype = np.dtype(cfg["dtype"])
+    claim = (f"the metadata says a {cfg['layers']}-layer {cell.name} with hidden_size {cfg['hidden_size']} and "
+             f"vocab_size {cfg['vocab_size']} in {dtype}")
+    present = {key[len("param/"):]: value for key, value in arrays.items() if key.startswith("param/")}
+    if cfg["layers"] > len(present):  # never build a table as long as a claim the file cannot back
+        raise CheckpointError(f"{path}: {claim}, but the file holds only {len(present)} weights")
+    expected = expected_param_shapes(cell.gates, cfg["vocab_size"], cfg["hidden_size"], cfg["layers"])
+    if set(present) != set(expected):
+        missing, extra = sorted(set(expected) - set(present)), sorted(set(present) - set(expected))
+        raise CheckpointError(f"{path}: {claim}, but the file's weights do not match it (missing {missing}, "
+                              f"unexpected {extra})")
+    for key, shape in expected.items():
+        if present[key].shape != shape or present[key].dtype != dtype:
+            raise CheckpointError(f"{path}: {claim}, so weight {key!r} should be {shape} {dtype}; the file holds "
+                                  f"{present[key].shape} {present[key].dtype}")
+    total = sum(math.prod(shape) for shape in expected.values())
+    best = arrays.get("fit/best_params")
+    if (meta.get("fit") or {}).get("best_params") and (best is None or best.shape != (total,) or best.dtype != dtype):
+        raise CheckpointError(f"{path}: the early-stopping best weights should be ({total},) {dtype}; the file holds "
+                              f"{'none' if best is None else f'{best.shape} {best.dtype}'}")
+    states = sorted(key for key in arrays if key.startswith("state/"))
+    if meta.get("carried_state"):
+        n = cfg["layers"] * cell.states
+        if states != sorted(f"state/{i}" for i in range(n)):
+            raise CheckpointError(f"{path}: the carried state should be {n} arrays state/0..{n - 1}; the file holds "
+                                  f"{_short(str(states))}")
+        first = arrays["state/0"]
+        for key in states:
+            value = arrays[key]
+            if value.ndim != 2 or value.shape != first.shape or value.shape[1] != cfg["hidden_size"] \
+                    or value.shape[0] < 1 or value.dtype != dtype:
+                raise CheckpointError(f"{path}: carried state {key!r} should be (batch, {cfg['hidden_size']}) "
+                                      f"{dtype} like the others; the file holds {value.shape} {value.dtype}")
 
 
 def load_checkpoint(path, batches=None):
@@ -191,54 +479,80 @@ def load_checkpoint(path, batches=None):
     True
     """
     from .data import Vocabulary
+    from .optimizers import CLIP_MODES
     from .plugins import get_registry
     from .registry import UnknownNameError
     from .trainer import make_trainer
 
     meta, arrays = read_checkpoint(path)
     registry = get_registry()
+    specs = {}
     for kind in KINDS:
         comp = meta["components"][kind]
         try:
-            registry.get(kind, comp["name"])
+            specs[kind] = registry.get(kind, comp["name"])
         except UnknownNameError:
             where = (f"from the package {comp['distribution']!r}" + (f" {comp['version']}" if comp.get("version") else "")
-                     if comp.get("distribution") else f"from the plugin {comp['plugin']!r}")
+                     if comp.get("distribution") else f"from the plugin {comp.get('plugin')!r}")
             hint = f": pip install {comp['distribution']}" if comp.get("distribution") not in (None, "numbarnn") else ""
             raise CheckpointError(f"{path}: the checkpoint needs the {kind} {comp['name']!r} {where}, which "
                                   f"is not installed{hint}") from None
+        if meta["config"][kind] != comp["name"]:
+            raise CheckpointError(f"{path}: corrupt checkpoint metadata: config.{kind} is "
+                                  f"{_short(repr(meta['config'][kind]))} but components.{kind} names {comp['name']!r}")
+    _check_sizes(path, meta, arrays, specs["cell"])  # before make_trainer allocates by the metadata's sizes
     cfg = meta["config"]
+    if cfg["clip"] is not None and not cfg["clip"] > 0:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata: config.clip should be positive or null; "
+                              f"got {cfg['clip']!r}")
+    if cfg["clip_mode"] not in CLIP_MODES:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata: config.clip_mode should be one of "
+                              f"{CLIP_MODES}; got {_short(repr(cfg['clip_mode']))}")
     vocab = Vocabulary(meta["vocab"]) if meta.get("vocab") is not None else None
-    trainer = make_trainer(cell=cfg["cell"], loss=cfg["loss"], optimizer=cfg["optimizer"], sampler=cfg["sampler"],
-                           vocab_size=None if vocab is not None else cfg["vocab_size"], vocab=vocab,
-                           hidden_size=cfg["hidden_size"], layers=cfg["layers"], dropout=cfg["dropout"],
-                           clip=cfg["clip"], clip_mode=cfg["clip_mode"], dtype=cfg["dtype"], seed=cfg["seed"],
-                           mode=cfg.get("mode"), optimizer_options=cfg["optimizer_options"],
-                           sampler_options=cfg["sampler_options"])
+    try:
+        trainer = make_trainer(cell=cfg["cell"], loss=cfg["loss"], optimizer=cfg["optimizer"], sampler=cfg["sampler"],
+                               vocab_size=None if vocab is not None else cfg["vocab_size"], vocab=vocab,
+                               hidden_size=cfg["hidden_size"], layers=cfg["layers"], dropout=cfg["dropout"],
+                               clip=cfg["clip"], clip_mode=cfg["clip_mode"], dtype=cfg["dtype"], seed=cfg["seed"],
+                               mode=cfg.get("mode"), optimizer_options=cfg["optimizer_options"],
+                               sampler_options=cfg["sampler_options"])
+    except (ValueError, TypeError, LookupError, ArithmeticError) as error:  # options a component refuses
+        raise CheckpointError(f"{path}: the checkpoint's settings are refused: {error}") from None
     trainer.config.update(cfg)
-    params = trainer.model.params
-    for key in params:
-        saved = arrays.get(f"param/{key}")
-        if saved is None or saved.shape != params[key].shape or saved.dtype != params[key].dtype:
-            raise CheckpointError(f"{path}: weight {key!r} is missing or has the wrong shape/dtype")
-        params[key][...] = saved
+    for key, value in trainer.model.params.items():
+        value[...] = arrays[f"param/{key}"]  # shapes and dtypes checked by _check_sizes
     state = dict(meta["optimizer"])
     state.update({key[len("optim/"):]: value for key, value in arrays.items() if key.startswith("optim/")})
     try:
         trainer.optimizer.load_state_dict(state)
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{path}: optimizer state does not fit: {error}") from None
-    trainer.rng.bit_generator.state = meta["rng"]
-    trainer.step = int(meta["step"])
-    trainer.history = [tuple(h) for h in meta.get("history", [])]
+    except (ValueError, TypeError, KeyError, OverflowError) as error:
+        raise CheckpointError(f"{path}: optimizer state does not fit: {_short(str(error), 200)}") from None
+    try:
+        trainer.rng.bit_generator.state = meta["rng"]
+    except (ValueError, TypeError, KeyError, OverflowError) as error:
+        raise CheckpointError(f"{path}: the random generator's state is corrupt ({_short(str(error), 120)})") from None
+    trainer.step = meta["step"]
+    trainer.history = [tuple(h) for h in meta["history"]]
     if meta.get("carried_state"):
         n = len([k for k in arrays if k.startswith("state/")])
         trainer.state = trainer.model.state_from_arrays([arrays[f"state/{i}"] for i in range(n)])
+    fit = meta.get("fit")
+    if fit is not None:  # early stopping continues where it was (exact resume)
+        trainer.fit_state.update(
+            best_val_loss=math.inf if fit.get("best_val_loss") is None else float(fit["best_val_loss"]),
+            evals_since_best=fit["evals_since_best"], val_loss=fit.get("val_loss"),
+            best_params=arrays["fit/best_params"] if fit["best_params"] else None)
     if batches is not None and meta.get("data") is not None:
         data = dict(meta["data"])
         if data.pop("mode") != batches.mode:
-            raise CheckpointError(f"{path}: the checkpoint was trained in {meta['data']['mode']} mode, "
+            raise CheckpointError(f"{path}: the checkpoint was trained in {_short(str(meta['data']['mode']))} mode, "
                                   f"not {batches.mode}")
-        batches.load_state_dict(data)
+        if trainer.state is not None and arrays["state/0"].shape[0] != batches.inputs.shape[0]:
+            raise CheckpointError(f"{path}: the checkpoint carries the state of {arrays['state/0'].shape[0]} "
+                                  f"streams, but these batches have {batches.inputs.shape[0]}")
+        try:
+            batches.load_state_dict(data)
+        except (ValueError, TypeError, KeyError, OverflowError) as error:
+            raise CheckpointError(f"{path}: the saved data position does not fit this data: {error}") from None
     trainer.checkpoint_meta = meta
     return trainer

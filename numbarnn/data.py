@@ -294,6 +294,18 @@ def pad_names(encoded: list, newline: int):
     return inputs, targets, mask
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
+
+
+def _saved_count(state: dict, key: str) -> int:
+    """``state[key]`` of a saved data position, which must be an integer >= 0."""
+    value = state.get(key)
+    if not _is_count(value):
+        raise DataError(f"the saved data position's {key} should be an integer >= 0, got {value!r:.60}")
+    return int(value)
+
+
 class NamesBatches:
     """Shuffled batches of padded names; an epoch is one pass over all names.
 
@@ -344,10 +356,31 @@ class NamesBatches:
                 "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict):
-        """Continue exactly where :meth:`state_dict` was taken."""
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self.order = np.array(state["order"], dtype=np.int64)
-        self.rng.bit_generator.state = state["rng"]
+        """Continue exactly where :meth:`state_dict` was taken. A state that does not fit these
+        names (taken on other data, or damaged) is a :class:`DataError` and changes nothing.
+
+        >>> batches = NamesBatches(["ab", "ba", "abba"], Vocabulary("ab"), batch_size=2, seed=0)
+        >>> batches.load_state_dict({**batches.state_dict(), "order": [0, 1, 5]})
+        Traceback (most recent call last):
+        ...
+        numbarnn.data.DataError: the saved data position does not fit these 3 names: its order should be a permutation of 0..2, got [0, 1, 5]
+        """
+        n = len(self.encoded)
+        epoch, position, order = _saved_count(state, "epoch"), _saved_count(state, "position"), state.get("order")
+        if not (isinstance(order, list) and all(_is_count(i) for i in order) and sorted(order) == list(range(n))):
+            shown = repr(order) if len(repr(order)) <= 60 else repr(order)[:57] + "..."
+            raise DataError(f"the saved data position does not fit these {n} names: its order should be a "
+                            f"permutation of 0..{n - 1}, got {shown}")
+        if position > n:
+            raise DataError(f"the saved data position does not fit these {n} names: position {position} > {n}")
+        rng = np.random.default_rng()
+        try:  # on a scratch generator first, so a bad state changes nothing
+            rng.bit_generator.state = state.get("rng")
+        except (ValueError, TypeError, KeyError, OverflowError) as error:
+            raise DataError(f"the saved data position has a corrupt random state ({error})") from None
+        self.epoch, self.position = epoch, position
+        self.order = np.array(order, dtype=np.int64)
+        self.rng.bit_generator.state = rng.bit_generator.state
 
 
 class StreamBatches:
@@ -399,5 +432,5 @@ class StreamBatches:
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict):
-        """Continue exactly where :meth:`state_dict` was taken."""
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        """Continue exactly where :meth:`state_dict` was taken (a damaged state is a :class:`DataError`)."""
+        self.epoch, self.position = _saved_count(state, "epoch"), _saved_count(state, "position")

@@ -316,8 +316,9 @@ class Optimizer:
             raise ValueError(f"optimizer {self.name!r} state dict: missing keys {missing}, "
                              f"unexpected keys {extra}")
         step = _as_number("step", state["step"])
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-            raise ValueError(f"state entry 'step' must be an integer >= 0, got {step!r}")
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or not 0 <= step < 2**62:
+            # the kernels take it as a 64-bit integer (and add to it)
+            raise ValueError(f"state entry 'step' must be an integer in [0, 2**62), got {step!r}")
         options = self._validate({k: _as_number(k, state[k]) for k in self.options})
         arrays = {}
         for slot in self.slots:

@@ -287,6 +287,7 @@ class Trainer:
         self.step = 0
         self.last_grad_norm = None
         self.history = []  # (step, training loss) of every step fit() ran
+        self.reset_early_stopping()
         # The common model (one layer of any cell, integer inputs, a head, the built-in
         # softmax cross-entropy) trains through one compiled call per step.
         self._workspace = {}  # (T, B) -> the compiled step's buffers: views of _workspace_buffer
@@ -614,6 +615,16 @@ class Trainer:
 
         return save_checkpoint(self, path, batches)
 
+    def reset_early_stopping(self) -> None:
+        """Forget ``fit``'s early-stopping state (e.g. before validating on other data).
+
+        ``fit_state`` holds ``best_val_loss``, ``evals_since_best``, ``best_params`` (a
+        :meth:`snapshot_params` of the best weights) and ``val_loss`` (the latest evaluation).
+        It carries over from one ``fit`` call to the next and is saved in checkpoints, so a
+        run interrupted and resumed stops at the same step with the same weights.
+        """
+        self.fit_state = {"best_val_loss": math.inf, "evals_since_best": 0, "best_params": None, "val_loss": None}
+
     def fit(self, batches, *, steps: Optional[int] = None, epochs: Optional[float] = None,
             validation=None, eval_every: int = 200, sample_every: int = 500, samples: int = 5,
             patience: Optional[int] = None, progress: bool = True, checkpoint: Optional[str] = None,
@@ -624,7 +635,10 @@ class Trainer:
         smoothed loss, tokens/s), prints ``samples`` generated texts every ``sample_every``
         steps, evaluates the ``validation`` batches every ``eval_every`` steps (loss per
         token and perplexity) and stops early after ``patience`` evaluations without
-        improvement, keeping the best weights. A non-finite loss stops training and restores
+        improvement, keeping the best weights. The early-stopping state (best loss, evaluations
+        without improvement, best weights: ``fit_state``) continues from the previous ``fit``
+        call or the loaded checkpoint; after an early stop a further ``fit`` gets ``patience``
+        evaluations again. A non-finite loss stops training and restores
         the last good weights; Ctrl-C saves ``checkpoint`` (if given) before returning.
         Returns a summary dict: ``stopped`` ("done", "early-stop", "non-finite",
         "interrupted"), ``reason``, ``steps``, ``loss`` (smoothed), ``val_loss``, ``val_perplexity``.
@@ -633,10 +647,12 @@ class Trainer:
 
         if steps is None:
             steps = max(1, int(round((epochs or 1.0) * batches.steps_per_epoch())))
-        summary = {"stopped": "done", "reason": f"ran {steps} steps", "val_loss": None, "val_perplexity": None}
+        early = self.fit_state  # continues across fit calls and checkpoints: resume is exact
+        last_val = early["val_loss"]
+        summary = {"stopped": "done", "reason": f"ran {steps} steps", "val_loss": last_val,
+                   "val_perplexity": None if last_val is None else math.exp(min(last_val, 700))}
         bar = _progress_bar(steps, progress)
         smooth = self.config.get("smoothed_loss")
-        best, since_best, best_params = math.inf, 0, None
         # tokens/s over the steps on the clock: all but the first, without the phases that compiled
         rate_tokens, started, off_clock = 0, time.perf_counter(), 0.0
         write = bar.write if bar is not None else print_fn
@@ -689,13 +705,17 @@ class Trainer:
                     summary.update(val_loss=val, val_perplexity=math.exp(min(val, 700)))
                     write(f"-- step {self.step}: validation loss {val:.4f} per token, perplexity "
                           f"{summary['val_perplexity']:.2f}")
-                    if val < best - 1e-6:
-                        best, since_best = val, 0
-                        best_params = self.snapshot_params()
+                    early["val_loss"] = val
+                    if val < early["best_val_loss"] - 1e-6:
+                        early.update(best_val_loss=val, evals_since_best=0, best_params=self.snapshot_params())
                     else:
-                        since_best += 1
-                        if patience is not None and since_best >= patience:
-                            self.restore_params(best_params)
+                        early["evals_since_best"] += 1
+                        if patience is not None and early["evals_since_best"] >= patience:
+                            best = early["best_val_loss"]
+                            if early["best_params"] is not None:  # None only if no evaluation was finite
+                                self.restore_params(early["best_params"])
+                            # The weights are the best ones again; a later fit starts a new patience window.
+                            early.update(val_loss=best, evals_since_best=0)
                             summary.update(stopped="early-stop", val_loss=best,
                                            val_perplexity=math.exp(min(best, 700)),
                                            reason=f"early stop at step {self.step}: no validation improvement "
