@@ -588,18 +588,6 @@ class Trainer:
         return [b[0] for b in beams]  # sorted by score, and distinct: no two beams share a path
 
     # -- training loop -----------------------------------------------------------------------------
-    def snapshot_params(self):
-        """A copy of every weight (one flat array), for :meth:`restore_params`."""
-        return self.model.flat_params.copy()
-
-    def restore_params(self, snapshot) -> None:
-        """Put back the weights :meth:`snapshot_params` copied."""
-        self.model.flat_params[...] = snapshot
-
-    def params_finite(self) -> bool:
-        """True when no weight is NaN or infinite."""
-        return bool(np.isfinite(self.model.flat_params).all())
-
     def save(self, path, batches=None):
         """Write this trainer (weights, optimizer state, random state, step and, with
         ``batches``, the data position) to the checkpoint ``path``; returns the path.
@@ -614,6 +602,18 @@ class Trainer:
         from .checkpoint import save_checkpoint
 
         return save_checkpoint(self, path, batches)
+
+    def snapshot_params(self):
+        """A copy of every weight (one flat array), for :meth:`restore_params`."""
+        return self.model.flat_params.copy()
+
+    def restore_params(self, snapshot) -> None:
+        """Put back the weights :meth:`snapshot_params` copied."""
+        self.model.flat_params[...] = snapshot
+
+    def params_finite(self) -> bool:
+        """True when no weight is NaN or infinite."""
+        return bool(np.isfinite(self.model.flat_params).all())
 
     def reset_early_stopping(self) -> None:
         """Forget ``fit``'s early-stopping state (e.g. before validating on other data).
