@@ -5,6 +5,7 @@ that nothing corrupt breaks a run, and that the directory numbarnn makes is priv
 """
 import os
 import pickle
+import shutil
 import stat
 import subprocess
 import sys
@@ -58,6 +59,15 @@ def warm_cache(tmp_path_factory):
     total, hits, misses, _ = run_loops(cache)
     assert (hits, misses) == (0, 1)
     return cache, total
+
+
+@pytest.fixture
+def warm_copy(warm_cache, tmp_path):
+    """A private copy of the warm cache for one test to damage."""
+    source, expected = warm_cache
+    cache = tmp_path / "loops"
+    shutil.copytree(source, cache)
+    return cache, expected
 
 
 def rnn_files(cache, pattern):
@@ -137,8 +147,8 @@ class _Marker:
         return (os.system, (f"touch {self.path}",))
 
 
-def test_planted_bytecode_source_and_numba_pickles_never_run(warm_cache, tmp_path):
-    cache, expected = warm_cache
+def test_planted_bytecode_source_and_numba_pickles_never_run(warm_copy, tmp_path):
+    cache, expected = warm_copy
     marker = tmp_path / "pwned"
     evil = f"open({str(marker)!r}, 'w').close()\n"
     for path in rnn_files(cache, ".py"):
@@ -159,9 +169,8 @@ def test_planted_bytecode_source_and_numba_pickles_never_run(warm_cache, tmp_pat
 
 @pytest.mark.parametrize("damage", ["non-utf8 source", "truncated pyc", "junk index", "truncated data",
                                     "flipped data", "empty index"])
-def test_corrupt_cache_files_are_rebuilt_not_raised(tmp_path, damage):
-    cache = tmp_path / "loops"
-    expected = run_loops(cache)[0]
+def test_corrupt_cache_files_are_rebuilt_not_raised(warm_copy, damage):
+    cache, expected = warm_copy
     if damage == "non-utf8 source":
         for path in rnn_files(cache, ".py"):
             path.write_bytes(b"\xff\xfe\x00garbage")
