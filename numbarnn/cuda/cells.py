@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 from numba import cuda
 
-from . import UnsupportedOnCuda, config, grid1d
+from ._support import UnsupportedOnCuda, config, grid1d
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ import numpy as np
 from numba import cuda
 from numba.np import numpy_support
 
-from . import config, grid1d, simulator
+from ._support import config, grid1d, simulator
 from .cells import cell_key, resolve
 from .matmul import gemm
 

@@ -17,7 +17,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from . import config, grid1d
+from ._support import config, grid1d
 
 # ---- reductions: x (n,) -> out[slot], float64 accumulation -----------------------------
 

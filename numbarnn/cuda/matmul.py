@@ -20,7 +20,7 @@ import numpy as np
 from numba import cuda
 from numba.np import numpy_support
 
-from . import config
+from ._support import config
 
 _KERNELS = {}
 _DUMMY = {}

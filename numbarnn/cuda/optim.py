@@ -15,7 +15,7 @@ import math
 
 from numba import cuda
 
-from . import config, grid1d
+from ._support import config, grid1d
 from .losses import reduce_sum
 
 

@@ -34,10 +34,10 @@ from collections.abc import Mapping
 import numpy as np
 from numba import cuda
 
-from .. import losses as _losses
 from .. import optimizers as _optimizers
 from ..trainer import START_INPUT, NonFiniteLossError, SequenceModel, Trainer, make_model
-from . import UnsupportedOnCuda, require
+from . import require
+from ._support import DEVICE_OPTIMIZERS, check_layers, check_loss, check_optimizer
 from . import heads, loops
 from . import losses as dlosses
 from . import optim as doptim
@@ -169,11 +169,7 @@ class CudaSequenceModel:
     """
 
     def __init__(self, cpu_model: SequenceModel):
-        layers = len(getattr(cpu_model, "layers", [None]))
-        if layers != 1 or float(getattr(cpu_model, "dropout", 0.0)) != 0.0:
-            raise UnsupportedOnCuda(f"device='cuda' runs one recurrent layer without dropout for now; got "
-                                    f"layers={layers}, dropout={getattr(cpu_model, 'dropout', 0.0)} "
-                                    "(use device='cpu' for stacked layers)")
+        check_layers(len(getattr(cpu_model, "layers", [None])), float(getattr(cpu_model, "dropout", 0.0)))
         self.cell = cpu_model.cell
         self.pair = resolve(self.cell)  # a cell without CUDA kernels fails here, clearly
         self.dtype = cpu_model.dtype
@@ -442,14 +438,6 @@ class CudaSequenceModel:
 
 # ---- optimizers -------------------------------------------------------------------------------
 
-_DEVICE_OPTIMIZERS = {
-    _optimizers.SGD: (),
-    _optimizers.Momentum: ("velocity",),
-    _optimizers.Adagrad: ("memory",),
-    _optimizers.RMSprop: ("square_avg",),
-    _optimizers.Adam: ("exp_avg", "exp_avg_sq"),
-}
-
 
 class CudaOptimizer:
     """Mirror of a CPU :class:`~numbarnn.optimizers.Optimizer` with its slots on the device.
@@ -478,13 +466,11 @@ class CudaOptimizer:
     """
 
     def __init__(self, cpu_optimizer, model: CudaSequenceModel):
-        if type(cpu_optimizer) not in _DEVICE_OPTIMIZERS:
-            raise UnsupportedOnCuda(f"optimizer {cpu_optimizer.name!r} has no CUDA kernels; on "
-                                    f"device='cuda' use one of sgd, momentum, adagrad, rmsprop, adam")
+        check_optimizer(cpu_optimizer)
         self.cpu = cpu_optimizer  # validated options and the state-dict format
         self.name = cpu_optimizer.name
         self.model = model
-        self.slots = _DEVICE_OPTIMIZERS[type(cpu_optimizer)]
+        self.slots = DEVICE_OPTIMIZERS[type(cpu_optimizer)]
         # The CPU optimizer's current slots (zeros when fresh), so a trained trainer moves as it is.
         self.state = {slot: cuda.to_device(np.concatenate(
             [np.asarray(cpu_optimizer.state[slot][name], model.dtype).reshape(-1) for name in model.names]))
@@ -547,8 +533,6 @@ class CudaOptimizer:
 
 # ---- the trainer --------------------------------------------------------------------------------
 
-_DEVICE_LOSSES = {_losses.softmax_cross_entropy: "softmax_cross_entropy", _losses.mse: "mse"}
-
 
 class CudaTrainer(Trainer):
     """:class:`~numbarnn.trainer.Trainer` on the GPU; see the module docstring.
@@ -582,9 +566,7 @@ class CudaTrainer(Trainer):
 
     def __init__(self, model: CudaSequenceModel, loss, optimizer: "CudaOptimizer", sampler, *, clip, clip_mode,
                  seed, config=None, vocab=None, loop=None):
-        if loss.forward_backward not in _DEVICE_LOSSES:
-            raise UnsupportedOnCuda(f"loss {loss.name!r} has no CUDA kernel; on device='cuda' use "
-                                    "softmax_cross_entropy or mse")
+        check_loss(loss)
         if clip_mode not in _optimizers.CLIP_MODES:
             raise ValueError(f"clip mode must be one of {_optimizers.CLIP_MODES}, got {clip_mode!r}")
         if clip is not None:
@@ -750,16 +732,11 @@ class CudaTrainer(Trainer):
 # ---- construction --------------------------------------------------------------------------------
 
 def _check_supported(cell, loss, optimizer, layers: int, dropout: float) -> None:
+    """Every component at once, before anything is built (the checks live in ``_support``)."""
     resolve(cell)  # a cell without CUDA kernels: a clear error
-    if loss.forward_backward not in _DEVICE_LOSSES:
-        raise UnsupportedOnCuda(f"loss {loss.name!r} has no CUDA kernel; on device='cuda' use "
-                                "softmax_cross_entropy or mse")
-    if type(optimizer) not in _DEVICE_OPTIMIZERS:
-        raise UnsupportedOnCuda(f"optimizer {optimizer.name!r} has no CUDA kernels; on device='cuda' use one of "
-                                "sgd, momentum, adagrad, rmsprop, adam")
-    if layers != 1 or dropout != 0.0:
-        raise UnsupportedOnCuda(f"device='cuda' runs one recurrent layer without dropout for now; got "
-                                f"layers={layers}, dropout={dropout} (use device='cpu' for stacked layers)")
+    check_loss(loss)
+    check_optimizer(optimizer)
+    check_layers(layers, dropout)
 
 
 def cuda_trainer_from(trainer: Trainer, loop=None) -> CudaTrainer:
