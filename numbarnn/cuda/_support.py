@@ -1,5 +1,5 @@
 """What every module of :mod:`numbarnn.cuda` shares: the launch configuration, the errors,
-and which components have CUDA kernels.
+the kernel cache, and which components have CUDA kernels.
 
 It imports neither ``numba.cuda`` nor the trainer, so the package's face
 (:mod:`numbarnn.cuda`, which re-exports ``Config``, ``config``, the errors, ``grid1d`` and
@@ -10,13 +10,14 @@ are each written once, here.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields, replace
 from typing import Optional
 
 from .. import losses as _losses
 from .. import optimizers as _optimizers
 
-__all__ = ["CudaUnavailableError", "UnsupportedOnCuda", "Config", "config", "grid1d", "simulator",
+__all__ = ["CudaUnavailableError", "UnsupportedOnCuda", "Config", "config", "grid1d", "simulator", "kernel_cache",
            "DEVICE_LOSSES", "DEVICE_OPTIMIZERS", "check_loss", "check_optimizer", "check_layers"]
 
 
@@ -210,6 +211,49 @@ def simulator() -> bool:
     except ImportError:  # pragma: no cover - numba is a dependency
         return False
     return bool(getattr(numba_config, "ENABLE_CUDASIM", False))
+
+
+# ---- kernels built once per key ------------------------------------------------------------
+
+def kernel_cache(builder=None, *, key=None):
+    """Decorator: call ``builder`` once per key and hand out what it built from then on.
+
+    CUDA device functions are not first-class values, so kernels are built per cell,
+    dtype and launch shape by small factories; this is their one cache. The key is the
+    builder's positional arguments (hashable ones: dtypes, ints, tuples of ints), or
+    ``key(*args)`` for arguments that are not hashable or not the identity (a cell spec).
+    Configuration a builder reads (``config.threads``...) belongs in its arguments, so a
+    changed configuration builds new kernels. Host-only:
+
+    >>> from numbarnn.cuda._support import kernel_cache
+    >>> @kernel_cache
+    ... def build(dtype, width):
+    ...     print("building", dtype, width)
+    ...     return [dtype, width]
+    >>> first = build("float32", 4)
+    building float32 4
+    >>> first is build("float32", 4), build("float64", 4) == ["float64", 4]
+    building float64 4
+    (True, True)
+    >>> @kernel_cache(key=lambda spec, dtype: (spec["name"], dtype))
+    ... def build_for(spec, dtype):  # a dict is not hashable: the key names it
+    ...     return object()
+    >>> build_for({"name": "rnn"}, "float64") is build_for({"name": "rnn"}, "float64")
+    True
+    """
+    if builder is None:
+        return functools.partial(kernel_cache, key=key)
+    built = {}
+
+    @functools.wraps(builder)
+    def cached(*args):
+        k = args if key is None else key(*args)
+        kernels = built.get(k)
+        if kernels is None:
+            kernels = built[k] = builder(*args)
+        return kernels
+
+    return cached
 
 
 # ---- which components run on the device ---------------------------------------------------

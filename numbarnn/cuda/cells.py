@@ -20,8 +20,8 @@ elements on any thread and fuse the pointwise step into the recurrent matrix pro
 
 Device functions are not first-class values on the GPU (a kernel cannot take one as an
 argument the way ``@njit`` loops take the CPU kernels), so kernels are built per cell
-by small factories that close over the pair, and cached in dicts keyed by cell and
-dtype: :func:`pointwise_kernels` here (one launch computes one step over all elements)
+by small factories that close over the pair, and cached (:func:`numbarnn.cuda._support.kernel_cache`) per cell
+and dtype: :func:`pointwise_kernels` here (one launch computes one step over all elements)
 and the fused step kernels in :mod:`numbarnn.cuda.loops`.
 
 A cell declares its pair lazily, as a dotted path in ``CellSpec.cuda_pointwise``
@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 from numba import cuda
 
-from ._support import UnsupportedOnCuda, config, grid1d
+from ._support import UnsupportedOnCuda, config, grid1d, kernel_cache
 
 
 @dataclass(frozen=True)
@@ -316,8 +316,6 @@ def cell_key(cell, dtype) -> tuple:
 
 # ---- one launch per step over all elements: the factory --------------------------------------
 
-_POINTWISE = {}
-
 
 @dataclass(frozen=True)
 class PointwiseKernels:
@@ -363,7 +361,9 @@ class PointwiseKernels:
             dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev)
 
 
-def _build_pointwise(pair: CudaPointwise):
+@kernel_cache(key=lambda cell, dtype, threads: cell_key(cell, dtype) + (threads,))
+def _build_pointwise(cell, dtype, threads: int) -> PointwiseKernels:
+    pair = resolve(cell)
     cell_forward, cell_backward = pair.forward, pair.backward
 
     @cuda.jit
@@ -378,7 +378,7 @@ def _build_pointwise(pair: CudaPointwise):
         for i in range(cuda.grid(1), states.shape[2] * H, cuda.gridsize(1)):
             cell_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev, i // H, i % H)
 
-    return forward_kernel, backward_kernel
+    return PointwiseKernels(forward_kernel, backward_kernel, threads)
 
 
 def pointwise_kernels(cell, dtype) -> PointwiseKernels:
@@ -395,9 +395,4 @@ def pointwise_kernels(cell, dtype) -> PointwiseKernels:
     >>> kernels is pointwise_kernels(numbarnn.get_cell("lstm"), np.float32), kernels.threads == config.threads
     (True, True)
     """
-    key = cell_key(cell, dtype) + (config.threads,)
-    kernels = _POINTWISE.get(key)
-    if kernels is None:
-        forward_kernel, backward_kernel = _build_pointwise(resolve(cell))
-        kernels = _POINTWISE[key] = PointwiseKernels(forward_kernel, backward_kernel, config.threads)
-    return kernels
+    return _build_pointwise(cell, dtype, config.threads)

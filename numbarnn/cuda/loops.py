@@ -41,7 +41,7 @@ import numpy as np
 from numba import cuda
 from numba.np import numpy_support
 
-from ._support import config, grid1d, simulator
+from ._support import config, grid1d, kernel_cache, simulator
 from .cells import cell_key, resolve
 from .matmul import gemm
 
@@ -115,7 +115,8 @@ def _colsum_shape() -> tuple:
     return cw, max(1, config.threads // cw)
 
 
-def _build_column_sums(dtype, CW: int, CR: int):
+@kernel_cache
+def _build_column_sums(dtype: np.dtype, CW: int, CR: int):
     nb_dtype = numpy_support.from_dtype(dtype)
     zero = dtype.type(0)
 
@@ -142,9 +143,6 @@ def _build_column_sums(dtype, CW: int, CR: int):
     return column_sums_kernel
 
 
-_COLSUMS = {}
-
-
 def column_sums(a2d, out, stream=0):
     """out (K,) = sum over the rows of a2d (N, K): a block sums CW columns in CR row slices.
 
@@ -160,11 +158,8 @@ def column_sums(a2d, out, stream=0):
     >>> out.copy_to_host().tolist(), np.array_equal(out.copy_to_host(), a2d.sum(axis=0))
     ([15.0, 18.0, 21.0, 24.0, 27.0], True)
     """
-    dtype = np.dtype(a2d.dtype)
     CW, CR = _colsum_shape()
-    kernel = _COLSUMS.get((dtype.name, CW, CR))
-    if kernel is None:
-        kernel = _COLSUMS[dtype.name, CW, CR] = _build_column_sums(dtype, CW, CR)
+    kernel = _build_column_sums(np.dtype(a2d.dtype), CW, CR)
     K = a2d.shape[1]
     kernel[(K + CW - 1) // CW, (CW, CR), stream](a2d, out)
 
@@ -235,7 +230,8 @@ def index_segments(idx: np.ndarray, vocab: int):
     return order, starts
 
 
-def _build_segment_sums(dtype):
+@kernel_cache
+def _build_segment_sums(dtype: np.dtype):
     zero = dtype.type(0)
 
     @cuda.jit
@@ -251,9 +247,6 @@ def _build_segment_sums(dtype):
             dW_x[k, i] = s
 
     return segment_sums_kernel
-
-
-_SEGMENT_SUMS = {}
 
 
 def input_weight_gradients_indices(dxz2d, order, starts, dW_x, db_x, stream=0):
@@ -276,10 +269,7 @@ def input_weight_gradients_indices(dxz2d, order, starts, dW_x, db_x, stream=0):
     (True, True)
     """
     GH, V = dW_x.shape
-    dtype = np.dtype(dW_x.dtype)
-    kernel = _SEGMENT_SUMS.get(dtype.name)
-    if kernel is None:
-        kernel = _SEGMENT_SUMS[dtype.name] = _build_segment_sums(dtype)
+    kernel = _build_segment_sums(np.dtype(dW_x.dtype))
     kernel[grid1d(GH * V), config.threads, stream](dxz2d, order, starts, dW_x)
     column_sums(dxz2d, db_x, stream=stream)
 
@@ -686,9 +676,6 @@ def _build_rowdot_steps(pair, dtype: np.dtype, G: int, S: int, tile: tuple) -> S
     return _wrap_steps(forward_tile, backward_tile, tile, "rowdot")
 
 
-_STEPS = {}
-
-
 def step_kind(B: int) -> str:
     """``"tiled"`` or ``"rowdot"`` for a batch of B rows: ``config.step_kernel``, where
     ``"auto"`` means rowdot up to ``config.rowdot_max_batch`` rows.
@@ -739,12 +726,13 @@ def step_kernels(cell, dtype, B: int, H: int) -> StepKernels:
         tile = (min(config.rowdot_batch, B), config.rowdot_warps)
     else:
         tile = step_tiles(B, H, cell.gates)
-    key = cell_key(cell, dtype) + (kind, tile)
-    kernels = _STEPS.get(key)
-    if kernels is None:
-        build = _build_rowdot_steps if kind == "rowdot" else _build_steps
-        kernels = _STEPS[key] = build(resolve(cell), dtype, cell.gates, cell.states, tile)
-    return kernels
+    return _build_step_kernels(cell, dtype, kind, tile)
+
+
+@kernel_cache(key=lambda cell, dtype, kind, tile: cell_key(cell, dtype) + (kind, tile))
+def _build_step_kernels(cell, dtype: np.dtype, kind: str, tile: tuple) -> StepKernels:
+    build = _build_rowdot_steps if kind == "rowdot" else _build_steps
+    return build(resolve(cell), dtype, cell.gates, cell.states, tile)
 
 
 @cuda.jit
@@ -782,9 +770,6 @@ def transpose(src, dst, stream=0):
 
 # ---- choosing the loop strategy ------------------------------------------------------------
 
-_RESIDENT = {}
-
-
 def resident_blocks(dispatcher, args, block) -> int:
     """How many blocks of this kernel can be resident at once (0: no cooperative launch).
 
@@ -803,14 +788,14 @@ def resident_blocks(dispatcher, args, block) -> int:
     if simulator():
         return 1  # the simulator runs cooperative grids of one block only
     try:
-        argtypes = tuple(dispatcher.typeof_pyval(a) for a in args)
-        key = (id(dispatcher), argtypes, tuple(block))
-        if key not in _RESIDENT:
-            kernel = dispatcher.compile(argtypes)
-            _RESIDENT[key] = int(kernel.max_cooperative_grid_blocks(block))
-        return _RESIDENT[key]
+        return _max_cooperative_blocks(dispatcher, tuple(dispatcher.typeof_pyval(a) for a in args), tuple(block))
     except Exception:  # noqa: BLE001 - no cooperative launch on this device/driver: per-step launches
         return 0
+
+
+@kernel_cache(key=lambda dispatcher, argtypes, block: (id(dispatcher), argtypes, block))
+def _max_cooperative_blocks(dispatcher, argtypes: tuple, block: tuple) -> int:
+    return int(dispatcher.compile(argtypes).max_cooperative_grid_blocks(block))
 
 
 def _strategy(loop, ntiles, dispatcher, args, block, batch):

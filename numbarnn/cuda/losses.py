@@ -17,15 +17,14 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._support import config, grid1d
+from ._support import config, grid1d, kernel_cache
 
 # ---- reductions: x (n,) -> out[slot], float64 accumulation -----------------------------
-
-_REDUCE = {}
 
 SUM, SQUARES, NONFINITE = 0, 1, 2  # what reduce_sum adds up: x, x*x, or x - x (NaN iff x is not finite)
 
 
+@kernel_cache
 def _build_reduce(threads: int, mode: int):
     @cuda.jit(device=True)
     def block_sum(buf, tid, s):
@@ -98,11 +97,7 @@ def reduce_sum(x, out, slot=0, partials=None, square=False, stream=0, mode=None)
     """
     threads = config.reduce_threads
     mode = (SQUARES if square else SUM) if mode is None else int(mode)
-    key = (threads, mode)
-    kernels = _REDUCE.get(key)
-    if kernels is None:
-        kernels = _REDUCE[key] = _build_reduce(threads, mode)
-    partial_kernel, final_kernel = kernels
+    partial_kernel, final_kernel = _build_reduce(threads, mode)
     if partials is None:
         partials = cuda.device_array(MAX_PARTIALS, np.float64)
     nblocks = int(min(MAX_PARTIALS, config.max_blocks, max(1, (x.shape[0] + threads - 1) // threads)))

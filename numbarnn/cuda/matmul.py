@@ -20,13 +20,11 @@ import numpy as np
 from numba import cuda
 from numba.np import numpy_support
 
-from ._support import config
-
-_KERNELS = {}
-_DUMMY = {}
+from ._support import config, kernel_cache
 
 
-def _build(trans_a: bool, trans_b: bool, with_bias: bool, dtype: np.dtype, tile):
+@kernel_cache
+def _build(trans_a: bool, trans_b: bool, with_bias: bool, dtype: np.dtype, tile: tuple):
     BM, BN, BK, TM, TN = tile
     NTX, NTY = BN // TN, BM // TM
     NT = NTX * NTY
@@ -105,12 +103,10 @@ def _build(trans_a: bool, trans_b: bool, with_bias: bool, dtype: np.dtype, tile)
     return gemm_kernel
 
 
-def _dummy(dtype):
-    dtype = np.dtype(dtype)
-    arr = _DUMMY.get(dtype.name)
-    if arr is None:
-        arr = _DUMMY[dtype.name] = cuda.to_device(np.zeros(1, dtype))
-    return arr
+@kernel_cache
+def _dummy(dtype: np.dtype):
+    """A one-element device array standing in for ``bias`` when there is none."""
+    return cuda.to_device(np.zeros(1, dtype))
 
 
 def gemm_kernel(trans_a: bool, trans_b: bool, with_bias: bool, dtype, tile=None):
@@ -129,12 +125,7 @@ def gemm_kernel(trans_a: bool, trans_b: bool, with_bias: bool, dtype, tile=None)
     False
     """
     tile = tuple(config.gemm_tile if tile is None else tile)
-    dtype = np.dtype(dtype)
-    key = (bool(trans_a), bool(trans_b), bool(with_bias), dtype.name, tile)
-    kernel = _KERNELS.get(key)
-    if kernel is None:
-        kernel = _KERNELS[key] = _build(*key[:3], dtype, tile)
-    return kernel
+    return _build(bool(trans_a), bool(trans_b), bool(with_bias), np.dtype(dtype), tile)
 
 
 def gemm(A, B, C, bias=None, trans_a=False, trans_b=False, stream=0, tile=None):
@@ -163,4 +154,4 @@ def gemm(A, B, C, bias=None, trans_a=False, trans_b=False, stream=0, tile=None):
     BM, BN, BK, TM, TN = tile
     kernel = gemm_kernel(trans_a, trans_b, bias is not None, C.dtype, tile)
     grid = ((N + BN - 1) // BN, (M + BM - 1) // BM)
-    kernel[grid, (BN // TN, BM // TM), stream](A, B, _dummy(C.dtype) if bias is None else bias, C)
+    kernel[grid, (BN // TN, BM // TM), stream](A, B, _dummy(np.dtype(C.dtype)) if bias is None else bias, C)
