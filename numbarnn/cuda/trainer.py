@@ -771,6 +771,10 @@ def cuda_trainer_from(trainer: Trainer, loop=None) -> CudaTrainer:
     out.step = trainer.step
     out.history = list(getattr(trainer, "history", []))
     out.state = trainer.state
+    out.fit_state = dict(trainer.fit_state)  # early stopping continues exactly (a resumed run)
+    best = out.fit_state["best_params"]
+    if best is not None and not hasattr(best, "copy_to_host"):
+        out.fit_state["best_params"] = cuda.to_device(np.ascontiguousarray(best, model.dtype))
     for attr in ("cell_spec", "loss_spec", "optimizer_spec", "sampler_spec"):
         if hasattr(trainer, attr):
             setattr(out, attr, getattr(trainer, attr))

@@ -229,3 +229,21 @@ def test_fit_and_text_generation_with_a_vocabulary():
     assert summaries[0]["stopped"] == summaries[1]["stopped"] == "done"
     np.testing.assert_allclose([loss for _, loss in gpu.history], [loss for _, loss in cpu.history], rtol=1e-12)
     assert gpu.generate("a", 5, seed=1) == cpu.generate("a", 5, seed=1)
+
+
+def test_early_stopping_state_moves_to_the_device():
+    """A run resumed on the device keeps fit's early-stopping state: best loss, counter and best weights."""
+    from numbarnn.cuda.trainer import cuda_trainer_from
+
+    cpu = numbarnn.make_trainer("lstm", vocab_size=5, hidden_size=6, dtype="float64", seed=3)
+    best = cpu.snapshot_params()
+    cpu.train_step(*batches(1)[0])
+    cpu.fit_state.update(best_val_loss=1.25, evals_since_best=2, best_params=best, val_loss=1.5)
+    gpu = cuda_trainer_from(cpu)
+    assert {k: gpu.fit_state[k] for k in ("best_val_loss", "evals_since_best", "val_loss")} == \
+        {"best_val_loss": 1.25, "evals_since_best": 2, "val_loss": 1.5}
+    gpu.restore_params(gpu.fit_state["best_params"])
+    restored = gpu.params_to_host()
+    cpu.restore_params(best)
+    for key, value in cpu.model.params.items():
+        np.testing.assert_array_equal(restored[key], value, err_msg=key)
