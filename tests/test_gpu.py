@@ -39,10 +39,10 @@ def test_forward_and_gradients_match_cpu_float64_default_shapes(cell, loop, B):
 
 
 def test_persistent_grid_spans_several_blocks():
-    from numbarnn.cuda import loops
+    from numbarnn.cuda import loops, steps
 
     cell = numbarnn.get_cell("lstm")
-    kernels = loops.step_kernels(cell, np.float32, 64, 1024)
+    kernels = steps.step_kernels(cell, np.float32, 64, 1024)
     assert kernels.ntiles(64, 1024) > 1
     # resident_blocks compiles the kernel and asks the device how many blocks fit at once
     from numba import cuda

@@ -2,9 +2,12 @@
 
 Importing :mod:`numbarnn` never imports this package, and importing this package does
 not import ``numba.cuda`` either: the kernel modules (:mod:`numbarnn.cuda.cells`,
-``loops``, ``matmul``, ``heads``, ``losses``, ``optim``, ``sampling``, ``trainer``; the
-names mirror :mod:`numbarnn.kernels`) import it when they are first imported themselves,
-which :func:`require` does only after checking that the target can work.
+``loops``, ``heads``, ``losses``, ``optim``, ``sampling``, whose names mirror
+:mod:`numbarnn.kernels`; ``steps`` for the fused recurrent step,
+``matmul``, ``arrays`` and ``trainer``) import it when they are first imported
+themselves, which :func:`require` does only after checking that the target can work.
+What they all share (this configuration, the errors, the kernel cache, which components
+run on the device) is in ``numbarnn.cuda._support``, which imports no ``numba.cuda``.
 
 The CUDA target is an optional extra, ``pip install "numbarnn[cuda]"``, which installs
 NVIDIA's ``numba-cuda`` package. :func:`available` says whether a GPU can be used and

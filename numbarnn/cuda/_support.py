@@ -76,7 +76,7 @@ class Config:
             BM x BN tile of the output in K-steps of BK through shared memory, each thread a
             TM x TN register tile (so a block has (BM/TM) * (BN/TN) threads).
         step_tile: ``(BM, BJ, BK, TM)`` of the fused recurrent step, or None to derive it
-            from the batch and hidden sizes (:func:`numbarnn.cuda.loops.step_tiles`). A
+            from the batch and hidden sizes (:func:`numbarnn.cuda.steps.step_tiles`). A
             forward block computes rows BM of the batch and hidden units BJ of every gate.
         step_kernel: which fused step kernels run the recurrence: ``"tiled"`` (a block owns
             a BM x BJ tile of batch rows and units, the product staged through shared

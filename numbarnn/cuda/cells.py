@@ -19,10 +19,10 @@ A device function touches only its own element's entries, so the loops may run a
 elements on any thread and fuse the pointwise step into the recurrent matrix product.
 
 Device functions are not first-class values on the GPU (a kernel cannot take one as an
-argument the way ``@njit`` loops take the CPU kernels), so kernels are built per cell
-by small factories that close over the pair, and cached (:func:`numbarnn.cuda._support.kernel_cache`) per cell
-and dtype: :func:`pointwise_kernels` here (one launch computes one step over all elements)
-and the fused step kernels in :mod:`numbarnn.cuda.loops`.
+argument the way an ``@njit`` function can take another), so kernels are built per cell
+by small factories that close over the pair, and cached per cell and dtype
+(:func:`numbarnn.cuda._support.kernel_cache`): :func:`pointwise_kernels` here (one launch
+computes one step over all elements) and the fused step kernels in :mod:`numbarnn.cuda.steps`.
 
 A cell declares its pair lazily, as a dotted path in ``CellSpec.cuda_pointwise``
 (``"package.module:NAME"``, NAME a :class:`CudaPointwise`), so that importing numbarnn

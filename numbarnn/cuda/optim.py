@@ -19,10 +19,6 @@ from ._support import config, grid1d
 from .losses import reduce_sum
 
 
-def _grid(n: int) -> int:
-    return grid1d(n)
-
-
 @cuda.jit
 def sgd_kernel(p, g, lr):
     """p (P,) -= lr * g (P,), a thread per element (grid-stride: any grid covers P).
@@ -146,7 +142,7 @@ def sgd_update(p, g, lr, stream=0):
     >>> np.allclose(p.copy_to_host(), 1 - 0.5 * np.arange(10.0))
     True
     """
-    sgd_kernel[_grid(p.shape[0]), config.threads, stream](p, g, float(lr))
+    sgd_kernel[grid1d(p.shape[0]), config.threads, stream](p, g, float(lr))
 
 
 def momentum_update(p, g, velocity, lr, momentum, nesterov, stream=0):
@@ -166,7 +162,7 @@ def momentum_update(p, g, velocity, lr, momentum, nesterov, stream=0):
     >>> np.allclose(d_p.copy_to_host(), p), np.allclose(d_velocity.copy_to_host(), velocity)
     (True, True)
     """
-    momentum_kernel[_grid(p.shape[0]), config.threads, stream](p, g, velocity, float(lr), float(momentum),
+    momentum_kernel[grid1d(p.shape[0]), config.threads, stream](p, g, velocity, float(lr), float(momentum),
                                                                bool(nesterov))
 
 
@@ -185,7 +181,7 @@ def adagrad_update(p, g, memory, lr, eps, stream=0):
     >>> np.allclose(d_p.copy_to_host(), p), np.allclose(d_memory.copy_to_host(), memory)
     (True, True)
     """
-    adagrad_kernel[_grid(p.shape[0]), config.threads, stream](p, g, memory, float(lr), float(eps))
+    adagrad_kernel[grid1d(p.shape[0]), config.threads, stream](p, g, memory, float(lr), float(eps))
 
 
 def rmsprop_update(p, g, square_avg, lr, alpha, eps, stream=0):
@@ -203,7 +199,7 @@ def rmsprop_update(p, g, square_avg, lr, alpha, eps, stream=0):
     >>> np.allclose(d_p.copy_to_host(), p), np.allclose(d_square_avg.copy_to_host(), square_avg)
     (True, True)
     """
-    rmsprop_kernel[_grid(p.shape[0]), config.threads, stream](p, g, square_avg, float(lr), float(alpha),
+    rmsprop_kernel[grid1d(p.shape[0]), config.threads, stream](p, g, square_avg, float(lr), float(alpha),
                                                               float(eps))
 
 
@@ -224,7 +220,7 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, stream=0):
     (True, True)
     """
     step_size, bc2_sqrt = adam_scalars(float(lr), float(beta1), float(beta2), step)
-    adam_kernel[_grid(p.shape[0]), config.threads, stream](p, g, m, v, step_size, float(beta1), float(beta2),
+    adam_kernel[grid1d(p.shape[0]), config.threads, stream](p, g, m, v, step_size, float(beta1), float(beta2),
                                                            float(eps), bc2_sqrt)
 
 
@@ -282,7 +278,7 @@ def clip_by_value(g, max_value, stream=0):
     >>> np.array_equal(d_g.copy_to_host(), np.clip(g, -2.0, 2.0))
     True
     """
-    clip_by_value_kernel[_grid(g.shape[0]), config.threads, stream](g, float(max_value))
+    clip_by_value_kernel[grid1d(g.shape[0]), config.threads, stream](g, float(max_value))
 
 
 def sum_of_squares(g, out, slot=0, partials=None, stream=0):
@@ -317,4 +313,4 @@ def clip_by_norm(g, norm_sq, clip, stream=0):
     >>> np.allclose(d_g.copy_to_host(), g / (np.linalg.norm(g) + 1e-6))
     True
     """
-    clip_by_norm_kernel[_grid(g.shape[0]), config.threads, stream](g, norm_sq, float(clip))
+    clip_by_norm_kernel[grid1d(g.shape[0]), config.threads, stream](g, norm_sq, float(clip))

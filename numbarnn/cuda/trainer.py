@@ -38,7 +38,8 @@ from .. import optimizers as _optimizers
 from ..trainer import START_INPUT, NonFiniteLossError, SequenceModel, Trainer, make_model
 from . import require
 from ._support import DEVICE_OPTIMIZERS, check_layers, check_loss, check_optimizer
-from . import heads, loops
+from . import arrays as darrays
+from . import heads, loops, steps
 from . import losses as dlosses
 from . import optim as doptim
 from . import sampling as dsampling
@@ -311,15 +312,15 @@ class CudaSequenceModel:
             return
         if state is None:
             for s in range(S):
-                loops.fill(states[s, 0].reshape(B * H), 0)
+                darrays.fill(states[s, 0].reshape(B * H), 0)
         elif isinstance(state, DeviceState):
             if state.shape != (S, B, H):
                 raise ValueError(f"initial state has shape {state.shape}, expected {(S, B, H)}")
-            loops.state_in(state.array, states, 0)
+            darrays.state_in(state.array, states, 0)
         else:
             arrays = self._check_model.layer._unpack_state(state, B, "initial state")
             host = np.ascontiguousarray(np.stack([np.asarray(a, self.dtype) for a in arrays]))
-            loops.state_in(cuda.to_device(host), states, 0)
+            darrays.state_in(cuda.to_device(host), states, 0)
 
     def forward_device(self, buf, T: int, B: int, is_index: bool, state=None, loop=None):
         """Forward over the batch already in ``buf["x"]``; logits land in ``buf["logits"]``."""
@@ -331,7 +332,7 @@ class CudaSequenceModel:
         else:
             loops.project_dense(buf["x"].reshape((N, self.input_size)), p["W_x"], p["b_x"], xz2d)
         self._set_initial_state(buf, state, B)
-        kernels = loops.step_kernels(cell, self.dtype, B, H)
+        kernels = steps.step_kernels(cell, self.dtype, B, H)
         loops.sequence_forward(kernels, buf["xz"], p["W_h"], p["b_h"], buf["states"], buf["cache"], buf["hz"],
                                loop=loop)
         if self.output_size is not None:
@@ -345,7 +346,7 @@ class CudaSequenceModel:
     def final_state(self, buf, T: int, B: int) -> DeviceState:
         """A device copy of the state after step T in ``buf``, (S, B, H)."""
         out = cuda.device_array((self.cell.states, B, self.hidden_size), self.dtype)
-        loops.state_out(buf["states"], T, out)
+        darrays.state_out(buf["states"], T, out)
         return DeviceState(out, self.cell.states)
 
     def backward_device(self, d_hidden_ready: bool = False, d_final_state=None, initial_gradient=False,
@@ -365,10 +366,10 @@ class CudaSequenceModel:
                                   buf["d_hidden"].reshape((N, H)))
         dstate = buf["dstate"]
         if d_final_state is None:
-            loops.fill(dstate.reshape(dstate.size), 0)
+            darrays.fill(dstate.reshape(dstate.size), 0)
         else:
             dstate.copy_to_device(np.ascontiguousarray(d_final_state, self.dtype))
-        kernels = loops.step_kernels(cell, self.dtype, B, H)
+        kernels = steps.step_kernels(cell, self.dtype, B, H)
         if kernels.backward_wants_transpose and self._W_hT is None:
             self._W_hT = cuda.device_array((H, GH), self.dtype)  # refilled from W_h by every backward
         loops.sequence_backward(kernels, p["W_h"], buf["states"], buf["cache"], buf["d_hidden"], dstate,
@@ -583,7 +584,7 @@ class CudaTrainer(Trainer):
     def snapshot_params(self):
         """A device copy of every parameter (for :meth:`restore_params`); copies nothing to the host."""
         copy = cuda.device_array(self.model.size, self.model.dtype)
-        loops.copy_flat(self.model.flat, copy)
+        darrays.copy_flat(self.model.flat, copy)
         return copy
 
     def restore_params(self, snapshot) -> None:
@@ -591,7 +592,7 @@ class CudaTrainer(Trainer):
         if isinstance(snapshot, Mapping):
             self.model.load_params(snapshot)
         else:
-            loops.copy_flat(snapshot, self.model.flat)
+            darrays.copy_flat(snapshot, self.model.flat)
 
     def params_finite(self) -> bool:
         """Whether every parameter is finite, checked on the device (8 bytes come back)."""
@@ -617,7 +618,7 @@ class CudaTrainer(Trainer):
         buf["ints"].copy_to_device(ints)
         if bool((weights == 1).all()):
             if not buf["mask_is_ones"]:
-                loops.fill(buf["mask"], 1)
+                darrays.fill(buf["mask"], 1)
                 buf["mask_is_ones"] = True
         else:
             buf["mask"].copy_to_device(weights)
@@ -710,12 +711,12 @@ class CudaTrainer(Trainer):
         next_input = step_buf["x"]  # each sampled index is the next step's input, on the device
         dsampling.sample(pbuf["logits"], P - 1, sampler_params, d_uniforms, 0, probs, filtered, order, out,
                          next_input)
-        loops.state_copy(pbuf["states"], P, step_buf["states"], 0)
+        darrays.state_copy(pbuf["states"], P, step_buf["states"], 0)
         for i in range(1, length):
             model.forward_device(step_buf, 1, 1, True, _KEEP_STATE, loop=self.loop)
             dsampling.sample(step_buf["logits"], 0, sampler_params, d_uniforms, i, probs, filtered, order, out,
                              next_input)
-            loops.state_copy(step_buf["states"], 1, step_buf["states"], 0)
+            darrays.state_copy(step_buf["states"], 1, step_buf["states"], 0)
         result = [int(v) for v in out.copy_to_host()]
         if dsampling.INVALID in result:
             raise ValueError("sample_categorical: probabilities must be non-negative and not NaN, with a "

@@ -4,7 +4,8 @@ import pytest
 from numba import cuda
 
 import numbarnn
-from numbarnn.cuda import UnsupportedOnCuda, cells as dcells, config, loops as dloops
+from numbarnn.cuda import UnsupportedOnCuda, arrays as darrays, cells as dcells, config, loops as dloops
+from numbarnn.cuda import steps as dsteps
 from numbarnn.cuda import losses as dlosses, matmul, optim as doptim, sampling as dsampling
 from numbarnn.kernels import loops, losses, optim
 from numbarnn.samplers import CategoricalSampler, GreedySampler, TemperatureSampler, TopKSampler, TopPSampler
@@ -186,7 +187,7 @@ def _device_sequence(cell, xz, W_h, b_h, h0, d_out, d_final, loop):
     states[:, 0] = h0
     d_states = dev(states)
     d_cache = cuda.device_array((T, B, max(cell.cache_width, 1) * H), dtype)
-    kernels = dloops.step_kernels(cell, dtype, B, H)
+    kernels = dsteps.step_kernels(cell, dtype, B, H)
     d_xz, d_W_h = dev(xz), dev(W_h)
     dloops.sequence_forward(kernels, d_xz, d_W_h, dev(b_h), d_states, d_cache,
                             cuda.device_array((B, cell.gates * H), dtype), loop=loop)
@@ -251,11 +252,11 @@ def test_rowdot_with_more_units_than_lanes_and_one_batch_row(cell, small_blocks)
 
 def test_step_kind_choice(small_blocks):
     small_blocks.update(step_kernel="auto", rowdot_max_batch=4)
-    assert [dloops.step_kind(B) for B in (1, 4, 5, 64)] == ["rowdot", "rowdot", "tiled", "tiled"]
+    assert [dsteps.step_kind(B) for B in (1, 4, 5, 64)] == ["rowdot", "rowdot", "tiled", "tiled"]
     small_blocks.update(step_kernel="tiled")
-    assert dloops.step_kind(1) == "tiled"
+    assert dsteps.step_kind(1) == "tiled"
     small_blocks.update(step_kernel="rowdot", rowdot_batch=2, rowdot_warps=3)
-    kernels = dloops.step_kernels(numbarnn.get_cell("lstm"), np.float64, 5, 7)
+    kernels = dsteps.step_kernels(numbarnn.get_cell("lstm"), np.float64, 5, 7)
     assert kernels.kind == "rowdot" and kernels.block == (96,) and kernels.backward_wants_transpose
     assert kernels.ntiles(5, 7) == 7  # 7 units x 3 batch groups = 21 warps, 3 per block
     with pytest.raises(ValueError, match="step_kernel"):
@@ -265,26 +266,26 @@ def test_step_kind_choice(small_blocks):
 def test_transpose():
     a = np.random.default_rng(8).normal(size=(5, 3))
     out = cuda.device_array((3, 5))
-    dloops.transpose(dev(a), out)
+    darrays.transpose(dev(a), out)
     np.testing.assert_array_equal(out.copy_to_host(), a.T)
     with pytest.raises(ValueError, match="transpose"):
-        dloops.transpose(dev(a), cuda.device_array((5, 3)))
+        darrays.transpose(dev(a), cuda.device_array((5, 3)))
 
 
 def test_step_tiles_default_heuristic_and_override(small_blocks):
     small_blocks.update(step_tile=None)
-    assert dloops.step_tiles(64, 1024, 4) == (64, 16, 16, 4)
-    assert dloops.step_tiles(1, 1024, 4)[0] == 1
+    assert dsteps.step_tiles(64, 1024, 4) == (64, 16, 16, 4)
+    assert dsteps.step_tiles(1, 1024, 4)[0] == 1
     for B in (1, 2, 3, 4, 7, 16, 64, 100):
-        BM, BJ, BK, TM = dloops.step_tiles(B, 1024, 4)
+        BM, BJ, BK, TM = dsteps.step_tiles(B, 1024, 4)
         assert BM % TM == 0 and BM <= 64
     small_blocks.update(step_tile=(2, 4, 3, 1))
-    assert dloops.step_tiles(64, 1024, 4) == (2, 4, 3, 1)
+    assert dsteps.step_tiles(64, 1024, 4) == (2, 4, 3, 1)
 
 
 def test_loop_strategy_choice(small_blocks):
     cell = numbarnn.get_cell("rnn")
-    kernels = dloops.step_kernels(cell, np.float64, 3, 6)
+    kernels = dsteps.step_kernels(cell, np.float64, 3, 6)
     # The simulator runs cooperative grids of one block: "auto" takes per-step launches,
     # "persistent" one block looping over every tile.
     assert dloops._strategy("auto", 4, kernels.forward_persistent, (), kernels.block, 3) == (False, 4)
@@ -296,7 +297,7 @@ def test_auto_loop_rule_on_a_device(small_blocks, monkeypatch):
     # As on a GPU that holds 100 blocks at once: "auto" runs small batches persistent (the
     # blocks loop over the tiles when there are more tiles than blocks) and large ones with
     # a launch per step; without cooperative launches, always per-step launches.
-    kernels = dloops.step_kernels(numbarnn.get_cell("rnn"), np.float64, 3, 6)
+    kernels = dsteps.step_kernels(numbarnn.get_cell("rnn"), np.float64, 3, 6)
     monkeypatch.setattr(dloops, "simulator", lambda: False)
     monkeypatch.setattr(dloops, "resident_blocks", lambda *a: 100)
     small_blocks.update(persistent_max_batch=16)
@@ -311,16 +312,16 @@ def test_state_helpers():
     states = rng.normal(size=(2, 4, 3, 5))
     d_states = dev(states)
     out = cuda.device_array((2, 3, 5))
-    dloops.state_out(d_states, 2, out)
+    darrays.state_out(d_states, 2, out)
     np.testing.assert_array_equal(out.copy_to_host(), states[:, 2])
-    dloops.state_in(out, d_states, 0)
-    dloops.state_copy(d_states, 3, d_states, 1)
+    darrays.state_in(out, d_states, 0)
+    darrays.state_copy(d_states, 3, d_states, 1)
     expected = states.copy()
     expected[:, 0] = states[:, 2]
     expected[:, 1] = states[:, 3]
     np.testing.assert_array_equal(d_states.copy_to_host(), expected)
     flat = cuda.device_array(7, np.float32)
-    dloops.fill(flat, 2.5)
+    darrays.fill(flat, 2.5)
     np.testing.assert_array_equal(flat.copy_to_host(), np.full(7, 2.5, np.float32))
 
 
