@@ -27,7 +27,6 @@ import io
 import os
 import stat
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -104,15 +103,14 @@ def _make_private(path: Path) -> None:
         os.chmod(directory, 0o700)  # mkdir's mode is masked by the umask; 0700 is what we promise
 
 
-def _fallback_directory(purpose: str) -> Path:
-    """This user's own directory for ``purpose``: under the user cache directory when that is
-    private, else a fresh temporary one (mkdtemp: 0700, unpredictable name) for this process."""
+def _fallback_directory(purpose: str) -> Optional[Path]:
+    """This user's own directory for ``purpose`` under the user cache directory, or None when
+    that cannot be made private either. (Not a fresh temporary directory: every process would
+    leave one behind, full of machine code nobody reuses.)"""
     home_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "numbarnn-private" / purpose
     with contextlib.suppress(OSError):
         _make_private(home_cache)
-        if private_directory_problem(home_cache) is None:
-            return home_cache
-    return Path(tempfile.mkdtemp(prefix=f"numbarnn-{purpose}-"))
+    return home_cache if private_directory_problem(home_cache) is None else None
 
 
 _warned = set()
@@ -120,8 +118,9 @@ _warned = set()
 
 def private_directory(path, purpose: str, *, strict: bool = False) -> Path:
     """``path`` created as a private directory (0700), or, when it is not safe, a private
-    fallback with a one-line :class:`UnsafeCacheWarning` naming the refused path and why
-    (``strict``: raise :class:`UnsafeCacheError` instead).
+    fallback with a one-line :class:`UnsafeCacheWarning` naming the refused path and why.
+    :class:`UnsafeCacheError` (an ``OSError``) when there is no private fallback either, or
+    with ``strict``: the caller then compiles without a disk cache.
 
     >>> import os, tempfile, warnings
     >>> from pathlib import Path
@@ -143,9 +142,9 @@ def private_directory(path, purpose: str, *, strict: bool = False) -> Path:
     problem = private_directory_problem(path)
     if problem is None:
         return path
-    if strict:
+    fallback = None if strict else _fallback_directory(purpose)
+    if fallback is None:
         raise UnsafeCacheError(f"refusing the {purpose} cache: {problem}")
-    fallback = _fallback_directory(purpose)
     if (path, fallback) not in _warned:
         _warned.add((path, fallback))
         warnings.warn(f"numbarnn: not using the {purpose} cache {path}: {problem}; using {fallback} instead",
@@ -160,7 +159,12 @@ def secure_numba_cache_dir() -> None:
     from numba.core import config
 
     if config.CACHE_DIR:
-        config.CACHE_DIR = str(private_directory(config.CACHE_DIR, "numba"))
+        try:
+            config.CACHE_DIR = str(private_directory(config.CACHE_DIR, "numba"))
+        except UnsafeCacheError as error:
+            # No private place for it: Numba's defaults (next to the package, or its user cache).
+            warnings.warn(f"numbarnn: {error}; NUMBA_CACHE_DIR ignored", UnsafeCacheWarning, stacklevel=2)
+            config.CACHE_DIR = ""
 
 
 # ---- Numba cache files numbarnn can verify -------------------------------------------------

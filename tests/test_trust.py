@@ -87,7 +87,8 @@ def test_the_cache_directory_is_made_private_whatever_the_umask(tmp_path):
 
 
 @pytest.mark.parametrize("problem", ["group-writable", "world-writable", "symlink", "foreign file", "foreign dir"])
-def test_an_unsafe_cache_directory_is_refused_with_one_warning_naming_it(tmp_path, problem):
+def test_an_unsafe_cache_directory_is_refused_with_one_warning_naming_it(tmp_path, problem, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))  # where the private fallback goes
     target = tmp_path / "loops"
     target.mkdir(mode=0o700)
     if problem == "group-writable":
@@ -106,11 +107,27 @@ def test_an_unsafe_cache_directory_is_refused_with_one_warning_naming_it(tmp_pat
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         used = trust.private_directory(target, "loops")
-    assert used != target and trust.private_directory_problem(used) is None
+    assert used == tmp_path / "home-cache" / "numbarnn-private" / "loops"
+    assert trust.private_directory_problem(used) is None
     messages = [str(w.message) for w in caught if issubclass(w.category, trust.UnsafeCacheWarning)]
     assert len(messages) == 1 and str(target) in messages[0] and "\n" not in messages[0]
     with pytest.raises(trust.UnsafeCacheError, match=str(target)):
         trust.private_directory(target, "loops", strict=True)
+
+
+def test_with_no_private_place_at_all_the_loops_compile_in_memory(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # the cache directory asked for, and the user cache dir, both unsafe
+    code = ("import warnings; warnings.simplefilter('always')\n" + RUN_LOOPS.format(repo=str(REPO)) +
+            "print(module.__name__)")
+    before = set(Path("/tmp").glob("numbarnn-loops-*"))
+    result = run_python(code, NUMBARNN_CACHE_DIR=str(shared / "loops"), XDG_CACHE_HOME=str(shared))
+    total, hits, misses, name = result.stdout.split()
+    assert name.endswith("_in_memory") and (hits, misses) == ("0", "1")
+    assert "compiling the rnn loops in memory" in result.stderr and str(shared / "loops") in result.stderr
+    assert set(Path("/tmp").glob("numbarnn-loops-*")) == before  # no directory left behind per process
+    assert not [p for p in shared.rglob("*") if not p.is_dir()]  # nothing cached in the unsafe place
 
 
 def test_a_directory_under_an_unsafe_parent_is_refused(tmp_path):

@@ -15,11 +15,12 @@ import re
 import sys
 import tempfile
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..trust import enable_verified_cache, private_directory
+from ..trust import UnsafeCacheWarning, enable_verified_cache, private_directory
 from ._jit import jit
 
 
@@ -367,8 +368,10 @@ def loops_for(cell):
     if forward and backward:
         try:
             module = _disk_cached_module(cell, forward, backward)
-        except OSError:
-            module = None  # no usable cache directory: compile in memory below
+        except OSError as error:  # no private cache directory: compile in memory below
+            warnings.warn(f"numbarnn: {error}; compiling the {cell.name} loops in memory for this process",
+                          UnsafeCacheWarning, stacklevel=2)
+            module = None
     if module is None:
         module = types.ModuleType(f"numbarnn_loops_{cell.name}_in_memory")
         source = _TEMPLATE.read_text().replace("@njit(cache=True)", "@njit")
