@@ -59,9 +59,14 @@ def isolated(monkeypatch):
     for name in set(plugins._in_process) - saved_in_process:
         plugins.unregister_plugin(name)
     sys.path[:] = saved_path
+    # Forget the packages a page wrote to a temporary folder, never the environment's own
+    # libraries or this checkout (both may live under /tmp too, as in a CI clone: unloading
+    # half of matplotlib made its classes fail isinstance checks in the next page).
+    keep = tuple(os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, ROOT))
     for name in set(sys.modules) - saved_modules:
         module = sys.modules.get(name)
-        if (str(getattr(module, "__file__", "") or "").startswith(os.path.realpath(os.sep + "tmp"))
+        file = os.path.realpath(str(getattr(module, "__file__", "") or "")) if getattr(module, "__file__", None) else ""
+        if (file.startswith(os.path.realpath(os.sep + "tmp") + os.sep) and not file.startswith(keep)
                 and not name.startswith("numbarnn_loops_")):  # numbarnn's compiled-loop modules stay
             del sys.modules[name]
     importlib.invalidate_caches()
