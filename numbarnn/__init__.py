@@ -15,18 +15,20 @@ from .plugins import (get_cell, get_loss, get_optimizer, get_registry, get_sampl
                       list_losses, list_optimizers, list_plugins, list_samplers)
 from .registry import DuplicateNameError, UnknownNameError
 from .runtime import set_threads, warmup
+from ._version import __version__
+from .checkpoint import CheckpointError, load_checkpoint
+from .cellcheck import CellCheckError
+from .errors import NonFiniteLossError
 from .trainer import SequenceModel, Trainer, make_model, make_trainer
 
-__version__ = "0.1.0"
 
-
-def load(path, batches=None) -> Trainer:
+def load(path, batches=None, device=None) -> Trainer:
     """The trainer saved at ``path`` by :meth:`Trainer.save` (or ``numbarnn train``), ready to
-    continue; with ``batches``, their data position is restored too. A file that is not a
-    valid checkpoint raises :class:`numbarnn.checkpoint.CheckpointError`; nothing in it runs."""
-    from .checkpoint import load_checkpoint
-
-    return load_checkpoint(path, batches)
+    continue; with ``batches``, their data position is restored too. ``device`` ("cpu" or
+    "cuda") is where it runs; None means the device it was trained on (a clear error if that
+    one is not here, naming ``device="cpu"`` as the way out). A file that is not a valid
+    checkpoint raises :class:`CheckpointError`; nothing in it runs."""
+    return load_checkpoint(path, batches, device=device)
 
 
 __all__ = [
@@ -34,5 +36,6 @@ __all__ = [
     "hookimpl",
     "get_cell", "get_loss", "get_optimizer", "get_sampler", "get_registry",
     "list_cells", "list_losses", "list_optimizers", "list_samplers", "list_plugins",
-    "DuplicateNameError", "UnknownNameError", "set_threads", "warmup", "load", "__version__",
+    "DuplicateNameError", "UnknownNameError", "CheckpointError", "CellCheckError", "NonFiniteLossError",
+    "set_threads", "warmup", "load", "__version__",
 ]

@@ -556,8 +556,9 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="CKPT",
                         help="continue training from this checkpoint, on the text it records, and save back to it")
     parser.add_argument("--plot", metavar="PNG", help="write a loss-curve picture (needs matplotlib)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help='cpu (default), or cuda: an NVIDIA GPU (pip install "numbarnn[cuda]")')
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        help='cpu, or cuda: an NVIDIA GPU (pip install "numbarnn[cuda]"); default: cpu, and with '
+                             '--resume the device the checkpoint was trained on (--device moves the run, exactly)')
     parser.add_argument("--threads", type=int, help="cap Numba's and BLAS's threads together (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_train, parser=parser)
@@ -681,19 +682,15 @@ def run_train(args) -> int:
             return _usage_error(parser, problem + f"; lower {' or '.join(map(_flag, sizing))}")
     try:
         if args.resume:
-            trainer = load_checkpoint(args.resume, batches)
+            trainer = load_checkpoint(args.resume, batches, device=args.device)  # None: where it was trained
             if trainer.vocab is None or trainer.vocab.chars != vocab.chars:
                 return _usage_error(parser, _other_vocabulary(args.resume, data_name, args.file is None and recorded is None))
-            if args.device == "cuda":
-                from .cuda.trainer import cuda_trainer_from
-
-                trainer = cuda_trainer_from(trainer)
         else:
             trainer = make_trainer(cell=cell_spec, loss=option["loss"], optimizer=option["optimizer"],
                                    sampler=option["sampler"], vocab=vocab, hidden_size=option["hidden"],
                                    layers=option["layers"], dropout=option["dropout"], lr=option["lr"],
                                    clip=option["clip"] or None, clip_mode=option["clip_mode"],
-                                   dtype=option["dtype"], seed=seed, mode=mode, device=args.device)
+                                   dtype=option["dtype"], seed=seed, mode=mode, device=args.device or "cpu")
     except (UnknownNameError, CheckpointError, ValueError, CudaUnavailableError, UnsupportedOnCuda) as error:
         return _usage_error(parser, str(error))
     # What it trains on, so that --resume without FILE continues on the same text.

@@ -188,6 +188,11 @@ class Optimizer:
     name: str = "optimizer"
     defaults: Mapping[str, Any] = MappingProxyType({})
     slots: tuple = ()
+    #: Where this class's CUDA update lives, ``"module:function"`` taking
+    #: ``(params, grads, slots, options, step)`` on flat device arrays, or None (CPU only).
+    #: Read from the class itself, never inherited: a subclass with another ``_update``
+    #: must not run its parent's kernel on the GPU. The slots are ``slots`` above.
+    cuda_update: Optional[str] = None
 
     def __init__(self, params: Mapping[str, np.ndarray], **options):
         self.options = self._validate(resolve_options("optimizer", self.name, options, self.defaults))
@@ -344,6 +349,7 @@ class SGD(Optimizer):
     """
 
     name = "sgd"
+    cuda_update = "numbarnn.cuda.optim:sgd_step"
     elementwise = True
     defaults = MappingProxyType({"lr": 0.01})
 
@@ -364,6 +370,7 @@ class Momentum(Optimizer):
     """
 
     name = "momentum"
+    cuda_update = "numbarnn.cuda.optim:momentum_step"
     elementwise = True
     defaults = MappingProxyType({"lr": 0.01, "momentum": 0.9, "nesterov": False})
     slots = ("velocity",)
@@ -393,6 +400,7 @@ class Adagrad(Optimizer):
     """
 
     name = "adagrad"
+    cuda_update = "numbarnn.cuda.optim:adagrad_step"
     elementwise = True
     defaults = MappingProxyType({"lr": 0.1, "eps": 1e-8})
     slots = ("memory",)
@@ -417,6 +425,7 @@ class RMSprop(Optimizer):
     """
 
     name = "rmsprop"
+    cuda_update = "numbarnn.cuda.optim:rmsprop_step"
     elementwise = True
     defaults = MappingProxyType({"lr": 0.001, "alpha": 0.99, "eps": 1e-8})
     slots = ("square_avg",)
@@ -445,6 +454,7 @@ class Adam(Optimizer):
     """
 
     name = "adam"
+    cuda_update = "numbarnn.cuda.optim:adam_step"
     elementwise = True
     defaults = MappingProxyType({"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8})
     slots = ("exp_avg", "exp_avg_sq")

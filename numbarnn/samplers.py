@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
@@ -75,6 +75,10 @@ class Sampler:
     name: str = "sampler"
     defaults: Mapping[str, Any] = MappingProxyType({})
     is_beam: bool = False
+    #: The mode of numbarnn's compiled generation loops (CPU and CUDA) that implements this
+    #: class exactly, or None. Read from the class itself, never inherited: a subclass that
+    #: changes ``choose`` must not run its parent's kernel (see :func:`generation_kernel_args`).
+    generation_mode: Optional[int] = None
 
     def __init__(self, **options):
         self.options = self._validate(resolve_options("sampler", self.name, options, self.defaults))
@@ -123,6 +127,7 @@ class CategoricalSampler(Sampler):
     """
 
     name = "categorical"
+    generation_mode = _k.CATEGORICAL
 
     def distribution(self, logits_row):
         return _softmax(self._checked_row(logits_row), 1.0)
@@ -136,6 +141,7 @@ class GreedySampler(Sampler):
     """
 
     name = "greedy"
+    generation_mode = _k.GREEDY
 
     def distribution(self, logits_row):
         row = self._checked_row(logits_row)
@@ -158,6 +164,7 @@ class TemperatureSampler(Sampler):
     """
 
     name = "temperature"
+    generation_mode = _k.TEMPERATURE
     defaults = MappingProxyType({"temperature": 1.0})
 
     def _validate(self, options):
@@ -176,6 +183,7 @@ class TopKSampler(Sampler):
     """
 
     name = "top_k"
+    generation_mode = _k.TOP_K
     defaults = MappingProxyType({"k": 10, "temperature": 1.0})
 
     def _validate(self, options):
@@ -198,6 +206,7 @@ class TopPSampler(Sampler):
     """
 
     name = "top_p"
+    generation_mode = _k.TOP_P
     defaults = MappingProxyType({"p": 0.9, "temperature": 1.0})
 
     def _validate(self, options):
@@ -240,6 +249,26 @@ class BeamSampler(Sampler):
                                   "trainer over whole sequences, not one choice at a time")
 
     distribution = choose
+
+
+def generation_kernel_args(sampler) -> Optional[tuple]:
+    """``(mode, temperature, k, p)`` for the compiled generation loops when ``sampler``'s own
+    class declares a ``generation_mode`` (the built-in samplers but beam search), else None
+    (the trainer then calls ``sampler.choose`` step by step).
+
+    >>> generation_kernel_args(TopKSampler(k=3, temperature=0.5)) == (_k.TOP_K, 0.5, 3, 1.0)
+    True
+    >>> class Mine(TopKSampler):  # inherits no kernel: its choose may differ
+    ...     pass
+    >>> generation_kernel_args(Mine(k=3)) is None, generation_kernel_args(BeamSampler()) is None
+    (True, True)
+    """
+    mode = type(sampler).__dict__.get("generation_mode")
+    if mode is None:
+        return None
+    options = sampler.options
+    return (int(mode), float(options.get("temperature", 1.0)), int(options.get("k", 1)),
+            float(options.get("p", 1.0)))
 
 
 def _spec(cls, description):

@@ -264,10 +264,12 @@ def test_resume_keeps_the_seed_of_the_checkpoint(capsys, tmp_path):
 
 
 def test_resume_on_cuda_continues_on_the_device(capsys, monkeypatch, tmp_path, checkpoint):
-    import numbarnn.cuda.trainer as cuda_trainer
+    import numbarnn.checkpoint
+    from numbarnn.trainer import Trainer
 
     moved = []
-    monkeypatch.setattr(cuda_trainer, "cuda_trainer_from", lambda trainer: moved.append(trainer) or trainer)
+    monkeypatch.setattr(numbarnn.checkpoint, "require_device", lambda device, why="": None)  # no GPU here
+    monkeypatch.setattr(Trainer, "to", lambda trainer, device: moved.append(device) or trainer)
     status, _, err = run(capsys, "train", *TINY, "--resume", str(checkpoint), "--device", "cuda",
                          "--out", str(tmp_path / "m.ckpt"))
     assert status == 0 and len(moved) == 1, err  # it used to train on the CPU without a word
@@ -282,14 +284,14 @@ def test_41_sequence_lengths_keep_the_step_buffers_bounded(cell):
     rng = np.random.default_rng(1)
     for T in [*range(1, 42), 3, 41, 5]:
         x, y = rng.integers(0, 7, (3, T)), rng.integers(0, 7, (3, T))
-        fresh._workspace.clear()
-        fresh._workspace_buffer = None
+        fresh.backend._workspace.clear()
+        fresh.backend._workspace_buffer = None
         assert trainer.train_step(x, y) == fresh.train_step(x, y)  # shared buffers change nothing
-        assert len(trainer._workspace) <= WORKSPACE_SHAPES
+        assert len(trainer.backend._workspace) <= WORKSPACE_SHAPES
     assert np.array_equal(trainer.model.flat_params, fresh.model.flat_params)
     # One backing buffer, sized for the largest batch: every cached view lives in it.
-    assert all(np.shares_memory(view, trainer._workspace_buffer)
-               for work in trainer._workspace.values() for view in work if view.size)
+    assert all(np.shares_memory(view, trainer.backend._workspace_buffer)
+               for work in trainer.backend._workspace.values() for view in work if view.size)
 
 
 def test_printable_escapes_terminal_controls():

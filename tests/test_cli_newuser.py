@@ -14,6 +14,7 @@ import pytest
 import numbarnn
 from numbarnn import cli, runtime
 from numbarnn import data as D
+from numbarnn import fit as fit_module
 from numbarnn import trainer as T
 from numbarnn.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from numbarnn.data import Vocabulary
@@ -198,7 +199,7 @@ def test_compile_time_is_kept_out_of_the_bar_and_said_before(capsys, monkeypatch
 
     now = [1000.0]
     monkeypatch.setattr(tqdm.std, "time", lambda: now[0])  # the bar's clock
-    monkeypatch.setattr(T, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))  # fit's
+    monkeypatch.setattr(fit_module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))  # fit's
     trainer, batches = names_trainer()
     real_step, real_samples = trainer.train_step, trainer.sample_texts
     calls = {"step": 0, "samples": 0}
@@ -215,10 +216,10 @@ def test_compile_time_is_kept_out_of_the_bar_and_said_before(capsys, monkeypatch
 
     monkeypatch.setattr(trainer, "train_step", step)
     monkeypatch.setattr(trainer, "sample_texts", samples)
-    monkeypatch.setattr(runtime, "kernels_to_compile", lambda trainer, phase: "cached")
+    monkeypatch.setattr(trainer.backend, "kernels_to_compile", lambda phase, sampler: "cached")
     bars = []
-    real_bar = T._progress_bar
-    monkeypatch.setattr(T, "_progress_bar", lambda total, enabled: bars.append(real_bar(total, enabled)) or bars[-1])
+    real_bar = fit_module._progress_bar
+    monkeypatch.setattr(fit_module, "_progress_bar", lambda total, enabled: bars.append(real_bar(total, enabled)) or bars[-1])
     trainer.fit(batches, steps=5, sample_every=3, samples=2, progress=True)
     bar = bars[0]
     assert bar.n == 5 and bar.format_dict["elapsed"] == pytest.approx(4.0)

@@ -173,7 +173,7 @@ def test_dense_targets_through_the_trainer_match_finite_differences(layers):
     every weight by minus the finite-difference gradient of the masked loss per sequence."""
     trainer = numbarnn.make_trainer("lstm", loss="mse", optimizer="sgd", lr=1.0, clip=None, vocab_size=4,
                                     hidden_size=3, layers=layers, dtype="float64", seed=5)
-    assert not trainer._compiled_step  # the general path: forward, the loss plugin, backward
+    assert not trainer.backend.compiled_step  # the general path: forward, the loss plugin, backward
     rng = np.random.default_rng(5)
     inputs = np.array([[-1, 0, 3, 2], [-1, 1, -1, -1]])
     targets = rng.normal(size=(2, 4, 4))
@@ -284,15 +284,13 @@ def test_any_integer_batch_layout_gives_the_same_step():
                                            ("top_k", {"k": 3}), ("top_p", {"p": 0.8})])
 @pytest.mark.parametrize("cell", CELLS)
 def test_compiled_generation_equals_stepping_the_model(monkeypatch, name, options, cell):
-    from numbarnn import trainer as T
-
     trainer = numbarnn.make_trainer(cell=cell, sampler=name, vocab_size=5, hidden_size=8, seed=0, **options)
     for _ in range(10):
         trainer.train_step(SEQ[:-1], SEQ[1:])
     runs = []
     for compiled in (True, False):
         if not compiled:
-            monkeypatch.setattr(T, "_FAST_SAMPLERS", {})
+            monkeypatch.setattr(trainer.backend, "generate", lambda *args: None)  # no compiled loop
         trainer.rng = np.random.default_rng(11)
         long = trainer.generate(prime=[0, 1], length=40)
         stopped = trainer.generate(length=40, stop_index=3)
@@ -309,8 +307,8 @@ def test_compiled_training_step_equals_the_general_path(dtype, cell):
     runs = []
     for compiled in (True, False):
         trainer = numbarnn.make_trainer(cell=cell, optimizer="adam", vocab_size=5, hidden_size=6, dtype=dtype, seed=4)
-        assert trainer._compiled_step
-        trainer._compiled_step = compiled
+        assert trainer.backend.compiled_step
+        trainer.backend.compiled_step = compiled
         losses = [trainer.train_step(x, y, mask=mask) for _ in range(3)]
         losses.append(trainer.train_step(SEQ[:-1], SEQ[1:], state=None))
         losses.append(trainer.train_step(x[:1], y[:1], state=trainer.model.zero_state(1)))

@@ -4,7 +4,7 @@ Importing :mod:`numbarnn` never imports this package, and importing this package
 not import ``numba.cuda`` either: the kernel modules (:mod:`numbarnn.cuda.cells`,
 ``loops``, ``heads``, ``losses``, ``optim``, ``sampling``, whose names mirror
 :mod:`numbarnn.kernels`; ``steps`` for the fused recurrent step,
-``matmul``, ``arrays`` and ``trainer``) import it when they are first imported
+``matmul``, ``arrays``, ``model`` and ``backend``) import it when they are first imported
 themselves, which :func:`require` does only after checking that the target can work.
 What they all share (this configuration, the errors, the kernel cache, which components
 run on the device) is in ``numbarnn.cuda._support``, which imports no ``numba.cuda``.
@@ -44,7 +44,7 @@ if not hasattr(np, "row_stack"):
 from ._support import Config, CudaUnavailableError, UnsupportedOnCuda, config, grid1d, simulator  # noqa: E402
 
 __all__ = ["CudaUnavailableError", "UnsupportedOnCuda", "available", "require", "unavailable_reason", "simulator", "config",
-           "Config", "grid1d", "make_cuda_trainer", "CudaTrainer"]
+           "Config", "grid1d"]
 
 INSTALL_HINT = 'pip install "numbarnn[cuda]"'
 
@@ -148,12 +148,3 @@ def require() -> None:
     reason = unavailable_reason()
     if reason is not None:
         raise CudaUnavailableError(*reason)
-
-
-def __getattr__(name):
-    # Lazy: the trainer module imports numba.cuda, so it is only loaded when asked for.
-    if name in ("make_cuda_trainer", "CudaTrainer"):
-        from . import trainer
-
-        return getattr(trainer, name)
-    raise AttributeError(f"module 'numbarnn.cuda' has no attribute {name!r}")

@@ -15,10 +15,9 @@ from dataclasses import dataclass, fields, replace
 from typing import Optional
 
 from .. import losses as _losses
-from .. import optimizers as _optimizers
 
 __all__ = ["CudaUnavailableError", "UnsupportedOnCuda", "Config", "config", "grid1d", "simulator", "kernel_cache",
-           "DEVICE_LOSSES", "DEVICE_OPTIMIZERS", "check_loss", "check_optimizer", "check_layers"]
+           "DEVICE_LOSSES", "check_loss", "check_optimizer", "check_layers"]
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -257,20 +256,12 @@ def kernel_cache(builder=None, *, key=None):
 
 
 # ---- which components run on the device ---------------------------------------------------
-# A cell has CUDA kernels when its spec names a pair (numbarnn.cuda.cells.resolve says so);
-# losses and optimizers have them when they are in these tables.
+# A cell has CUDA kernels when its spec names a pair (numbarnn.cuda.cells.resolve says so), an
+# optimizer when its class names a ``cuda_update``, a sampler when its class declares a
+# ``generation_mode`` (else it runs on the host); losses when they are in this table.
 
 DEVICE_LOSSES = {_losses.softmax_cross_entropy: "softmax_cross_entropy", _losses.mse: "mse"}
 """Loss function -> name, for the losses with a CUDA kernel (:mod:`numbarnn.cuda.losses`)."""
-
-DEVICE_OPTIMIZERS = {
-    _optimizers.SGD: (),
-    _optimizers.Momentum: ("velocity",),
-    _optimizers.Adagrad: ("memory",),
-    _optimizers.RMSprop: ("square_avg",),
-    _optimizers.Adam: ("exp_avg", "exp_avg_sq"),
-}
-"""Optimizer class -> its state slots, for the optimizers with CUDA kernels (:mod:`numbarnn.cuda.optim`)."""
 
 
 def check_loss(loss) -> None:
@@ -308,7 +299,7 @@ def check_optimizer(optimizer) -> None:
     ...     print(type(error).__name__, error)
     UnsupportedOnCuda optimizer 'mine' has no CUDA kernels; on device='cuda' use one of sgd, momentum, adagrad, rmsprop, adam
     """
-    if type(optimizer) not in DEVICE_OPTIMIZERS:
+    if type(optimizer).__dict__.get("cuda_update") is None:  # declared by the class itself, never inherited
         raise UnsupportedOnCuda(f"optimizer {optimizer.name!r} has no CUDA kernels; on device='cuda' use one of "
                                 "sgd, momentum, adagrad, rmsprop, adam")
 

@@ -224,6 +224,35 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, stream=0):
                                                            float(eps), bc2_sqrt)
 
 
+# ---- one signature for all: what an optimizer class names as its ``cuda_update`` ---------------
+# (params, grads, slots, options, step): flat device arrays (P,), the slot buffers by name, the
+# CPU optimizer's validated options, and the step count after this update (from 1).
+
+def sgd_step(p, g, slots, o, step):
+    """:class:`numbarnn.optimizers.SGD` on the device."""
+    sgd_update(p, g, o["lr"])
+
+
+def momentum_step(p, g, slots, o, step):
+    """:class:`numbarnn.optimizers.Momentum` on the device."""
+    momentum_update(p, g, slots["velocity"], o["lr"], o["momentum"], o["nesterov"])
+
+
+def adagrad_step(p, g, slots, o, step):
+    """:class:`numbarnn.optimizers.Adagrad` on the device."""
+    adagrad_update(p, g, slots["memory"], o["lr"], o["eps"])
+
+
+def rmsprop_step(p, g, slots, o, step):
+    """:class:`numbarnn.optimizers.RMSprop` on the device."""
+    rmsprop_update(p, g, slots["square_avg"], o["lr"], o["alpha"], o["eps"])
+
+
+def adam_step(p, g, slots, o, step):
+    """:class:`numbarnn.optimizers.Adam` on the device."""
+    adam_update(p, g, slots["exp_avg"], slots["exp_avg_sq"], o["lr"], o["beta1"], o["beta2"], o["eps"], step)
+
+
 # ---- clipping ----------------------------------------------------------------------------
 
 @cuda.jit

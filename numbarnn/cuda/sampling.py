@@ -19,7 +19,9 @@ import math
 import numpy as np
 from numba import cuda
 
-CATEGORICAL, GREEDY, TEMPERATURE, TOP_K, TOP_P = 0, 1, 2, 3, 4
+from ..kernels.sampling import CATEGORICAL, GREEDY, TEMPERATURE, TOP_K, TOP_P  # noqa: F401 (the CPU loops' modes)
+from ..samplers import generation_kernel_args
+
 INVALID = -2
 
 
@@ -164,7 +166,7 @@ def sample_kernel(logits2d, row, mode, temperature, top_k, top_p, uniforms, step
 
 def sampler_mode(sampler):
     """``(mode, temperature, k, p)`` for a built-in sampler object, or None (no device kernel:
-    plugin samplers and beam search run on the host).
+    plugin samplers and beam search run on the host): :func:`numbarnn.samplers.generation_kernel_args`.
 
     >>> from numbarnn.cuda.sampling import TOP_K, sampler_mode
     >>> from numbarnn.samplers import BeamSampler, TopKSampler
@@ -173,21 +175,7 @@ def sampler_mode(sampler):
     >>> sampler_mode(BeamSampler()) is None
     True
     """
-    from .. import samplers as s
-
-    o = getattr(sampler, "options", {})
-    kind = type(sampler)
-    if kind is s.CategoricalSampler:
-        return CATEGORICAL, 1.0, 1, 1.0
-    if kind is s.GreedySampler:
-        return GREEDY, 1.0, 1, 1.0
-    if kind is s.TemperatureSampler:
-        return TEMPERATURE, float(o["temperature"]), 1, 1.0
-    if kind is s.TopKSampler:
-        return TOP_K, float(o["temperature"]), int(o["k"]), 1.0
-    if kind is s.TopPSampler:
-        return TOP_P, float(o["temperature"]), 1, float(o["p"])
-    return None
+    return generation_kernel_args(sampler)  # what the sampler's class declares, for both devices
 
 
 def sample(logits2d, row, sampler_params, uniforms, step, probs, filtered, order, out, next_input, stream=0):

@@ -24,7 +24,7 @@ from numbarnn.kernels.loops import (input_weight_gradients_dense, input_weight_g
 from numbarnn.kernels.losses import softmax_cross_entropy
 from numbarnn.kernels.sampling import apply_temperature as apply_softmax
 from numbarnn.kernels.sampling import argmax as argmax_row
-from numbarnn.kernels.sampling import sample_categorical, top_k_filter, top_p_filter
+from numbarnn.kernels.sampling import GREEDY, TOP_K, TOP_P, sample_categorical, top_k_filter, top_p_filter
 
 
 @njit(cache=True)
@@ -282,14 +282,14 @@ def generate(prime, length, W_x, b_x, W_h, b_h, W_y, b_y, mode, temperature, top
         _step(index, W_x, b_x, W_h, b_h, W_y, b_y, states, cache, xz, hz, logits)
     used = 0
     for n in range(length):
-        if mode == 1:
+        if mode == GREEDY:
             chosen = argmax_row(logits[0])
         else:
             apply_softmax(logits[0], temperature, probs)
-            if mode == 3:
+            if mode == TOP_K:
                 top_k_filter(probs, top_k, kept)
                 chosen = sample_categorical(kept, uniforms[used])
-            elif mode == 4:
+            elif mode == TOP_P:
                 top_p_filter(probs, top_p, kept)
                 chosen = sample_categorical(kept, uniforms[used])
             else:

@@ -17,6 +17,7 @@ import tempfile
 import types
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -380,3 +381,31 @@ def loops_for(cell):
         namespace["cell_forward"], namespace["cell_backward"] = cell.forward, cell.backward
     _CELL_LOOPS[key] = module
     return module
+
+
+def compile_state(dispatcher, dtype) -> Optional[str]:
+    """None when ``dispatcher`` has a ``dtype`` specialisation loaded or in its disk cache,
+    else "cached" or "uncached" (no disk cache). Numba's cache index is internal API: anything
+    unexpected reads as None (no claim made)."""
+    def fits(signature):  # the first 2-D array is a weight matrix in every loop's signature
+        matrices = [t for t in signature if getattr(t, "ndim", 0) == 2]
+        return bool(matrices) and str(matrices[0].dtype) == dtype.name
+
+    try:
+        if any(fits(signature) for signature in dispatcher.signatures):
+            return None
+        cache_file = getattr(dispatcher._cache, "_cache_file", None)
+        if cache_file is None:
+            return "uncached"
+        magic = dispatcher.targetctx.codegen().magic_tuple()
+        load_index = cache_file._load_index
+    except Exception:
+        return None
+    try:
+        index = load_index()
+    except Exception:  # unreadable: numbarnn.trust drops it and compiles afresh
+        return "cached"
+    try:  # index keys are (signature, the machine's codegen tuple, source hashes)
+        return None if any(key[1] == magic and fits(key[0]) for key in index) else "cached"
+    except Exception:
+        return None

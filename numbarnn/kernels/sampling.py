@@ -11,6 +11,10 @@ import numpy as np
 
 from ._jit import jit
 
+# The sampler modes of the compiled generation loops (CPU ``generate`` in cell_loops.py and the
+# CUDA sample kernel): a built-in sampler class declares its mode as ``generation_mode``.
+CATEGORICAL, GREEDY, TEMPERATURE, TOP_K, TOP_P = 0, 1, 2, 3, 4
+
 
 @jit
 def sample_categorical(probs, u):

@@ -4,7 +4,8 @@ import pytest
 
 import numbarnn
 from numbarnn.cuda import UnsupportedOnCuda
-from numbarnn.cuda.trainer import CudaTrainer, DeviceState, make_cuda_model, make_cuda_trainer
+from numbarnn.cuda.trainer import DeviceState, make_cuda_model, make_cuda_trainer
+from numbarnn.trainer import Trainer
 from numbarnn.losses import LossSpec
 from numbarnn.optimizers import OptimizerSpec, SGD
 from numbarnn.plugins import get_cell, get_loss, get_optimizer, get_sampler
@@ -39,7 +40,7 @@ def test_training_steps_give_the_cpu_losses(cell, optimizer, clip_mode, step_ker
     trainer_blocks.update(step_kernel=step_kernel)
     assert cell in CUDA_CELLS
     cpu, gpu = pair(cell, optimizer, clip_mode=clip_mode)
-    assert isinstance(gpu, CudaTrainer) and gpu.device == "cuda"
+    assert isinstance(gpu, Trainer) and gpu.device == "cuda"  # one Trainer class; the backend is the device
     # Same seed: the same initial weights as the CPU path.
     for name, value in cpu.model.params.items():
         np.testing.assert_array_equal(gpu.params_to_host()[name], value)

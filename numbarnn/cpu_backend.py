@@ -1,0 +1,262 @@
+"""The CPU backend: trains a :class:`~numbarnn.sequence_model.SequenceModel` in place with
+the Numba kernels.
+
+A backend owns what a device needs for training: the model's weights and gradients, the
+optimizer's slots, the step's buffers, the fused training step, compiled generation and
+the optimizer update. :class:`~numbarnn.trainer.Trainer` is the same on every device and
+calls a backend through these methods (:mod:`numbarnn.cuda.backend` has the same ones):
+
+- ``gradients(x, y, weights, state, rng) -> (loss_sum, grad_norm, final_state, B)``:
+  forward, loss, backward and clipping for a checked time-major batch; no update.
+- ``update()``: the optimizer step with the gradients of the last ``gradients`` call.
+- ``evaluate(x, y, weights, state) -> (loss_sum, final_state)``: no gradients.
+- ``generate(prime, length, kernel_args, uniforms, stop_index) -> (indices, draws_used)``
+  in one compiled call, or None when this model or sampler has no such kernel (the
+  trainer then steps :meth:`host_model` itself).
+- ``host_model()``, ``params_to_host()``, ``snapshot_params()``, ``restore_params()``,
+  ``params_finite()``, ``state_arrays(state)``, ``state_from_arrays(arrays)``,
+  ``state_to_host(state)``, ``kernels_to_compile(phase, sampler)`` and ``to_host()``
+  (the CPU model and optimizer with the current values, to move to another device).
+
+Shapes: a batch is time-major, ``x (T, B)`` int64 indices, ``y (T*B,)`` indices or
+``(T*B, V)`` floats, ``weights (T*B,)``; ``state`` a model state (see ``SequenceModel``).
+
+>>> import numpy as np, numbarnn
+>>> trainer = numbarnn.make_trainer("rnn", vocab_size=3, hidden_size=2, seed=0)
+>>> type(trainer.backend).__name__, trainer.backend.compiled_step
+('CpuBackend', True)
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from . import losses as _builtin_losses
+from .kernels import loops
+from .kernels.loops import compile_state
+from .optimizers import clip_flat, clip_gradients
+from .samplers import generation_kernel_args
+from .sequence_model import SequenceModel
+
+#: Batch shapes whose compiled-step buffers a backend keeps (they share one backing buffer).
+WORKSPACE_SHAPES = 8
+
+
+class CpuBackend:
+    """Training on the CPU; see the module docstring for the methods a trainer calls.
+
+    ``model`` and ``optimizer`` are used in place (the trainer's ``model`` is this model).
+    """
+
+    device = "cpu"
+
+    def __init__(self, model: SequenceModel, loss, optimizer, *, clip, clip_mode):
+        self.model = model
+        self.loss = loss
+        self.optimizer = optimizer
+        self.clip = clip
+        self.clip_mode = clip_mode
+        self._grads = None  # the gradients of the last gradients() call, for update()
+        # The common model (one layer of any cell, integer inputs, a head, the built-in
+        # softmax cross-entropy) trains through one compiled call per step.
+        self._workspace = {}  # (T, B) -> the compiled step's buffers: views of _workspace_buffer
+        self._workspace_buffer = None
+        self.compiled_step = (type(model) is SequenceModel and len(model.layers) == 1 and model.index_input
+                              and model.output_size is not None
+                              and loss.forward_backward is _builtin_losses.softmax_cross_entropy)
+        # Element-wise optimizers update the model's one flat buffer in a single call.
+        self.flat_optimizer = (getattr(optimizer, "elementwise", False)
+                               and getattr(optimizer, "flat_size", None) == model.flat_params.size
+                               and list(optimizer.state_keys()) == list(model.params))
+
+    # -- a training step -------------------------------------------------------------------------
+    def gradients(self, x, y, weights, state, rng):
+        """Forward, loss and backward into ``model.flat_grads``, then clipping; returns
+        ``(loss summed over the batch, gradient norm before clipping, final state, B)``."""
+        if self.compiled_step:
+            loss, final, B = self._language_model_step(x, y, weights, state)
+            grads = self.model._grad_views
+        else:
+            loss, d_outputs, final, B = self._loss_and_gradient(x, y, weights, state, train=True, rng=rng)
+            if B > 1:
+                d_outputs *= self.model.dtype.type(1.0 / B)
+            grads = self.model.backward_into_buffer(d_outputs)
+        if self.flat_optimizer:
+            norm = clip_flat(self.model.flat_grads, self.clip, self.clip_mode)
+        else:
+            norm = clip_gradients(grads, self.clip, self.clip_mode)
+        self._grads = grads
+        return loss, norm, final, B
+
+    def update(self) -> None:
+        """The optimizer step with the last :meth:`gradients`."""
+        if self.flat_optimizer:
+            self.optimizer.step_flat(self.model.flat_params, self.model.flat_grads)
+        else:
+            self.optimizer.step(self.model.params, self._grads)
+
+    def evaluate(self, x, y, weights, state):
+        """``(loss summed over the batch, final state)``; nothing is updated."""
+        loss, _, final, _ = self._loss_and_gradient(x, y, weights, state, train=False, rng=None)
+        return loss, final
+
+    def _loss_and_gradient(self, x, y, weights, state, train, rng):
+        outputs, final = self.model.forward(x, state, train=train, rng=rng)
+        T, B, V = outputs.shape
+        d_outputs, scratch = np.empty_like(outputs), np.empty_like(outputs)
+        loss = self.loss.forward_backward(outputs.reshape(T * B, V), y, weights,
+                                          d_outputs.reshape(T * B, V), scratch.reshape(T * B, V))
+        return loss, d_outputs, final, B
+
+    def _language_model_step(self, x, y, weights, state):
+        """The common model's forward, loss and backward in one compiled call (see
+        ``numbarnn.kernels.cell_loops.language_model_step``); buffers are reused between steps (see
+        :meth:`_step_workspace`)."""
+        model = self.model
+        layer, cell, dtype = model.layers[0], model.cell, model.dtype
+        T, B = x.shape
+        S = cell.states
+        work = self._step_workspace(T, B)
+        states = work[1]
+        initial = layer._unpack_state(state, B, "initial state") if state is not None else None
+        for s in range(S):
+            states[s, 0] = 0.0 if initial is None else initial[s]
+        p, g = model.params, model._grad_views
+        loss = loops.loops_for(cell).language_model_step(
+            x.reshape(T * B), y, weights, dtype.type(1.0 / B), p["W_x"], p["b_x"], p["W_h"], p["b_h"], p["W_y"],
+            p["b_y"], *work, g["W_x"], g["W_h"], g["b_x"], g["b_h"], g["W_y"], g["b_y"])
+        final = layer._pack_state([states[s, T].copy() for s in range(S)])
+        return float(loss), final, B
+
+    def _step_workspace(self, T, B):
+        """The buffers of one compiled step for a ``(T, B)`` batch.
+
+        They are views into one backing buffer that grows to the largest batch seen, so
+        memory stays bounded however many sequence lengths the data has; the views of the
+        last :data:`WORKSPACE_SHAPES` shapes are kept (most recently used last), as
+        rebuilding them costs a little every step."""
+        work = self._workspace.pop((T, B), None)
+        if work is None:
+            model, cell = self.model, self.model.cell
+            H, V, GH, S = model.hidden_size, model.output_size, cell.gates * model.hidden_size, cell.states
+            shapes = [(T, B, GH), (S, T + 1, B, H), (T, B, cell.cache_width * H), (B, GH), (T * B, V), (T * B, V),
+                      (T * B, V), (T, B, H), (S, B, H), (S, B, H), (T, B, GH),
+                      None if cell.shared_gate_grad else (T, B, GH), (B, H)]
+            sizes = [0 if shape is None else math.prod(shape) for shape in shapes]
+            starts = np.cumsum([0] + [-(-n // 16) * 16 for n in sizes])  # 64-byte aligned float32 views
+            if self._workspace_buffer is None or self._workspace_buffer.size < starts[-1]:
+                self._workspace.clear()  # the old buffer is freed once no view of it is left
+                self._workspace_buffer = np.empty(int(starts[-1]), model.dtype)
+            views = [None if shape is None else self._workspace_buffer[start:start + n].reshape(shape)
+                     for shape, start, n in zip(shapes, starts, sizes)]
+            if views[11] is None:
+                views[11] = views[10]  # dhz is dxz for cells whose gates take h @ W_h.T + b_h by addition
+            work = tuple(views)
+        self._workspace[(T, B)] = work
+        while len(self._workspace) > WORKSPACE_SHAPES:
+            del self._workspace[next(iter(self._workspace))]  # the least recently used
+        return work
+
+    # -- generation ------------------------------------------------------------------------------
+    def can_generate(self) -> bool:
+        """Whether :meth:`generate` has a compiled loop for this model (one layer, a head)."""
+        model = self.model
+        return type(model) is SequenceModel and len(model.layers) == 1 and model.output_size is not None
+
+    def generate(self, prime, length, kernel_args, uniforms, stop_index):
+        """The whole generation in one compiled call, or None without a loop for this model.
+
+        ``kernel_args`` is ``(mode, temperature, k, p)`` (see
+        :func:`numbarnn.samplers.generation_kernel_args`), ``uniforms`` the ``length``
+        draws it may use. Returns ``(indices, draws used)``."""
+        if not self.can_generate():
+            return None
+        model = self.model
+        cell, H, dtype = model.cell, model.hidden_size, model.dtype
+        mode, temperature, k, p_keep = kernel_args
+        out = np.empty(length, np.int64)
+        p = model.params
+        n, used = loops.loops_for(cell).generate(
+            np.asarray(prime, np.int64), length, p["W_x"], p["b_x"], p["W_h"], p["b_h"], p["W_y"], p["b_y"], mode,
+            temperature, k, p_keep, uniforms, -2 if stop_index is None else int(stop_index), out,
+            np.zeros((cell.states, 2, 1, H), dtype), np.empty((1, 1, cell.cache_width * H), dtype),
+            np.empty((1, 1, cell.gates * H), dtype), np.empty((1, cell.gates * H), dtype),
+            np.empty((1, model.output_size), dtype), np.empty(model.output_size), np.empty(model.output_size),
+            np.empty(1, np.int64))
+        return out[:n].tolist(), int(used)
+
+    # -- whole-model operations --------------------------------------------------------------------
+    def host_model(self) -> SequenceModel:
+        """The model as a CPU :class:`SequenceModel` with the current weights (itself here)."""
+        return self.model
+
+    def to_host(self):
+        """``(model, optimizer)``: the CPU objects holding the current values (these ones)."""
+        return self.model, self.optimizer
+
+    def params_to_host(self) -> dict:
+        """Copies of every parameter, keyed like ``model.params``."""
+        return {name: value.copy() for name, value in self.model.params.items()}
+
+    def snapshot_params(self):
+        """A copy of every weight (one flat array), for :meth:`restore_params`."""
+        return self.model.flat_params.copy()
+
+    def restore_params(self, snapshot) -> None:
+        """Put back the weights :meth:`snapshot_params` copied (or a dict of arrays)."""
+        if isinstance(snapshot, dict):
+            for name, value in snapshot.items():
+                self.model.params[name][...] = value
+        else:
+            self.model.flat_params[...] = snapshot
+
+    def params_finite(self) -> bool:
+        """True when no weight is NaN or infinite."""
+        return bool(np.isfinite(self.model.flat_params).all())
+
+    def state_arrays(self, state) -> list:
+        """A state as a flat list of host ``(B, H)`` arrays (checkpoints)."""
+        return self.model.state_arrays(state)
+
+    def state_from_arrays(self, arrays):
+        """Inverse of :meth:`state_arrays`."""
+        return self.model.state_from_arrays(arrays)
+
+    def state_to_host(self, state):
+        """The state in the CPU model's form (it is already)."""
+        return state
+
+    def state_to_device(self, state):
+        """A host state in this backend's form (the same here)."""
+        return state
+
+    def snapshot_to_host(self, snapshot):
+        """A :meth:`snapshot_params` result as a host array (it is already)."""
+        return snapshot
+
+    def snapshot_to_device(self, snapshot):
+        """A host snapshot (one flat array) in this backend's form."""
+        return None if snapshot is None else np.asarray(snapshot, self.model.dtype)
+
+    def kernels_to_compile(self, phase: str, sampler) -> Optional[str]:
+        """See :func:`numbarnn.runtime.kernels_to_compile`: whether ``phase`` of ``fit``
+        ("step", "validation", "samples" with the trainer's ``sampler``) compiles loops first."""
+        if phase not in ("step", "validation", "samples"):
+            raise ValueError(f"phase must be 'step', 'validation' or 'samples', got {phase!r}")
+        model = self.model
+        if type(model) is not SequenceModel or not model.index_input:
+            return None
+        deeper = ["forward_dense"] if len(model.layers) > 1 else []  # the layers above the first
+        if phase == "step":
+            names = (["language_model_step"] if self.compiled_step
+                     else ["forward_indices", "backward_indices"] + (deeper and ["forward_dense", "backward_dense"]))
+        elif phase == "validation":
+            names = ["forward_indices"] + deeper
+        else:  # what Trainer.generate_indices runs for the trainer's own sampler
+            fast = generation_kernel_args(sampler) is not None and self.can_generate()
+            names = ["generate"] if fast else ["forward_indices"] + deeper
+        module = loops.loops_for(model.cell)
+        found = [compile_state(getattr(module, name), model.dtype) for name in names]
+        return "uncached" if "uncached" in found else "cached" if "cached" in found else None

@@ -1,0 +1,361 @@
+"""The CUDA backend: the same methods as :mod:`numbarnn.cpu_backend`, with everything on the GPU.
+
+A :class:`CudaBackend` copies a CPU model's weights into one flat device buffer
+(:class:`~numbarnn.cuda.model.CudaSequenceModel`) and the optimizer's slots into device
+buffers (:class:`CudaOptimizer`) and from then on keeps everything on the device:
+parameters, gradients, optimizer slots, recurrent state, activations. A training step
+copies the batch in (one int64 buffer: inputs, targets and the index segments of the
+inputs; plus the mask when it is not all ones) and 16 bytes out (the loss and the squared
+gradient norm, which the trainer checks before it asks for the update).
+
+On the device: the built-in cells (and any plugin cell with a CUDA pair, see
+:mod:`numbarnn.cuda.cells`), the losses ``softmax_cross_entropy`` and ``mse``, the
+optimizers whose class names a ``cuda_update`` (``sgd``, ``momentum``, ``adagrad``,
+``rmsprop``, ``adam``), clipping by value or norm, and generation with the samplers whose
+class declares a ``generation_mode`` (``categorical``, ``greedy``, ``temperature``,
+``top_k``, ``top_p``). Beam search and plugin samplers run in the trainer on a host copy
+of the model (the same results). Plugin losses and optimizers are a clear
+:class:`~numbarnn.cuda.UnsupportedOnCuda` error.
+
+>>> import math, numpy as np, numbarnn
+>>> options = dict(vocab_size=3, hidden_size=2, lr=0.5, dtype="float64", seed=0)
+>>> cpu = numbarnn.make_trainer("rnn", "softmax_cross_entropy", "sgd", "greedy", **options)
+>>> gpu = numbarnn.make_trainer("rnn", "softmax_cross_entropy", "sgd", "greedy", device="cuda", **options)
+>>> type(gpu.backend).__name__, gpu.device, type(gpu) is type(cpu)
+('CudaBackend', 'cuda', True)
+>>> x, y = np.array([[0, 1], [2, 0]]), np.array([[1, 2], [0, 1]])
+>>> math.isclose(gpu.train_step(x, y), cpu.train_step(x, y), rel_tol=1e-9)
+True
+>>> gpu.state
+<DeviceState S=1 B=2 H=2>
+>>> gpu.generate_indices([0], 2, gpu.sampler) == cpu.generate_indices([0], 2, cpu.sampler)
+True
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Mapping
+
+import numpy as np
+from numba import cuda
+
+from .. import optimizers as _optimizers
+from ..sequence_model import START_INPUT, SequenceModel
+from . import arrays as darrays
+from . import loops
+from . import losses as dlosses
+from . import optim as doptim
+from . import sampling as dsampling
+from . import require
+from ._support import check_layers, check_loss, check_optimizer
+from .cells import resolve
+from .model import _KEEP_STATE, CudaSequenceModel, DeviceState
+
+__all__ = ["CudaBackend", "CudaOptimizer"]
+
+
+def _cuda_update(optimizer_class):
+    """The update function the class names in ``cuda_update`` (``"module:function"``)."""
+    module, _, name = optimizer_class.__dict__["cuda_update"].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class CudaOptimizer:
+    """Mirror of a CPU :class:`~numbarnn.optimizers.Optimizer` with its slots on the device.
+
+    ``options``, ``lr``, ``step_count`` and plain-data ``state_dict()`` /
+    ``load_state_dict()`` behave as the CPU optimizer's (the state dict has the same keys,
+    so checkpoints move between devices). The slots are the class's ``slots`` and the
+    update the function its ``cuda_update`` names: adding an optimizer to the GPU is
+    those two class attributes and the kernel.
+
+    Each slot is one flat device buffer (P,) in the layout of the model's parameters.
+
+    >>> import numpy as np
+    >>> import numbarnn
+    >>> cpu = numbarnn.make_trainer("rnn", "softmax_cross_entropy", "adam", "greedy", vocab_size=3, hidden_size=2,
+    ...                             dtype="float64", seed=0)
+    >>> gpu = cpu.to("cuda")
+    >>> gpu.optimizer
+    <CudaOptimizer 'adam' step=0>
+    >>> x, y = np.array([[0, 1], [2, 0]]), np.array([[1, 2], [0, 1]])
+    >>> _ = gpu.train_step(x, y), cpu.train_step(x, y)
+    >>> state = gpu.optimizer.state_dict()
+    >>> state["step"], sorted(state) == sorted(cpu.optimizer.state_dict())
+    (1, True)
+    >>> np.allclose(state["exp_avg_sq.W_h"], cpu.optimizer.state_dict()["exp_avg_sq.W_h"])
+    True
+    """
+
+    def __init__(self, cpu_optimizer, model: CudaSequenceModel):
+        check_optimizer(cpu_optimizer)
+        kind = type(cpu_optimizer)
+        # A private CPU optimizer of the same kind: validated options and the state-dict format,
+        # never shared with the trainer this one was copied from.
+        self.cpu = kind(model.params_to_host(), **cpu_optimizer.options)
+        self.cpu.load_state_dict(cpu_optimizer.state_dict())
+        self.name = cpu_optimizer.name
+        self.model = model
+        self.slots = kind.slots
+        self._update = _cuda_update(kind)
+        # The CPU optimizer's current slots (zeros when fresh), so a trained trainer moves as it is.
+        self.state = {slot: cuda.to_device(np.concatenate(
+            [np.asarray(cpu_optimizer.state[slot][name], model.dtype).reshape(-1) for name in model.names]))
+            for slot in self.slots}
+        self.step_count = cpu_optimizer.step_count
+
+    @property
+    def options(self):
+        """The CPU optimizer's options (``lr``, ``beta1``, ...)."""
+        return self.cpu.options
+
+    @property
+    def lr(self):
+        """The learning rate; setting it sets the CPU optimizer's."""
+        return self.cpu.lr
+
+    @lr.setter
+    def lr(self, value):
+        self.cpu.lr = value
+
+    def __repr__(self):
+        return f"<CudaOptimizer {self.name!r} step={self.step_count}>"
+
+    def step(self) -> None:
+        """One update of the model's flat parameters from its flat gradients, on the device."""
+        self.step_count += 1
+        self._update(self.model.flat, self.model.grad_flat, self.state, self.cpu.options, self.step_count)
+
+    def state_dict(self) -> dict:
+        """The CPU optimizer's format: ``step``, the options, ``"<slot>.<param>"`` host arrays."""
+        out = {"step": self.step_count}
+        out.update(self.cpu.options)
+        for slot in self.slots:
+            flat = self.state[slot].copy_to_host()
+            for name, (offset, size) in self.model.offsets.items():
+                out[f"{slot}.{name}"] = flat[offset:offset + size].reshape(self.model.shapes[name]).copy()
+        return out
+
+    def load_state_dict(self, state) -> None:
+        """Restore a state dict (from either device); checked by the CPU optimizer first."""
+        self.cpu.load_state_dict(state)
+        for slot in self.slots:
+            flat = np.concatenate([np.asarray(self.cpu.state[slot][name], self.model.dtype).reshape(-1)
+                                   for name in self.model.names])
+            self.state[slot].copy_to_device(flat)
+        self.step_count = self.cpu.step_count
+
+
+class CudaBackend:
+    """Training on an NVIDIA GPU; the methods of :mod:`numbarnn.cpu_backend`.
+
+    ``model`` and ``optimizer`` are the CPU ones the trainer starts from: their values are
+    copied to the device and they are not changed afterwards. ``loop`` picks the launch
+    scheme of the recurrent loops (see :func:`numbarnn.cuda.loops.sequence_forward`;
+    None: chosen per shape).
+    """
+
+    device = "cuda"
+
+    @staticmethod
+    def check_supported(model, loss, optimizer, clip, clip_mode) -> None:
+        """Every component at once, before anything is allocated on the device."""
+        require()
+        resolve(model.cell)  # a cell without CUDA kernels: a clear error
+        check_loss(loss)
+        check_optimizer(optimizer)
+        check_layers(len(getattr(model, "layers", [0])), float(getattr(model, "dropout", 0.0)))
+        if clip_mode not in _optimizers.CLIP_MODES:
+            raise ValueError(f"clip mode must be one of {_optimizers.CLIP_MODES}, got {clip_mode!r}")
+        if clip is not None:
+            _optimizers.check_real("gradient", "clipping", "clip", clip, low=0.0, low_open=True)
+
+    @staticmethod
+    def model_from(model: SequenceModel) -> CudaSequenceModel:
+        """``model`` (a CPU :class:`SequenceModel`) with its weights copied to the device."""
+        require()
+        return CudaSequenceModel(model)
+
+    def __init__(self, model: SequenceModel, loss, optimizer, *, clip, clip_mode, loop=None):
+        self.check_supported(model, loss, optimizer, clip, clip_mode)
+        self.model = CudaSequenceModel(model)
+        self.optimizer = CudaOptimizer(optimizer, self.model)
+        self.loss = loss
+        self.clip = None if clip is None else float(clip)
+        self.clip_mode = clip_mode
+        self.loop = loop
+        self._host = None  # a CPU model for host-side work (beam search, plugin samplers, moves)
+
+    # -- a training step -------------------------------------------------------------------------
+    def _device_loss(self, x, y, weights, state):
+        """Uploads the checked batch, runs forward and the loss kernel (gradient included)."""
+        model = self.model
+        T, B = x.shape
+        N = T * B
+        dense_targets = self.loss.targets_kind != "indices"
+        buf = model.buffers(T, B, True)
+        ints = np.empty(3 * N + model.input_size + 1, np.int64)
+        ints[0:N] = x.reshape(N)
+        ints[N:2 * N] = 0 if dense_targets else y
+        order, starts = loops.index_segments(x.reshape(N), model.input_size)
+        ints[2 * N:3 * N] = order
+        ints[3 * N:] = starts
+        buf["ints"].copy_to_device(ints)
+        if bool((weights == 1).all()):
+            if not buf["mask_is_ones"]:
+                darrays.fill(buf["mask"], 1)
+                buf["mask_is_ones"] = True
+        else:
+            buf["mask"].copy_to_device(weights)
+            buf["mask_is_ones"] = False
+        if dense_targets:
+            if "y_dense" not in buf:
+                buf["y_dense"] = cuda.device_array((N, model.output_size), model.dtype)
+            buf["y_dense"].copy_to_device(y)
+        model.forward_device(buf, T, B, True, state, loop=self.loop)
+        scale = model.dtype.type(1.0 / B) if B > 1 else None
+        if dense_targets:
+            dlosses.squared_error(buf["logits"], buf["y_dense"], buf["mask"], buf["dlogits"], buf["row_loss"],
+                                  buf["scalars"], 0, scale=scale, partials=buf["partials"])
+        else:
+            dlosses.softmax_cross_entropy(buf["logits"], buf["y"], buf["mask"], buf["probs"], buf["dlogits"],
+                                          buf["row_loss"], buf["scalars"], 0, scale=scale,
+                                          partials=buf["partials"])
+        return buf, T, B
+
+    def gradients(self, x, y, weights, state, rng):
+        """Forward, loss, backward and clipping on the device; returns ``(loss summed over the
+        batch, gradient norm before clipping, final state (a DeviceState), B)``."""
+        model = self.model
+        buf, T, B = self._device_loss(x, y, weights, state)
+        model.backward_device(loop=self.loop)
+        g, scalars = model.grad_flat, buf["scalars"]
+        doptim.sum_of_squares(g, scalars, 1, partials=buf["partials"])
+        host = scalars.copy_to_host()  # the one copy back: loss and squared gradient norm
+        loss, norm = float(host[0]), math.sqrt(float(host[1]))
+        if self.clip is not None and math.isfinite(norm):
+            if self.clip_mode == "value":
+                doptim.clip_by_value(g, self.clip)
+            else:
+                doptim.clip_by_norm(g, scalars[1:2], self.clip)
+        return loss, norm, model.final_state(buf, T, B), B
+
+    def update(self) -> None:
+        """The optimizer step with the last :meth:`gradients`, on the device."""
+        self.optimizer.step()
+
+    def evaluate(self, x, y, weights, state):
+        """``(loss summed over the batch, final state)``; nothing is updated."""
+        buf, T, B = self._device_loss(x, y, weights, state)
+        return float(buf["scalars"].copy_to_host()[0]), self.model.final_state(buf, T, B)
+
+    # -- generation ------------------------------------------------------------------------------
+    def generate(self, prime, length, kernel_args, uniforms, stop_index):
+        """The whole generation on the device (one sampled index per step feeds the next step
+        there); returns ``(indices, draws used)``. The same indices as the CPU's."""
+        model = self.model
+        V = model.output_size
+        if V is None:
+            return None
+        draws = kernel_args[0] != dsampling.GREEDY
+        d_uniforms = cuda.to_device(uniforms)
+        probs = cuda.device_array(V, np.float64)
+        filtered = cuda.device_array(V, np.float64)
+        order = cuda.device_array(V, np.int64)
+        out = cuda.device_array(length, np.int64)
+        first = np.array(prime, np.int64)[:, None] if prime else np.array([[START_INPUT]], np.int64)
+        P = first.shape[0]
+        pbuf = model.upload_inputs(first, True)
+        model.forward_device(pbuf, P, 1, True, None, loop=self.loop)
+        step_buf = model.buffers(1, 1, True)  # may be pbuf itself when P == 1
+        next_input = step_buf["x"]  # each sampled index is the next step's input, on the device
+        dsampling.sample(pbuf["logits"], P - 1, kernel_args, d_uniforms, 0, probs, filtered, order, out, next_input)
+        darrays.state_copy(pbuf["states"], P, step_buf["states"], 0)
+        for i in range(1, length):
+            model.forward_device(step_buf, 1, 1, True, _KEEP_STATE, loop=self.loop)
+            dsampling.sample(step_buf["logits"], 0, kernel_args, d_uniforms, i, probs, filtered, order, out,
+                             next_input)
+            darrays.state_copy(step_buf["states"], 1, step_buf["states"], 0)
+        result = [int(v) for v in out.copy_to_host()]
+        if dsampling.INVALID in result:
+            raise ValueError("sample_categorical: probabilities must be non-negative and not NaN, with a "
+                             "finite, positive sum")
+        if stop_index is not None and stop_index in result:
+            result = result[:result.index(stop_index) + 1]
+        return result, len(result) if draws else 0  # one draw per generated index, as on the CPU
+
+    # -- whole-model operations --------------------------------------------------------------------
+    def host_model(self) -> SequenceModel:
+        """A CPU :class:`SequenceModel` holding a copy of the current weights (its own arrays)."""
+        source = self.model._check_model
+        if self._host is None:
+            self._host = SequenceModel(source.cell, source.input_size, source.hidden_size, source.output_size,
+                                       layers=len(source.layers), dropout=source.dropout, dtype=source.dtype,
+                                       index_input=source.index_input)
+        for name, value in self.model.params_to_host().items():
+            self._host.params[name][...] = value
+        return self._host
+
+    def to_host(self):
+        """``(model, optimizer)`` on the CPU with the current values: new objects, not shared."""
+        model = self.host_model()
+        self._host = None  # handed over: the next host_model() builds its own
+        optimizer = type(self.optimizer.cpu)(model.params, **self.optimizer.options)
+        optimizer.load_state_dict(self.optimizer.state_dict())
+        return model, optimizer
+
+    def params_to_host(self) -> dict:
+        """Copies of every parameter as NumPy arrays (:meth:`CudaSequenceModel.params_to_host`)."""
+        return self.model.params_to_host()
+
+    def snapshot_params(self):
+        """A device copy of every parameter (for :meth:`restore_params`); copies nothing to the host."""
+        copy = cuda.device_array(self.model.size, self.model.dtype)
+        darrays.copy_flat(self.model.flat, copy)
+        return copy
+
+    def restore_params(self, snapshot) -> None:
+        """Put back what :meth:`snapshot_params` returned (or a dict of host arrays)."""
+        if isinstance(snapshot, Mapping):
+            self.model.load_params(snapshot)
+        else:
+            darrays.copy_flat(snapshot, self.model.flat)
+
+    def params_finite(self) -> bool:
+        """Whether every parameter is finite, checked on the device (8 bytes come back)."""
+        out = cuda.device_array(1, np.float64)
+        dlosses.reduce_sum(self.model.flat, out, 0, mode=dlosses.NONFINITE)
+        return math.isfinite(float(out.copy_to_host()[0]))
+
+    def state_arrays(self, state) -> list:
+        """A state as a flat list of host ``(B, H)`` arrays (checkpoints)."""
+        return self.model.state_arrays(state)
+
+    def state_from_arrays(self, arrays):
+        """Inverse of :meth:`state_arrays`: a :class:`DeviceState`."""
+        return self.model.state_from_arrays(arrays)
+
+    def state_to_host(self, state):
+        """The state in the CPU model's form (an array, or a tuple such as ``(h, c)``)."""
+        return state.to_host() if isinstance(state, DeviceState) else state
+
+    def state_to_device(self, state):
+        """A host state (the CPU model's form) as a :class:`DeviceState`."""
+        return self.model.state_from_arrays(self.model._check_model.state_arrays(state))
+
+    def snapshot_to_host(self, snapshot):
+        """A :meth:`snapshot_params` result as one flat host array."""
+        return snapshot.copy_to_host() if hasattr(snapshot, "copy_to_host") else np.asarray(snapshot)
+
+    def snapshot_to_device(self, snapshot):
+        """A host snapshot (one flat array) on the device."""
+        if snapshot is None or hasattr(snapshot, "copy_to_host"):
+            return snapshot
+        return cuda.to_device(np.ascontiguousarray(snapshot, self.model.dtype))
+
+    def kernels_to_compile(self, phase: str, sampler):
+        """None: the CUDA kernels compile at the first launch, with no disk cache to look at."""
+        if phase not in ("step", "validation", "samples"):
+            raise ValueError(f"phase must be 'step', 'validation' or 'samples', got {phase!r}")
+        return None
