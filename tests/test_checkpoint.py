@@ -327,3 +327,30 @@ def test_checkpoints_without_a_fit_state_still_load(saved, tmp_path):
     old = {key: value for key, value in meta.items() if key != "fit"}
     trainer = load_checkpoint(rewrite(tmp_path / "old.ckpt", old, arrays))
     assert trainer.fit_state["best_params"] is None and trainer.step == 2
+
+
+def test_a_gpu_checkpoint_without_a_gpu_is_a_clear_error_and_device_cpu_loads_it(tmp_path, monkeypatch):
+    """numbarnn.load(path) continues on the device the run was saved from; where that device is
+    missing it says so and names device='cpu', which then loads the same trainer exactly."""
+    from numbarnn.cuda import CudaUnavailableError
+    from numbarnn.trainer import Trainer
+
+    trainer = numbarnn.make_trainer("lstm", vocab_size=5, hidden_size=3, dtype="float64", seed=0)
+    trainer.train_step([[0, 1, 2]], [[1, 2, 3]])
+    with monkeypatch.context() as patch:  # as a CUDA trainer records itself
+        patch.setattr(Trainer, "device", property(lambda self: "cuda"))
+        path = trainer.save(tmp_path / "gpu.ckpt")
+    assert read_checkpoint(path)[0]["config"]["device"] == "cuda"
+    monkeypatch.setattr("numbarnn.cuda.unavailable_reason", lambda: ("gpu", "device='cuda': no GPU here"))
+    with pytest.raises(CudaUnavailableError) as error:
+        numbarnn.load(path)
+    assert "saved from a CUDA run" in str(error.value) and "device='cpu'" in str(error.value)
+    assert "no GPU here" in str(error.value) and error.value.missing == "gpu"
+    with pytest.raises(CudaUnavailableError, match="no GPU here"):
+        numbarnn.load(path, device="cuda")
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+        numbarnn.load(path, device="gpu")
+    loaded = numbarnn.load(path, device="cpu")
+    assert loaded.device == "cpu" and loaded.step == 1 and "device" not in loaded.config
+    np.testing.assert_array_equal(loaded.model.flat_params, trainer.model.flat_params)
+    assert read_checkpoint(loaded.save(tmp_path / "cpu.ckpt"))[0]["config"]["device"] == "cpu"
