@@ -5,7 +5,7 @@ It imports neither ``numba.cuda`` nor the trainer, so the package's face
 (:mod:`numbarnn.cuda`, which re-exports ``Config``, ``config``, the errors, ``grid1d`` and
 ``simulator``), its kernel modules and the trainer can all import it, and a configuration
 can be checked before anything CUDA is loaded. The component checks (:func:`check_loss`,
-:func:`check_optimizer`, :func:`check_layers`; a cell's in :func:`numbarnn.cuda.cells.resolve`)
+:func:`check_optimizer`; a cell's in :func:`numbarnn.cuda.cells.resolve`)
 are each written once, here.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Optional
 from .. import losses as _losses
 
 __all__ = ["CudaUnavailableError", "UnsupportedOnCuda", "Config", "config", "grid1d", "simulator", "kernel_cache",
-           "DEVICE_LOSSES", "check_loss", "check_optimizer", "check_layers"]
+           "DEVICE_LOSSES", "check_loss", "check_optimizer"]
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -302,19 +302,3 @@ def check_optimizer(optimizer) -> None:
     if type(optimizer).__dict__.get("cuda_update") is None:  # declared by the class itself, never inherited
         raise UnsupportedOnCuda(f"optimizer {optimizer.name!r} has no CUDA kernels; on device='cuda' use one of "
                                 "sgd, momentum, adagrad, rmsprop, adam")
-
-
-def check_layers(layers: int, dropout: float) -> None:
-    """Raise :class:`UnsupportedOnCuda` unless the model is one recurrent layer without dropout.
-
-    >>> from numbarnn.cuda._support import check_layers
-    >>> check_layers(1, 0.0)
-    >>> try:
-    ...     check_layers(2, 0.5)
-    ... except ValueError as error:
-    ...     print(error)
-    device='cuda' runs one recurrent layer without dropout for now; got layers=2, dropout=0.5 (use device='cpu' ...
-    """
-    if layers != 1 or dropout != 0.0:
-        raise UnsupportedOnCuda(f"device='cuda' runs one recurrent layer without dropout for now; got "
-                                f"layers={layers}, dropout={dropout} (use device='cpu' for stacked layers)")

@@ -1,4 +1,4 @@
-"""Small helpers on device arrays: fill, copy, transpose, and copies of recurrent states.
+"""Small helpers on device arrays: fill, copy, multiply, transpose, and copies of recurrent states.
 
 Grid-stride kernels of one thread per element (``config.threads`` threads a block, at
 most ``config.max_blocks`` blocks), device to device: nothing here copies to the host.
@@ -69,6 +69,35 @@ def fill(a1d, value, stream=0):
     True
     """
     fill_kernel[grid1d(a1d.shape[0]), config.threads, stream](a1d, a1d.dtype.type(value))
+
+
+@cuda.jit
+def _multiply_kernel(a, b, out):
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        out[i] = a[i] * b[i]
+
+
+def multiply(a1d, b1d, out1d, stream=0):
+    """out1d[:] = a1d * b1d, element by element (out1d may be a1d: in place).
+
+    1-D (or flattened contiguous) device arrays of one shape and dtype; different shapes
+    are a ValueError. Dropout between stacked layers uses it, forward and backward.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.arrays import multiply
+    >>> a = cuda.to_device(np.arange(5.0))
+    >>> multiply(a, cuda.to_device(np.full(5, 2.0)), a)
+    >>> a.copy_to_host().tolist()
+    [0.0, 2.0, 4.0, 6.0, 8.0]
+    >>> multiply(a, cuda.device_array(4), a)
+    Traceback (most recent call last):
+        ...
+    ValueError: multiply: shapes differ, (5,), (4,) and (5,)
+    """
+    if not a1d.shape == b1d.shape == out1d.shape:
+        raise ValueError(f"multiply: shapes differ, {a1d.shape}, {b1d.shape} and {out1d.shape}")
+    _multiply_kernel[grid1d(out1d.shape[0]), config.threads, stream](a1d, b1d, out1d)
 
 
 @cuda.jit

@@ -48,7 +48,7 @@ from . import losses as dlosses
 from . import optim as doptim
 from . import sampling as dsampling
 from . import require
-from ._support import check_layers, check_loss, check_optimizer
+from ._support import check_loss, check_optimizer
 from .cells import resolve
 from .model import _KEEP_STATE, CudaSequenceModel, DeviceState
 
@@ -165,7 +165,6 @@ class CudaBackend:
         resolve(model.cell)  # a cell without CUDA kernels: a clear error
         check_loss(loss)
         check_optimizer(optimizer)
-        check_layers(len(getattr(model, "layers", [0])), float(getattr(model, "dropout", 0.0)))
         if clip_mode not in _optimizers.CLIP_MODES:
             raise ValueError(f"clip mode must be one of {_optimizers.CLIP_MODES}, got {clip_mode!r}")
         if clip is not None:
@@ -188,8 +187,9 @@ class CudaBackend:
         self._host = None  # a CPU model for host-side work (beam search, plugin samplers, moves)
 
     # -- a training step -------------------------------------------------------------------------
-    def _device_loss(self, x, y, weights, state):
-        """Uploads the checked batch, runs forward and the loss kernel (gradient included)."""
+    def _device_loss(self, x, y, weights, state, rng=None):
+        """Uploads the checked batch, runs forward (dropout between layers with a generator,
+        as the CPU trains) and the loss kernel (gradient included)."""
         model = self.model
         T, B = x.shape
         N = T * B
@@ -213,7 +213,7 @@ class CudaBackend:
             if "y_dense" not in buf:
                 buf["y_dense"] = cuda.device_array((N, model.output_size), model.dtype)
             buf["y_dense"].copy_to_device(y)
-        model.forward_device(buf, T, B, True, state, loop=self.loop)
+        model.forward_device(buf, T, B, True, state, loop=self.loop, train=rng is not None, rng=rng)
         scale = model.dtype.type(1.0 / B) if B > 1 else None
         if dense_targets:
             dlosses.squared_error(buf["logits"], buf["y_dense"], buf["mask"], buf["dlogits"], buf["row_loss"],
@@ -228,7 +228,7 @@ class CudaBackend:
         """Forward, loss, backward and clipping on the device; returns ``(loss summed over the
         batch, gradient norm before clipping, final state (a DeviceState), B)``."""
         model = self.model
-        buf, T, B = self._device_loss(x, y, weights, state)
+        buf, T, B = self._device_loss(x, y, weights, state, rng)
         model.backward_device(loop=self.loop)
         g, scalars = model.grad_flat, buf["scalars"]
         doptim.sum_of_squares(g, scalars, 1, partials=buf["partials"])
@@ -271,12 +271,12 @@ class CudaBackend:
         step_buf = model.buffers(1, 1, True)  # may be pbuf itself when P == 1
         next_input = step_buf["x"]  # each sampled index is the next step's input, on the device
         dsampling.sample(pbuf["logits"], P - 1, kernel_args, d_uniforms, 0, probs, filtered, order, out, next_input)
-        darrays.state_copy(pbuf["states"], P, step_buf["states"], 0)
+        model.carry_state(pbuf, P, step_buf)
         for i in range(1, length):
             model.forward_device(step_buf, 1, 1, True, _KEEP_STATE, loop=self.loop)
             dsampling.sample(step_buf["logits"], 0, kernel_args, d_uniforms, i, probs, filtered, order, out,
                              next_input)
-            darrays.state_copy(step_buf["states"], 1, step_buf["states"], 0)
+            model.carry_state(step_buf, 1, step_buf)
         result = [int(v) for v in out.copy_to_host()]
         if dsampling.INVALID in result:
             raise ValueError("sample_categorical: probabilities must be non-negative and not NaN, with a "

@@ -3,8 +3,8 @@
 forward and backward through time there; :class:`DeviceState` is a recurrent state on the
 device and :class:`DeviceParams` the host view of the weights that writes through.
 
-Shapes as on the CPU: time-major inputs ``(T, B)`` indices or ``(T, B, X)`` features, S
-states of H units, V outputs. The examples use float64 so that they can compare with the
+Shapes as on the CPU: time-major inputs ``(T, B)`` indices or ``(T, B, X)`` features, L
+layers of S states of H units, V outputs. The examples use float64 so that they can compare with the
 CPU model to tight tolerances.
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ from collections.abc import Mapping
 import numpy as np
 from numba import cuda
 
-from ._support import check_layers
 from . import arrays as darrays
 from . import heads, loops, steps
 from . import losses as dlosses
+from ..sequence_model import layer_param_name
 from .cells import resolve
 
 __all__ = ["CudaSequenceModel", "DeviceParams", "DeviceState"]
@@ -28,38 +28,53 @@ _KEEP_STATE = object()
 
 
 class DeviceState:
-    """A recurrent state kept on the device, ``(S, B, H)``. ``to_host()`` gives the CPU form
-    (an array for one-state cells, a tuple such as ``(h, c)`` for the LSTM).
+    """A recurrent state kept on the device, ``(L*S, B, H)``: the S state arrays of layer 0,
+    then those of layer 1, ... (the order of
+    :meth:`~numbarnn.sequence_model.SequenceModel.state_arrays`). ``to_host()`` gives the
+    CPU form: for one layer an array for one-state cells, a tuple such as ``(h, c)`` for the
+    LSTM; for L stacked layers a list of L such layer states.
 
-    ``array`` is the (S, B, H) device array, ``states`` is S.
+    ``array`` is the (L*S, B, H) device array, ``states`` is S and ``layers`` L.
 
     >>> import numpy as np
     >>> from numba import cuda
     >>> from numbarnn.cuda.model import DeviceState
     >>> state = DeviceState(cuda.to_device(np.arange(8.0).reshape(2, 2, 2)), 2)  # an LSTM's h and c
-    >>> state.shape
-    (2, 2, 2)
+    >>> state.shape, state.layers
+    ((2, 2, 2), 1)
     >>> h, c = state.to_host()
     >>> c.tolist()
     [[4.0, 5.0], [6.0, 7.0]]
+    >>> stacked = DeviceState(cuda.to_device(np.arange(16.0).reshape(4, 2, 2)), 2)  # two LSTM layers
+    >>> stacked
+    <DeviceState L=2 S=2 B=2 H=2>
+    >>> (h0, c0), (h1, c1) = stacked.to_host()
+    >>> h1.tolist()
+    [[8.0, 9.0], [10.0, 11.0]]
     """
 
     def __init__(self, array, states: int):
+        if array.shape[0] % states:
+            raise ValueError(f"a state array of {array.shape[0]} rows is not whole layers of {states} states")
         self.array = array
         self.states = states
+        self.layers = array.shape[0] // states
 
     @property
     def shape(self):
-        """``(S, B, H)``."""
+        """``(L*S, B, H)``."""
         return tuple(self.array.shape)
 
     def to_host(self):
-        """Host copies: h (B, H) for a one-state cell, else a tuple of S such arrays."""
+        """Host copies in the CPU model's form (see the class)."""
         host = self.array.copy_to_host()
-        return host[0] if self.states == 1 else tuple(host[s] for s in range(self.states))
+        S = self.states
+        per_layer = [host[l * S] if S == 1 else tuple(host[l * S + s] for s in range(S)) for l in range(self.layers)]
+        return per_layer[0] if self.layers == 1 else per_layer
 
     def __repr__(self):
-        return f"<DeviceState S={self.array.shape[0]} B={self.array.shape[1]} H={self.array.shape[2]}>"
+        L = f"L={self.layers} " if self.layers > 1 else ""
+        return f"<DeviceState {L}S={self.states} B={self.array.shape[1]} H={self.array.shape[2]}>"
 
 
 class _HostParam(np.ndarray):
@@ -84,8 +99,8 @@ class DeviceParams(Mapping):
     to the mapping or into one of its arrays, uploads to the device.
 
     >>> import numpy as np
-    >>> from numbarnn.cuda.model import make_cuda_model
-    >>> model = make_cuda_model("rnn", vocab_size=3, hidden_size=2, dtype="float64", seed=0)
+    >>> import numbarnn
+    >>> model = numbarnn.make_model("rnn", vocab_size=3, hidden_size=2, dtype="float64", seed=0, device="cuda")
     >>> params = model.params
     >>> sorted(params), params["W_x"].shape
     (['W_h', 'W_x', 'W_y', 'b_h', 'b_x', 'b_y'], (2, 3))
@@ -121,7 +136,10 @@ class CudaSequenceModel:
     """A :class:`~numbarnn.sequence_model.SequenceModel` whose parameters and work live on the GPU.
 
     Built from a CPU model (its weights are copied, the CPU model is kept only as the
-    source of shapes and checks). ``forward``/``backward`` have the CPU model's host
+    source of shapes and checks), any number of stacked layers: layer 0 reads the inputs,
+    each layer above the hidden states of the one below (through dropout, when training
+    with a generator: the CPU model's masks, drawn on the host and applied on the device),
+    the head the top layer's. ``forward``/``backward`` have the CPU model's host
     interface (NumPy in, NumPy out) for tests and interactive use; the trainer uses the
     device methods, which copy nothing.
 
@@ -144,7 +162,6 @@ class CudaSequenceModel:
     """
 
     def __init__(self, cpu_model):
-        check_layers(len(getattr(cpu_model, "layers", [None])), float(getattr(cpu_model, "dropout", 0.0)))
         self.cell = cpu_model.cell
         self.pair = resolve(self.cell)  # a cell without CUDA kernels fails here, clearly
         self.dtype = cpu_model.dtype
@@ -152,6 +169,8 @@ class CudaSequenceModel:
         self.output_size = cpu_model.output_size
         self.input_size = cpu_model.input_size
         self.hidden_size = cpu_model.hidden_size
+        self.num_layers = len(cpu_model.layers)
+        self.dropout = cpu_model.dropout
         self._check_model = cpu_model  # input checks and zero states, shared with the CPU
         self.names = list(cpu_model.params)
         self.shapes = {k: v.shape for k, v in cpu_model.params.items()}
@@ -170,7 +189,7 @@ class CudaSequenceModel:
         self.g = self._views(self.grad_flat)
         self._buffers = {}
         self._W_hT = None  # W_h transposed, for the rowdot backward (small batches)
-        self._last = None  # (buffers, T, B, is_index) of the last forward
+        self._last = None  # (buffers, T, B, is_index, dropped) of the last forward
 
     # -- parameters --------------------------------------------------------------------------
     def _views(self, flat) -> dict:
@@ -241,34 +260,39 @@ class CudaSequenceModel:
 
     def state_from_arrays(self, arrays: list) -> "DeviceState":
         """Inverse of :meth:`state_arrays`: the state on the device."""
+        expected = self.num_layers * self.cell.states
+        if len(arrays) != expected:
+            raise ValueError(f"a state of this model is {expected} arrays ({self.num_layers} layers of "
+                             f"{self.cell.states}), got {len(arrays)}")
         host = np.ascontiguousarray(np.stack([np.asarray(a, self.dtype) for a in arrays]))
         return DeviceState(cuda.to_device(host), self.cell.states)
+
+    def _host_state_stack(self, state, B: int, what: str) -> np.ndarray:
+        """A state in the CPU model's form (checked as the CPU checks it) as one (L*S, B, H) array."""
+        arrays = []
+        for layer, layer_state in zip(self._check_model.layers, self._check_model._per_layer(state)):
+            arrays.extend(layer._unpack_state(layer_state, B, what))
+        return np.ascontiguousarray(np.stack([np.asarray(a, self.dtype) for a in arrays]))
 
     # -- device buffers, one set per (T, B, input kind) --------------------------------------
     def buffers(self, T: int, B: int, is_index: bool) -> dict:
         """The device arrays of a batch of T steps and B sequences, integer or dense inputs,
-        by name (``xz``, ``states``, ``cache``, ``logits``, ...); allocated once per shape."""
+        by name, allocated once per shape: the inputs (``x``, and ``ints`` with the targets
+        ``y`` and the index segments), the head's (``logits``, ``probs``, ``dlogits``,
+        ``mask``, ...), and ``layers``, one dict per recurrent layer (``xz``, ``states``,
+        ``cache``, ``d_hidden``, ...). Dropout's masks come with the first forward that
+        drops (:meth:`forward_device`)."""
         key = (T, B, is_index)
         buf = self._buffers.get(key)
         if buf is not None:
             return buf
-        cell, H, dt = self.cell, self.hidden_size, self.dtype
-        GH, S, N = cell.gates * H, cell.states, T * B
-        V = self.output_size
+        dt, N, V = self.dtype, T * B, self.output_size
         buf = {
-            "xz": cuda.device_array((T, B, GH), dt),
-            "states": cuda.device_array((S, T + 1, B, H), dt),
-            "cache": cuda.device_array((T, B, max(cell.cache_width, 1) * H), dt),
-            "hz": cuda.device_array((B, GH), dt),
-            "dstate": cuda.device_array((S, B, H), dt),
-            "dstate_prev": cuda.device_array((S, B, H), dt),
-            "dxz": cuda.device_array((T, B, GH), dt),
-            "d_hidden": cuda.device_array((T, B, H), dt),
+            "layers": [self._layer_buffers(T, B) for _ in range(self.num_layers)],
             "scalars": cuda.device_array(2, np.float64),  # 0: loss, 1: grad norm^2 (16 bytes back)
             "partials": cuda.device_array(dlosses.MAX_PARTIALS, np.float64),
             "mask_is_ones": False,
         }
-        buf["dhz"] = buf["dxz"] if cell.shared_gate_grad else cuda.device_array((T, B, GH), dt)
         if is_index:
             V_in = self.input_size
             # inputs (N), targets (N), order (N), starts (V_in + 1): one upload per step
@@ -290,87 +314,166 @@ class CudaSequenceModel:
         self._buffers[key] = buf
         return buf
 
+    def _layer_buffers(self, T: int, B: int) -> dict:
+        """One recurrent layer's device arrays for T steps of B sequences."""
+        cell, H, dt = self.cell, self.hidden_size, self.dtype
+        GH, S = cell.gates * H, cell.states
+        layer = {
+            "xz": cuda.device_array((T, B, GH), dt),
+            "states": cuda.device_array((S, T + 1, B, H), dt),
+            "cache": cuda.device_array((T, B, max(cell.cache_width, 1) * H), dt),
+            "hz": cuda.device_array((B, GH), dt),
+            "dstate": cuda.device_array((S, B, H), dt),
+            "dstate_prev": cuda.device_array((S, B, H), dt),
+            "dxz": cuda.device_array((T, B, GH), dt),
+            "d_hidden": cuda.device_array((T, B, H), dt),
+        }
+        layer["dhz"] = layer["dxz"] if cell.shared_gate_grad else cuda.device_array((T, B, GH), dt)
+        return layer
+
     # -- forward and backward on the device -----------------------------------------------------
     def _set_initial_state(self, buf, state, B):
-        states = buf["states"]
-        S, H = self.cell.states, self.hidden_size
+        S, H, L = self.cell.states, self.hidden_size, self.num_layers
+        layers = buf["layers"]
         if state is _KEEP_STATE:
             return
         if state is None:
-            for s in range(S):
-                darrays.fill(states[s, 0].reshape(B * H), 0)
-        elif isinstance(state, DeviceState):
-            if state.shape != (S, B, H):
-                raise ValueError(f"initial state has shape {state.shape}, expected {(S, B, H)}")
-            darrays.state_in(state.array, states, 0)
+            for layer in layers:
+                for s in range(S):
+                    darrays.fill(layer["states"][s, 0].reshape(B * H), 0)
+            return
+        if isinstance(state, DeviceState):
+            if state.shape != (L * S, B, H):
+                raise ValueError(f"initial state has shape {state.shape}, expected {(L * S, B, H)}")
+            array = state.array
         else:
-            arrays = self._check_model.layer._unpack_state(state, B, "initial state")
-            host = np.ascontiguousarray(np.stack([np.asarray(a, self.dtype) for a in arrays]))
-            darrays.state_in(cuda.to_device(host), states, 0)
+            array = cuda.to_device(self._host_state_stack(state, B, "initial state"))
+        for l, layer in enumerate(layers):
+            darrays.state_in(array[l * S:(l + 1) * S], layer["states"], 0)
 
-    def forward_device(self, buf, T: int, B: int, is_index: bool, state=None, loop=None):
-        """Forward over the batch already in ``buf["x"]``; logits land in ``buf["logits"]``."""
+    def _draw_dropout(self, buf, T: int, B: int, rng) -> None:
+        """The CPU model's dropout masks, drawn from ``rng`` in the same order (layer by layer,
+        each ``(T, B, H)``), uploaded in one copy."""
+        H, L, dt = self.hidden_size, self.num_layers, self.dtype
+        if "drop_masks" not in buf:
+            buf["drop_masks"] = cuda.device_array((L - 1, T, B, H), dt)
+            buf["dropped"] = cuda.device_array((L - 1, T, B, H), dt)  # each layer's input above the first
+        keep = 1.0 - self.dropout
+        masks = np.empty((L - 1, T, B, H), dt)
+        for l in range(L - 1):  # SequenceModel.forward's expression, so the same numbers
+            masks[l] = (rng.random((T, B, H)) < keep).astype(dt) / dt.type(keep)
+        buf["drop_masks"].copy_to_device(masks)
+
+    def _layer_input2d(self, buf, l: int, N: int, dropped: bool):
+        """The (N, H) dense input of layer l >= 1: the hidden states below, after dropout."""
+        if dropped:
+            return buf["dropped"][l - 1].reshape((N, self.hidden_size))
+        return buf["layers"][l - 1]["states"][0, 1:].reshape((N, self.hidden_size))
+
+    def forward_device(self, buf, T: int, B: int, is_index: bool, state=None, loop=None, *, train: bool = False,
+                       rng=None):
+        """Forward over the batch already in ``buf["x"]``; logits land in ``buf["logits"]``.
+
+        Layer 0 reads the inputs, each layer above the hidden states of the one below, the
+        head the top layer's. As on the CPU, dropout applies between layers only with
+        ``train=True`` and a generator ``rng`` (the masks are drawn from it on the host)."""
         p, cell, H = self.p, self.cell, self.hidden_size
         GH, N = cell.gates * H, T * B
-        xz2d = buf["xz"].reshape((N, GH))
-        if is_index:
-            loops.project_indices(buf["x"].reshape(N), p["W_x"], p["b_x"], xz2d)
-        else:
-            loops.project_dense(buf["x"].reshape((N, self.input_size)), p["W_x"], p["b_x"], xz2d)
+        dropped = train and self.dropout > 0.0 and rng is not None and self.num_layers > 1
+        if dropped:
+            self._draw_dropout(buf, T, B, rng)
         self._set_initial_state(buf, state, B)
         kernels = steps.step_kernels(cell, self.dtype, B, H)
-        loops.sequence_forward(kernels, buf["xz"], p["W_h"], p["b_h"], buf["states"], buf["cache"], buf["hz"],
-                               loop=loop)
+        for l, layer in enumerate(buf["layers"]):
+            W_x, b_x = p[layer_param_name("W_x", l)], p[layer_param_name("b_x", l)]
+            xz2d = layer["xz"].reshape((N, GH))
+            if l > 0:
+                loops.project_dense(self._layer_input2d(buf, l, N, dropped), W_x, b_x, xz2d)
+            elif is_index:
+                loops.project_indices(buf["x"].reshape(N), W_x, b_x, xz2d)
+            else:
+                loops.project_dense(buf["x"].reshape((N, self.input_size)), W_x, b_x, xz2d)
+            loops.sequence_forward(kernels, layer["xz"], p[layer_param_name("W_h", l)],
+                                   p[layer_param_name("b_h", l)], layer["states"], layer["cache"], layer["hz"],
+                                   loop=loop)
+            if dropped and l < self.num_layers - 1:
+                darrays.multiply(layer["states"][0, 1:].reshape(N * H), buf["drop_masks"][l].reshape(N * H),
+                                 buf["dropped"][l].reshape(N * H))
         if self.output_size is not None:
             heads.linear_forward(self.hidden2d(buf, T, B), p["W_y"], p["b_y"], buf["logits"])
-        self._last = (buf, T, B, is_index)
+        self._last = (buf, T, B, is_index, dropped)
 
     def hidden2d(self, buf, T, B):
-        """The hidden states h_1..h_T in ``buf`` as a (T*B, H) device view."""
-        return buf["states"][0, 1:].reshape((T * B, self.hidden_size))
+        """The top layer's hidden states h_1..h_T in ``buf`` as a (T*B, H) device view."""
+        return buf["layers"][-1]["states"][0, 1:].reshape((T * B, self.hidden_size))
 
     def final_state(self, buf, T: int, B: int) -> DeviceState:
-        """A device copy of the state after step T in ``buf``, (S, B, H)."""
-        out = cuda.device_array((self.cell.states, B, self.hidden_size), self.dtype)
-        darrays.state_out(buf["states"], T, out)
-        return DeviceState(out, self.cell.states)
+        """A device copy of the state after step T in ``buf``, (L*S, B, H)."""
+        S = self.cell.states
+        out = cuda.device_array((self.num_layers * S, B, self.hidden_size), self.dtype)
+        for l, layer in enumerate(buf["layers"]):
+            darrays.state_out(layer["states"], T, out[l * S:(l + 1) * S])
+        return DeviceState(out, S)
+
+    def carry_state(self, src_buf, t: int, dst_buf) -> None:
+        """Every layer's state after step t of ``src_buf`` becomes the initial state of
+        ``dst_buf`` (they may be the same buffers), on the device."""
+        for src, dst in zip(src_buf["layers"], dst_buf["layers"]):
+            darrays.state_copy(src["states"], t, dst["states"], 0)
 
     def backward_device(self, d_hidden_ready: bool = False, d_final_state=None, initial_gradient=False,
                         need_dx=False, loop=None):
-        """BPTT of the last forward into ``self.g`` (the flat gradient buffer).
+        """BPTT of the last forward into ``self.g`` (the flat gradient buffer), top layer first.
 
         Upstream: ``buf["dlogits"]`` through the head, or, with ``d_hidden_ready`` (no head),
-        ``buf["d_hidden"]`` as already filled by the caller.
+        the top layer's ``d_hidden`` as already filled by the caller. ``d_final_state``: a
+        host (L*S, B, H) array or None. Each layer above the first passes the gradient of
+        its input down as the ``d_hidden`` of the layer below (through the dropout mask).
+        Returns the gradient of dense inputs (T, B, X) with ``need_dx``, else None.
         """
         if self._last is None:
             raise RuntimeError("backward() needs a forward() first")
-        buf, T, B, is_index = self._last
+        buf, T, B, is_index, dropped = self._last
         p, g, cell, H = self.p, self.g, self.cell, self.hidden_size
-        GH, N = cell.gates * H, T * B
+        GH, N, S = cell.gates * H, T * B, cell.states
+        layers = buf["layers"]
         if self.output_size is not None and not d_hidden_ready:
             heads.linear_backward(buf["dlogits"], self.hidden2d(buf, T, B), p["W_y"], g["W_y"], g["b_y"],
-                                  buf["d_hidden"].reshape((N, H)))
-        dstate = buf["dstate"]
-        if d_final_state is None:
-            darrays.fill(dstate.reshape(dstate.size), 0)
-        else:
-            dstate.copy_to_device(np.ascontiguousarray(d_final_state, self.dtype))
+                                  layers[-1]["d_hidden"].reshape((N, H)))
         kernels = steps.step_kernels(cell, self.dtype, B, H)
         if kernels.backward_wants_transpose and self._W_hT is None:
             self._W_hT = cuda.device_array((H, GH), self.dtype)  # refilled from W_h by every backward
-        loops.sequence_backward(kernels, p["W_h"], buf["states"], buf["cache"], buf["d_hidden"], dstate,
-                                buf["dstate_prev"], buf["dxz"], buf["dhz"], initial_gradient=initial_gradient,
-                                loop=loop, W_hT=self._W_hT)
-        loops.recurrent_weight_gradients(buf["dhz"].reshape((N, GH)), buf["states"][0, :T].reshape((N, H)),
-                                         g["W_h"], g["b_h"])
-        dxz2d = buf["dxz"].reshape((N, GH))
-        if is_index:
-            loops.input_weight_gradients_indices(dxz2d, buf["order"], buf["starts"], g["W_x"], g["b_x"])
-            return None
-        dx = cuda.device_array((T, B, self.input_size), self.dtype) if need_dx else None
-        loops.input_weight_gradients_dense(dxz2d, buf["x"].reshape((N, self.input_size)), p["W_x"], g["W_x"],
-                                           g["b_x"], None if dx is None else dx.reshape((N, self.input_size)))
-        return dx
+        d_final = None if d_final_state is None else np.ascontiguousarray(d_final_state, self.dtype)
+        for l in range(self.num_layers - 1, -1, -1):
+            layer = layers[l]
+            W_x, W_h, b_x, b_h = (layer_param_name(base, l) for base in ("W_x", "W_h", "b_x", "b_h"))
+            dstate = layer["dstate"]
+            if d_final is None:
+                darrays.fill(dstate.reshape(dstate.size), 0)
+            else:
+                dstate.copy_to_device(d_final[l * S:(l + 1) * S])
+            loops.sequence_backward(kernels, p[W_h], layer["states"], layer["cache"], layer["d_hidden"],
+                                    dstate, layer["dstate_prev"], layer["dxz"], layer["dhz"],
+                                    initial_gradient=initial_gradient, loop=loop, W_hT=self._W_hT)
+            loops.recurrent_weight_gradients(layer["dhz"].reshape((N, GH)), layer["states"][0, :T].reshape((N, H)),
+                                             g[W_h], g[b_h])
+            dxz2d = layer["dxz"].reshape((N, GH))
+            if l > 0:
+                below = layers[l - 1]["d_hidden"].reshape((N, H))
+                loops.input_weight_gradients_dense(dxz2d, self._layer_input2d(buf, l, N, dropped), p[W_x],
+                                                   g[W_x], g[b_x], below)
+                if dropped:
+                    darrays.multiply(below.reshape(N * H), buf["drop_masks"][l - 1].reshape(N * H),
+                                     below.reshape(N * H))
+            elif is_index:
+                loops.input_weight_gradients_indices(dxz2d, buf["order"], buf["starts"], g["W_x"], g["b_x"])
+                return None
+            else:
+                dx = cuda.device_array((T, B, self.input_size), self.dtype) if need_dx else None
+                loops.input_weight_gradients_dense(dxz2d, buf["x"].reshape((N, self.input_size)), p["W_x"],
+                                                   g["W_x"], g["b_x"],
+                                                   None if dx is None else dx.reshape((N, self.input_size)))
+                return dx
 
     # -- the CPU model's host interface ------------------------------------------------------
     def upload_inputs(self, x, is_index: bool):
@@ -390,16 +493,17 @@ class CudaSequenceModel:
             buf["x"].copy_to_device(np.ascontiguousarray(x, self.dtype))
         return buf
 
-    def forward(self, inputs, state=None, loop=None):
-        """Host in, host out, like :meth:`SequenceModel.forward`: ``(outputs (T, B, V or H), final)``."""
+    def forward(self, inputs, state=None, loop=None, *, train: bool = False, rng=None):
+        """Host in, host out, like :meth:`SequenceModel.forward`: ``(outputs (T, B, V or H), final)``
+        (dropout between layers with ``train=True`` and a generator, the CPU's masks)."""
         x, is_index = self._check_model.layer._checked_input(inputs)
         T, B = x.shape[0], x.shape[1]
         if T < 1 or B < 1:
             raise ValueError(f"need at least one step and one sequence, got input shape {x.shape}")
         buf = self.upload_inputs(x, is_index)
-        self.forward_device(buf, T, B, is_index, state, loop=loop)
+        self.forward_device(buf, T, B, is_index, state, loop=loop, train=train, rng=rng)
         if self.output_size is None:
-            outputs = buf["states"][0, 1:].copy_to_host()
+            outputs = buf["layers"][-1]["states"][0, 1:].copy_to_host()
         else:
             outputs = buf["logits"].copy_to_host().reshape(T, B, self.output_size)
         return outputs, self.final_state(buf, T, B).to_host()
@@ -409,15 +513,14 @@ class CudaSequenceModel:
         returns them."""
         if self._last is None:
             raise RuntimeError("backward() needs a forward() first")
-        buf, T, B, _ = self._last
+        buf, T, B = self._last[:3]
         d_outputs = np.ascontiguousarray(d_outputs, self.dtype)
         if self.output_size is None:
-            buf["d_hidden"].copy_to_device(d_outputs.reshape(T, B, self.hidden_size))
+            buf["layers"][-1]["d_hidden"].copy_to_device(d_outputs.reshape(T, B, self.hidden_size))
         else:
             buf["dlogits"].copy_to_device(d_outputs.reshape(T * B, self.output_size))
         d_final = None
         if d_final_state is not None:
-            arrays = self._check_model.layer._unpack_state(d_final_state, B, "d_final_state")
-            d_final = np.stack([np.asarray(a, self.dtype) for a in arrays])
+            d_final = self._host_state_stack(d_final_state, B, "d_final_state")
         self.backward_device(d_hidden_ready=self.output_size is None, d_final_state=d_final, loop=loop)
         return {"d" + key: value for key, value in self.grads_to_host().items()}

@@ -170,9 +170,15 @@ def test_evaluate_and_a_trained_cpu_trainer_moved_to_the_device():
     np.testing.assert_allclose(final.to_host()[1], final_t[1], rtol=1e-11)
 
 
-def test_stacked_layers_are_a_clear_error_for_now():
-    with pytest.raises(UnsupportedOnCuda, match="one recurrent layer"):
-        make_cuda_trainer("lstm", "softmax_cross_entropy", "adam", "top_p", vocab_size=5, hidden_size=4, layers=2)
+def test_stacked_layers_with_dropout_run_on_the_device():
+    """Stacked layers and dropout once were refused on cuda; now they train there (the
+    thorough comparisons are in test_stacked.py)."""
+    cpu, gpu = pair("lstm", layers=2, dropout=0.5, hidden_size=4)
+    assert gpu.device == "cuda" and len(gpu.backend.host_model().layers) == 2
+    (x, y), = batches(1)
+    np.testing.assert_allclose(gpu.train_step(x, y), cpu.train_step(x, y), rtol=1e-12)
+    np.testing.assert_allclose(gpu.last_grad_norm, cpu.last_grad_norm, rtol=1e-12)
+    assert gpu.rng.random() == cpu.rng.random()  # the same dropout masks: the same draws
 
 
 def test_optimizer_state_dict_has_the_cpu_format_and_round_trips():
