@@ -305,7 +305,7 @@ _FRACTION = (lambda v: 0 <= v < 1, "must be a fraction in [0, 1)")  # NaN fails 
 _TRAIN_CHECKS = {"hidden": _COUNT, "layers": _COUNT, "batch": _COUNT, "seq_length": _COUNT, "steps": _COUNT,
                  "threads": _COUNT, "eval_every": _COUNT, "epochs": _POSITIVE, "lr": _POSITIVE, "clip": _NONNEGATIVE,
                  "dropout": _FRACTION, "validation": _FRACTION, "seed": _COUNT0, "patience": _COUNT0,
-                 "sample_every": _COUNT0}
+                 "sample_every": _COUNT0, "checkpoint_every": _COUNT}
 _SAMPLE_CHECKS = {"n": _COUNT, "length": _COUNT, "top_k": _COUNT, "beam_width": _COUNT, "seed": _COUNT0,
                   "temperature": _POSITIVE,
                   "top_p": (lambda v: 0 < v <= 1, "must be a probability in (0, 1]")}
@@ -553,6 +553,9 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="CKPT",
                         help="checkpoint to write (default: <data name>.ckpt, or the --resume checkpoint); an "
                              "existing file there is replaced only if it is a numbarnn checkpoint")
+    parser.add_argument("--checkpoint-every", type=int, metavar="N",
+                        help="also save the checkpoint every N steps while training (default: at the end, and on "
+                             "Ctrl-C)")
     parser.add_argument("--resume", metavar="CKPT",
                         help="continue training from this checkpoint, on the text it records, and save back to it")
     parser.add_argument("--plot", metavar="PNG", help="write a loss-curve picture (needs matplotlib)")
@@ -593,6 +596,7 @@ def run_train(args) -> int:
     from .cuda import CudaUnavailableError, UnsupportedOnCuda
     from .plugins import get_cell, get_loss, get_registry
     from .registry import UnknownNameError
+    from .fit import plot_history
     from .trainer import make_trainer, sample_lines
 
     parser = args.parser
@@ -707,7 +711,8 @@ def run_train(args) -> int:
                     f"mode: {len(vocab)} characters, {batches.steps_per_epoch()} steps per epoch"))
     summary = trainer.fit(batches, steps=steps, epochs=args.epochs if not args.steps else None,
                           validation=validation, eval_every=option["eval_every"], sample_every=args.sample_every,
-                          patience=option["patience"] or None, progress=not args.no_progress, checkpoint=out)
+                          patience=option["patience"] or None, progress=not args.no_progress, checkpoint=out,
+                          checkpoint_every=args.checkpoint_every)
     interrupted = summary["stopped"] == "interrupted"
     if not interrupted:  # fit saved (and said so) when Ctrl-C stopped it
         save_checkpoint(trainer, out, batches)
@@ -722,32 +727,10 @@ def run_train(args) -> int:
         texts = [shown_name(t, trainer.vocab) for t in texts]
     for line in sample_lines(texts, names=mode == "names", indent="  "):
         print(line)
-    if args.plot:
-        _plot_history(trainer.history, args.plot)
+    if args.plot:  # after the checkpoint is saved: a failed picture loses no training (so not fit.LossPlot)
+        plot_history(trainer.history, args.plot)  # its folder was checked writable before training
         print(printable(f"loss curve written to {args.plot}"))
     return {"done": 0, "early-stop": 0, "non-finite": 1, "interrupted": 130}[summary["stopped"]]
-
-
-def _plot_history(history, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = np.array([h[0] for h in history])
-    losses = np.array([h[1] for h in history])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, losses, alpha=0.3, label="loss per step")
-    if len(losses) >= 20:
-        k = max(len(losses) // 50, 5)
-        ax.plot(steps[k - 1:], np.convolve(losses, np.ones(k) / k, mode="valid"), label=f"mean of {k}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss per sequence")
-    ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)  # checked writable before training
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def add_sample_command(subparsers) -> argparse.ArgumentParser:

@@ -1,5 +1,10 @@
-"""``Trainer.fit``: the training loop over batches, with its progress bar, periodic samples,
-validation, early stopping, checkpoints and the non-finite guard.
+"""``Trainer.fit``: the training loop over batches, and the callbacks that do everything else.
+
+The loop (:func:`fit`) draws a batch, runs one training step, records the loss and calls
+its callbacks' hooks; the progress bar, periodic samples, validation with early stopping,
+checkpoints, the non-finite guard and the loss plot are callbacks (:class:`ProgressBar`,
+:class:`Samples`, :class:`Validation`, :class:`Checkpoint`, :class:`NonFiniteGuard`,
+:class:`LossPlot`), and users pass their own (``fit(..., callbacks=[...])``).
 
 It drives a trainer only through its public methods (``train_step``, ``validation_loss``,
 ``sample_texts``, ``snapshot_params``, ...), so it is the same on every device.
@@ -9,17 +14,121 @@ from __future__ import annotations
 import math
 import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Optional
+
+import numpy as np
 
 from .checkpoint_file import save_checkpoint
 from .data import printable
 from .errors import NonFiniteLossError
 
+__all__ = ["fit", "Callback", "FitState", "CallbackError", "ProgressBar", "NonFiniteGuard", "Samples",
+           "Validation", "Checkpoint", "LossPlot", "sample_lines", "plot_history"]
+
+HOOKS = ("on_fit_start", "on_step_start", "on_step_end", "on_non_finite", "on_interrupt", "on_fit_end")
+
+
+class Callback:
+    """A base for ``fit``'s callbacks: every hook does nothing; override the ones you need.
+
+    The hooks, in the order ``fit`` calls them (each on every callback, built-ins first,
+    then the user's in the order given):
+
+    * ``on_fit_start(state)``: once, before the first step.
+    * ``on_step_start(state)``: before each step draws its batch.
+    * ``on_step_end(state)``: after each step that trained: ``trainer.step``,
+      ``trainer.history``, ``state.loss`` and ``state.smoothed_loss`` include it.
+    * ``on_non_finite(state, error)``: instead of ``on_step_end`` when the step's loss or
+      weights are not finite (``error``: :class:`numbarnn.errors.NonFiniteLossError`);
+      :class:`NonFiniteGuard` puts the weights back and stops the run.
+    * ``on_interrupt(state)``: on Ctrl-C, wherever it struck; ``state.summary`` already
+      says ``"interrupted"`` and its reason is printed after these hooks.
+    * ``on_fit_end(state)``: once, last, however ``fit`` ends (``state.error`` holds the
+      exception when it ends with one), with ``state.summary`` complete.
+
+    ``state`` is the :class:`FitState`. A callback stops the run with ``state.stop(reason)``.
+    """
+
+    def on_fit_start(self, state):
+        pass
+
+    def on_step_start(self, state):
+        pass
+
+    def on_step_end(self, state):
+        pass
+
+    def on_non_finite(self, state, error):
+        pass
+
+    def on_interrupt(self, state):
+        pass
+
+    def on_fit_end(self, state):
+        pass
+
+
+class CallbackError(RuntimeError):
+    """A user's callback raised: ``fit`` stopped there, with the trainer whole (see :func:`fit`)."""
+
+
+class FitState:
+    """What ``fit``'s callbacks see and share.
+
+    ``trainer``, ``batches``; ``steps``: the steps this ``fit`` call runs at most;
+    ``batch``: the current step's ``(inputs, targets, mask, carry)``; ``loss``: its loss;
+    ``smoothed_loss``: the running mean shown by the progress bar (it carries over from the
+    previous ``fit``); ``summary``: the dict ``fit`` returns; ``step``: ``trainer.step``;
+    ``stopping``: whether a stop was requested; ``error``: the exception ``fit`` ends with,
+    in ``on_fit_end`` (else None). ``write(text)`` prints a result line (above the progress
+    bar, when there is one); ``note(text)`` a remark about ``fit`` itself, on stderr.
+    ``bar`` is the tqdm bar, or None.
+    """
+
+    def __init__(self, trainer, batches, steps: int, print_fn=print):
+        self.trainer, self.batches, self.steps = trainer, batches, steps
+        self.batch, self.loss = None, None
+        self.smoothed_loss = trainer.config.get("smoothed_loss")
+        last_val = trainer.fit_state["val_loss"]
+        self.summary = {"stopped": "done", "reason": f"ran {steps} steps", "val_loss": last_val,
+                        "val_perplexity": None if last_val is None else math.exp(min(last_val, 700))}
+        self.stopping, self.error = False, None
+        self.bar, self.write, self.note = None, print_fn, _note_writer(None)
+        self.off_clock = 0.0  # seconds kept off the bar's clock (phases that loaded or compiled kernels)
+        self._phases = set()  # the phases (step, validation, samples) run once already
+
+    @property
+    def step(self) -> int:
+        return self.trainer.step
+
+    def stop(self, reason: str, kind: str = "callback") -> None:
+        """Stop ``fit`` once the current step's callbacks have run: ``summary["stopped"]``
+        becomes ``kind`` and ``summary["reason"]`` ``reason``, which is printed now. The
+        first request wins; later ones in the same step are ignored."""
+        if not isinstance(reason, str) or not isinstance(kind, str) or not kind or kind == "done":
+            raise ValueError(f"stop takes a reason and a kind (strings, the kind not 'done'), got {reason!r}, {kind!r}")
+        if self.stopping:
+            return
+        self.stopping = True
+        self.summary.update(stopped=kind, reason=reason)
+        self.write(reason)
+
+    @contextmanager
+    def phase(self, name: str):
+        """Run the ``with`` block as ``fit``'s phase ``name`` ("step", "validation" or
+        "samples"): the first time, say on stderr when its kernels must compile first, and keep
+        that wait (and the first step's, which loads the kernels) off the progress bar's clock."""
+        mark = _first_time(self.trainer, name, self._phases, self.bar, self.note)
+        yield
+        self.off_clock += _off_the_clock(self.bar, mark)
+
 
 def fit(trainer, batches, *, steps: Optional[int] = None, epochs: Optional[float] = None,
         validation=None, eval_every: int = 200, sample_every: int = 500, samples: int = 5,
         patience: Optional[int] = None, progress: bool = True, checkpoint: Optional[str] = None,
-        checkpoint_every: Optional[int] = None, print_fn=print) -> dict:
+        checkpoint_every: Optional[int] = None, print_fn=print, callbacks=()) -> dict:
     """Train ``trainer`` on ``batches`` (:class:`numbarnn.data.NamesBatches` or ``StreamBatches``).
 
     Runs ``steps`` more steps (or ``epochs`` more passes). Shows a progress bar (step,
@@ -30,101 +139,250 @@ def fit(trainer, batches, *, steps: Optional[int] = None, epochs: Optional[float
     without improvement, best weights: ``fit_state``) continues from the previous ``fit``
     call or the loaded checkpoint; after an early stop a further ``fit`` gets ``patience``
     evaluations again. A non-finite loss stops training and restores
-    the last good weights; Ctrl-C saves ``checkpoint`` (if given) before returning.
+    the last good weights; ``checkpoint`` (if given) is saved every ``checkpoint_every``
+    steps (if given) and on Ctrl-C, before returning.
     Returns a summary dict: ``stopped`` ("done", "early-stop", "non-finite",
-    "interrupted"), ``reason``, ``steps``, ``loss`` (smoothed), ``val_loss``, ``val_perplexity``.
+    "interrupted", or the kind a callback stopped with), ``reason``, ``steps``, ``loss``
+    (smoothed), ``val_loss``, ``val_perplexity``.
+
+    Each of those jobs is a callback (:class:`Callback`); ``callbacks`` adds the user's,
+    called after the built-ins. An exception in a user's callback stops ``fit`` with a
+    :class:`CallbackError` naming the callback, the hook and the step; the trainer is left
+    whole at that point (no half-recorded step, nothing saved), ready to save or fit again.
     """
     if steps is None:
         steps = max(1, int(round((epochs or 1.0) * batches.steps_per_epoch())))
-    early = trainer.fit_state  # continues across fit calls and checkpoints: resume is exact
-    last_val = early["val_loss"]
-    summary = {"stopped": "done", "reason": f"ran {steps} steps", "val_loss": last_val,
-               "val_perplexity": None if last_val is None else math.exp(min(last_val, 700))}
-    bar = _progress_bar(steps, progress)
-    smooth = trainer.config.get("smoothed_loss")
-    # tokens/s over the steps on the clock: all but the first, without the phases that compiled
-    rate_tokens, started, off_clock = 0, time.perf_counter(), 0.0
-    write = bar.write if bar is not None else print_fn
-    note = _note_writer(bar)
-    phases = set()  # the phases (step, validation, samples) run once already
+    if checkpoint_every is not None:
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) \
+                or checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be a positive integer (steps), got {checkpoint_every!r}")
+        if not checkpoint:
+            raise ValueError("checkpoint_every needs checkpoint, the path to save to")
+    users = _user_callbacks(callbacks)
+    built_in = [ProgressBar() if progress else None, NonFiniteGuard(),
+                Samples(sample_every, samples) if sample_every else None,
+                Validation(validation, eval_every, patience) if validation is not None and eval_every else None,
+                Checkpoint(checkpoint, every=checkpoint_every) if checkpoint else None]
+    run = _Hooks([c for c in built_in if c is not None], users)
+    state = FitState(trainer, batches, steps, print_fn)
     try:
-        for _ in range(steps):
-            # The first step loads (or compiles) the kernels: its time is not a step's.
-            clock = _first_time(trainer, "step", phases, bar, note)
-            inputs, targets, mask, carry = batches.next_batch()
-            state = trainer.state if carry else None
-            snapshot, good_step = trainer.snapshot_params(), trainer.step
-            try:
-                loss = trainer.train_step(inputs, targets, mask, state=state)
-                if not trainer.params_finite():
-                    raise NonFiniteLossError(f"the weights stopped being finite at step {trainer.step} "
-                                             f"(cell {trainer.model.cell.name!r})")
-            except NonFiniteLossError as error:
-                trainer.restore_params(snapshot)
-                trainer.step = good_step  # the undone update is not a step (history, checkpoints)
-                summary.update(stopped="non-finite",
-                               reason=f"stopped: {error}; restored the weights of the last good step "
-                                      "(try a lower --lr or a smaller --clip)")
-                write(summary["reason"])
-                break
-            trainer.history.append((trainer.step, loss))
-            smooth = loss if smooth is None else 0.98 * smooth + 0.02 * loss
-            trainer.config["smoothed_loss"] = smooth
-            if bar is not None:
-                if clock is None:
-                    rate_tokens += batches.tokens(mask)
-                off_clock += _off_the_clock(bar, clock)
-                postfix = f"loss {smooth:.3f}"
-                if rate_tokens:
-                    rate = rate_tokens / max(time.perf_counter() - started - off_clock, 1e-9)
-                    postfix += f", {rate:,.0f} tok/s"
-                bar.set_postfix_str(postfix, refresh=False)
-                bar.update(1)
-            if sample_every and trainer.step % sample_every == 0 and trainer.vocab is not None:
-                clock = _first_time(trainer, "samples", phases, bar, note)
-                texts = trainer.sample_texts(samples, seed=trainer.step)
-                off_clock += _off_the_clock(bar, clock)
-                write(f"-- step {trainer.step}, loss {smooth:.3f}, samples:")
-                for line in sample_lines(texts, names=trainer.config.get("mode") == "names", indent="   "):
-                    write(line)
-            if validation is not None and eval_every and trainer.step % eval_every == 0:
-                clock = _first_time(trainer, "validation", phases, bar, note)
-                val = trainer.validation_loss(validation)
-                off_clock += _off_the_clock(bar, clock)
-                summary.update(val_loss=val, val_perplexity=math.exp(min(val, 700)))
-                write(f"-- step {trainer.step}: validation loss {val:.4f} per token, perplexity "
-                      f"{summary['val_perplexity']:.2f}")
-                early["val_loss"] = val
-                if val < early["best_val_loss"] - 1e-6:
-                    early.update(best_val_loss=val, evals_since_best=0, best_params=trainer.snapshot_params())
-                else:
-                    early["evals_since_best"] += 1
-                    if patience is not None and early["evals_since_best"] >= patience:
-                        best = early["best_val_loss"]
-                        if early["best_params"] is not None:  # None only if no evaluation was finite
-                            trainer.restore_params(early["best_params"])
-                        # The weights are the best ones again; a later fit starts a new patience window.
-                        early.update(val_loss=best, evals_since_best=0)
-                        summary.update(stopped="early-stop", val_loss=best,
-                                       val_perplexity=math.exp(min(best, 700)),
-                                       reason=f"early stop at step {trainer.step}: no validation improvement "
-                                              f"in {patience} evaluations; kept the best weights "
-                                              f"(validation loss {best:.4f})")
-                        write(summary["reason"])
+        try:
+            run("on_fit_start", state)
+            for _ in range(steps):
+                # The first step loads (or compiles) the kernels: its time is not a step's.
+                with state.phase("step"):
+                    run("on_step_start", state)
+                    inputs, targets, mask, carry = state.batch = batches.next_batch()
+                    try:
+                        loss = trainer.train_step(inputs, targets, mask, state=trainer.state if carry else None)
+                        if not trainer.params_finite():
+                            raise NonFiniteLossError(f"the weights stopped being finite at step {trainer.step} "
+                                                     f"(cell {trainer.model.cell.name!r})")
+                    except NonFiniteLossError as error:
+                        run("on_non_finite", state, error)
+                        if not state.stopping:  # no callback dealt with it
+                            raise
                         break
-            if checkpoint and checkpoint_every and trainer.step % checkpoint_every == 0:
-                save_checkpoint(trainer, checkpoint, batches)
-    except KeyboardInterrupt:
-        summary.update(stopped="interrupted", reason=f"interrupted at step {trainer.step}")
-        if checkpoint:
-            save_checkpoint(trainer, checkpoint, batches)
-            summary["reason"] += f"; checkpoint saved to {checkpoint}"
-        write(summary["reason"])
+                trainer.history.append((trainer.step, loss))
+                state.loss = loss
+                state.smoothed_loss = loss if state.smoothed_loss is None else 0.98 * state.smoothed_loss + 0.02 * loss
+                trainer.config["smoothed_loss"] = state.smoothed_loss
+                run("on_step_end", state)
+                if state.stopping:
+                    break
+        except KeyboardInterrupt:
+            state.summary.update(stopped="interrupted", reason=f"interrupted at step {trainer.step}")
+            run("on_interrupt", state)
+            state.write(state.summary["reason"])
+        state.summary.update(steps=trainer.step, loss=state.smoothed_loss)
+    except BaseException as error:
+        state.error = error
+        raise
     finally:
-        if bar is not None:
-            bar.close()
-    summary.update(steps=trainer.step, loss=smooth)
-    return summary
+        run("on_fit_end", state)
+    return state.summary
+
+
+def _user_callbacks(callbacks) -> list:
+    """``callbacks`` as a list, each checked to have at least one of fit's hooks."""
+    if isinstance(callbacks, Callback) or not hasattr(callbacks, "__iter__") or isinstance(callbacks, (str, bytes)):
+        raise TypeError(f"callbacks must be a list of callbacks, got {type(callbacks).__name__}")
+    callbacks = list(callbacks)
+    for k, callback in enumerate(callbacks):
+        if not any(callable(getattr(callback, hook, None)) for hook in HOOKS):
+            raise TypeError(f"callbacks[{k}] ({type(callback).__name__}) has none of fit's hooks "
+                            f"({', '.join(HOOKS)}); subclass numbarnn.fit.Callback")
+    return callbacks
+
+
+class _Hooks:
+    """Calls a hook on the built-in callbacks, then on the user's. A user's callback that
+    raises (anything but Ctrl-C) becomes a :class:`CallbackError` naming it; the built-ins'
+    own errors (a disk that is full, ...) pass through as they are."""
+
+    def __init__(self, built_in, users):
+        self.built_in, self.users = built_in, users
+
+    def __call__(self, hook, state, *args):
+        for callback in self.built_in:
+            getattr(callback, hook)(state, *args)
+        for callback in self.users:
+            method = getattr(callback, hook, None)
+            if method is None:
+                continue
+            try:
+                method(state, *args)
+            except Exception as error:
+                raise CallbackError(
+                    f"callback {type(callback).__name__}.{hook} raised {type(error).__name__}: {error} "
+                    f"(at step {state.step}); fit stopped there, the trainer whole at step {state.step}") from error
+
+
+class ProgressBar(Callback):
+    """The tqdm bar on stderr: step, smoothed loss, tokens/s. Phases that load or compile
+    kernels are kept off its clock (:meth:`FitState.phase`), so its rate and ETA are training's;
+    tokens/s counts all steps but the first."""
+
+    def on_fit_start(self, state):
+        self.bar = state.bar = _progress_bar(state.steps, True)
+        state.write, state.note = self.bar.write, _note_writer(self.bar)
+        self.tokens, self.started, self.first = 0, time.perf_counter(), True
+
+    def on_step_end(self, state):
+        if not self.first:
+            self.tokens += state.batches.tokens(state.batch[2])
+        self.first = False
+        postfix = f"loss {state.smoothed_loss:.3f}"
+        if self.tokens:
+            rate = self.tokens / max(time.perf_counter() - self.started - state.off_clock, 1e-9)
+            postfix += f", {rate:,.0f} tok/s"
+        self.bar.set_postfix_str(postfix, refresh=False)
+        self.bar.update(1)
+
+    def on_fit_end(self, state):
+        self.bar.close()
+
+
+class NonFiniteGuard(Callback):
+    """Keeps the weights of the last good step (a snapshot before each step); when a step's
+    loss or weights are not finite, puts them back, undoes the step counter (the undone update
+    is not a step: history, checkpoints) and stops with ``"non-finite"``."""
+
+    def on_step_start(self, state):
+        self.snapshot, self.good_step = state.trainer.snapshot_params(), state.trainer.step
+
+    def on_non_finite(self, state, error):
+        state.trainer.restore_params(self.snapshot)
+        state.trainer.step = self.good_step
+        state.stop(f"stopped: {error}; restored the weights of the last good step "
+                   "(try a lower --lr or a smaller --clip)", "non-finite")
+
+
+class Samples(Callback):
+    """Prints ``n`` generated texts every ``every`` steps (when the trainer has a vocabulary)."""
+
+    def __init__(self, every: int = 500, n: int = 5):
+        self.every, self.n = every, n
+
+    def on_step_end(self, state):
+        trainer = state.trainer
+        if trainer.step % self.every or trainer.vocab is None:
+            return
+        with state.phase("samples"):
+            texts = trainer.sample_texts(self.n, seed=trainer.step)
+        state.write(f"-- step {trainer.step}, loss {state.smoothed_loss:.3f}, samples:")
+        for line in sample_lines(texts, names=trainer.config.get("mode") == "names", indent="   "):
+            state.write(line)
+
+
+class Validation(Callback):
+    """Every ``every`` steps, the loss per token and perplexity on ``batches`` (a list of
+    ``(inputs, targets, mask, carry)``), printed and put in the summary; with ``patience``,
+    early stopping: after ``patience`` evaluations without improvement it puts back the best
+    weights and stops with ``"early-stop"``. Its state is ``trainer.fit_state`` (best loss,
+    evaluations since, best weights, latest loss), so it carries over from one ``fit`` to the
+    next and through checkpoints: resume is exact."""
+
+    def __init__(self, batches, every: int = 200, patience: Optional[int] = None):
+        self.batches, self.every, self.patience = batches, every, patience
+
+    def on_step_end(self, state):
+        trainer, summary = state.trainer, state.summary
+        if trainer.step % self.every:
+            return
+        with state.phase("validation"):
+            val = trainer.validation_loss(self.batches)
+        summary.update(val_loss=val, val_perplexity=math.exp(min(val, 700)))
+        state.write(f"-- step {trainer.step}: validation loss {val:.4f} per token, perplexity "
+                    f"{summary['val_perplexity']:.2f}")
+        early = trainer.fit_state
+        early["val_loss"] = val
+        if val < early["best_val_loss"] - 1e-6:
+            early.update(best_val_loss=val, evals_since_best=0, best_params=trainer.snapshot_params())
+            return
+        early["evals_since_best"] += 1
+        if self.patience is not None and early["evals_since_best"] >= self.patience:
+            best = early["best_val_loss"]
+            if early["best_params"] is not None:  # None only if no evaluation was finite
+                trainer.restore_params(early["best_params"])
+            # The weights are the best ones again; a later fit starts a new patience window.
+            early.update(val_loss=best, evals_since_best=0)
+            summary.update(val_loss=best, val_perplexity=math.exp(min(best, 700)))
+            state.stop(f"early stop at step {trainer.step}: no validation improvement in {self.patience} "
+                       f"evaluations; kept the best weights (validation loss {best:.4f})", "early-stop")
+
+
+class Checkpoint(Callback):
+    """Saves the trainer to ``path`` every ``every`` steps (None: never on a schedule; not on
+    a step that stops the run, which its caller saves) and on Ctrl-C, saying so once in the
+    interruption's reason."""
+
+    def __init__(self, path, every: Optional[int] = None):
+        self.path, self.every = path, every
+
+    def on_step_end(self, state):
+        if self.every and not state.stopping and state.step % self.every == 0:
+            save_checkpoint(state.trainer, self.path, state.batches)
+
+    def on_interrupt(self, state):
+        save_checkpoint(state.trainer, self.path, state.batches)
+        state.summary["reason"] += f"; checkpoint saved to {self.path}"
+
+
+class LossPlot(Callback):
+    """Writes the loss curve of ``trainer.history`` to ``path`` when ``fit`` ends (not when it
+    ends with an exception): :func:`plot_history`, which needs matplotlib."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_fit_end(self, state):
+        if state.error is None:
+            plot_history(state.trainer.history, self.path)
+
+
+def plot_history(history, path) -> None:
+    """A picture of ``history`` (``(step, loss)`` pairs) at ``path``: the loss per step and,
+    from 20 steps on, its running mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([h[0] for h in history])
+    losses = np.array([h[1] for h in history])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, losses, alpha=0.3, label="loss per step")
+    if len(losses) >= 20:
+        k = max(len(losses) // 50, 5)
+        ax.plot(steps[k - 1:], np.convolve(losses, np.ones(k) / k, mode="valid"), label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss per sequence")
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _progress_bar(total, enabled):

@@ -400,11 +400,13 @@ class Trainer:
     def fit(self, batches, *, steps: Optional[int] = None, epochs: Optional[float] = None,
             validation=None, eval_every: int = 200, sample_every: int = 500, samples: int = 5,
             patience: Optional[int] = None, progress: bool = True, checkpoint: Optional[str] = None,
-            checkpoint_every: Optional[int] = None, print_fn=print) -> dict:
-        """Train on ``batches``; see :func:`numbarnn.fit.fit` for the options and the summary it returns."""
+            checkpoint_every: Optional[int] = None, print_fn=print, callbacks=()) -> dict:
+        """Train on ``batches``; see :func:`numbarnn.fit.fit` for the options, the ``callbacks``
+        (:class:`numbarnn.fit.Callback`) and the summary it returns."""
         return fit(self, batches, steps=steps, epochs=epochs, validation=validation, eval_every=eval_every,
                    sample_every=sample_every, samples=samples, patience=patience, progress=progress,
-                   checkpoint=checkpoint, checkpoint_every=checkpoint_every, print_fn=print_fn)
+                   checkpoint=checkpoint, checkpoint_every=checkpoint_every, print_fn=print_fn,
+                   callbacks=callbacks)
 
     def sample_texts(self, n: int, *, seed: Optional[int] = None, length: Optional[int] = None, prime: str = "",
                      **sampler_kwargs) -> list:
