@@ -5,6 +5,10 @@ Tiny models on the shipped names, in-process, so each test takes a second or two
 """
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -237,3 +241,16 @@ def test_checkpoint_every_must_be_a_positive_count(tmp_path, monkeypatch, capsys
     assert capsys.readouterr().err.splitlines()[-1] == (f"numbarnn train: error: --checkpoint-every must be at "
                                                         f"least 1, got {value}")
     assert not list(tmp_path.iterdir())
+
+
+def test_the_training_page_runs(tmp_path, monkeypatch):
+    """docs/training.md's python blocks (the callbacks example), run as tests/test_docs.py runs
+    the tutorials: in page order, in a scratch folder."""
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    spec = importlib.util.spec_from_file_location("numbarnn_docs_run_tutorials_fit", docs / "run_tutorials.py")
+    runner = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, runner)  # dataclasses look their module up
+    spec.loader.exec_module(runner)
+    assert [b.kind for b in runner.blocks(docs / "training.md")].count("run") >= 1
+    namespace = runner.run(docs / "training.md", tmp_path, quick=True)
+    assert namespace["summary"]["stopped"] == "target"
