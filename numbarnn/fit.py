@@ -204,7 +204,9 @@ def fit(trainer, batches, *, steps: Optional[int] = None, epochs: Optional[float
 
 
 def _user_callbacks(callbacks) -> list:
-    """``callbacks`` as a list, each checked to have at least one of fit's hooks."""
+    """``callbacks`` (None: none) as a list, each checked to have at least one of fit's hooks."""
+    if callbacks is None:
+        return []
     if isinstance(callbacks, Callback) or not hasattr(callbacks, "__iter__") or isinstance(callbacks, (str, bytes)):
         raise TypeError(f"callbacks must be a list of callbacks, got {type(callbacks).__name__}")
     callbacks = list(callbacks)

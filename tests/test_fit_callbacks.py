@@ -182,6 +182,8 @@ def test_callbacks_and_stop_are_checked_at_the_boundary():
         trainer.fit(batches, steps=1, progress=False, callbacks=[lambda state: None])
     with pytest.raises(TypeError, match="callbacks must be a list of callbacks, got Callback"):
         trainer.fit(batches, steps=1, progress=False, callbacks=Callback())
+    with pytest.raises(TypeError, match="callbacks must be a list of callbacks, got int"):
+        trainer.fit(batches, steps=1, progress=False, callbacks=3)
     with pytest.raises(ValueError, match="checkpoint_every must be a positive integer"):
         trainer.fit(batches, steps=1, progress=False, checkpoint="x.ckpt", checkpoint_every=0)
     with pytest.raises(ValueError, match="checkpoint_every needs checkpoint"):
