@@ -336,6 +336,8 @@ def _check_meta(path, meta) -> None:
     _field(path, cfg, "optimizer_options", "dict", "config.optimizer_options")
     _field(path, cfg, "sampler_options", "dict", "config.sampler_options")
     _field(path, cfg, "smoothed_loss", "number", "config.smoothed_loss", optional=True)
+    for key in ("batch_size", "seq_length"):  # recorded by numbarnn train; absent from older checkpoints
+        _field(path, cfg, key, "int", f"config.{key}", optional=True, low=1)
     if cfg.get("device", "cpu") not in ("cpu", "cuda"):  # absent from older checkpoints: the CPU
         raise CheckpointError(f"{path}: corrupt checkpoint metadata: config.device should be 'cpu' or 'cuda'; "
                               f"got {_short(repr(cfg['device']))}")

@@ -644,6 +644,10 @@ def run_train(args) -> int:
               for name in defaults}
     if isinstance(saved.get("seed"), int) and args.seed is None:
         option["seed"] = saved["seed"]  # the same validation split and batch order as the saved run
+    # The same batches as the saved run unless asked otherwise (a resume is then exact).
+    for name, key in (("batch", "batch_size"), ("seq_length", "seq_length")):
+        if isinstance(saved.get(key), int) and getattr(args, name, None) is None:
+            option[name] = saved[key]
     seed, batch = option["seed"], option["batch"]
     seq_length = option["seq_length"] or 64
     if args.threads:
@@ -700,6 +704,8 @@ def run_train(args) -> int:
     # What it trains on, so that --resume without FILE continues on the same text.
     trainer.config["data_source"] = ("dinosaurs" if file in (None, "dinosaurs") else "pydoc" if file == "pydoc"
                                      else os.path.abspath(file))
+    trainer.config["batch_size"] = int(batch)  # and how it was cut into batches, for --resume
+    trainer.config["seq_length"] = int(seq_length) if mode == "stream" else None
     if trainer.loss.targets_kind != "indices":
         usable = [n for n in get_registry().list("loss") if get_loss(n).targets_kind == "indices"]
         return _usage_error(parser, f"--loss {trainer.config['loss']} compares {trainer.loss.targets_kind} targets, "

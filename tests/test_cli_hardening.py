@@ -326,3 +326,22 @@ def test_paths_with_control_characters_are_printed_escaped(capsys, tmp_path):
     status, stdout, err = run(capsys, "train", *TINY, "--out", str(out))
     assert status == 0 and out.exists(), err
     assert "\x1b" not in stdout and "evil\\x1b]0;title\\x07.ckpt" in stdout
+
+
+@pytest.mark.parametrize("mode", ["names", "stream"])
+def test_resume_without_batch_flags_cuts_the_saved_batches(capsys, tmp_path, mode):
+    """A checkpoint records --batch (and --seq-length in stream mode), so a resume that leaves
+    them out continues on the same batches: exactly where the uninterrupted run goes."""
+    text = tmp_path / "text.txt"
+    text.write_text("a stream of words to cut into chunks\n" * 6)
+    data = [str(text), "--mode", "stream", "--seq-length", "7"] if mode == "stream" else []
+    common = ["--hidden", "4", "--sample-every", "0", "--no-progress", "--eval-every", "1000", "--seed", "3"]
+    assert cli.main(["train", *data, *common, "--batch", "5", "--steps", "4", "--out", str(tmp_path / "whole.ckpt")]) == 0
+    assert cli.main(["train", *data, *common, "--batch", "5", "--steps", "2", "--out", str(tmp_path / "half.ckpt")]) == 0
+    assert cli.main(["train", "--steps", "2", "--no-progress", "--sample-every", "0",
+                     "--resume", str(tmp_path / "half.ckpt")]) == 0
+    capsys.readouterr()
+    whole, resumed = load_checkpoint(tmp_path / "whole.ckpt"), load_checkpoint(tmp_path / "half.ckpt")
+    assert resumed.config["batch_size"] == 5 and resumed.config["seq_length"] == (7 if mode == "stream" else None)
+    assert resumed.step == whole.step == 4
+    np.testing.assert_array_equal(resumed.model.flat_params, whole.model.flat_params)
