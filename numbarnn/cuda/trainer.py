@@ -39,7 +39,7 @@ def cuda_trainer_from(trainer: Trainer, loop=None) -> Trainer:
 
 
 def make_cuda_model(cell="lstm", *, input_size=None, vocab_size=None, hidden_size=128, output_size=None,
-                    dtype="float32", seed=None) -> CudaSequenceModel:
+                    layers=1, dropout=0.0, dtype="float32", seed=None) -> CudaSequenceModel:
     """:func:`numbarnn.make_model` on the GPU (same arguments, same initial weights).
 
     Returns a :class:`CudaSequenceModel`; see there for the shapes.
@@ -56,7 +56,8 @@ def make_cuda_model(cell="lstm", *, input_size=None, vocab_size=None, hidden_siz
     True
     """
     return make_model(cell, input_size=input_size, vocab_size=vocab_size, hidden_size=hidden_size,
-                      output_size=output_size, dtype=dtype, seed=seed, device="cuda")
+                      output_size=output_size, layers=layers, dropout=dropout, dtype=dtype, seed=seed,
+                      device="cuda")
 
 
 def make_cuda_trainer(cell_spec, loss_spec, optimizer_spec, sampler_spec, vocab_size=None, hidden_size=128, lr=None,
