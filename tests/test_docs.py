@@ -35,7 +35,8 @@ def _load(name):
 
 runner = _load("run_tutorials")
 TUTORIALS = runner.tutorials()
-PAGES = TUTORIALS + [DOCS / "index.md", DOCS / "concepts.md"]
+# plugins.md's examples import a tutorial's plugin package; gpu.md's need a GPU (or the simulator)
+PAGES = TUTORIALS + [DOCS / name for name in ("index.md", "concepts.md", "training.md", "trainers.md", "kernels.md")]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
