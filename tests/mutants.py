@@ -7,7 +7,7 @@ tests notice.
     python tests/mutants.py --worktree      # copy the working tree (uncommitted changes too)
     python tests/mutants.py --tests tests/test_training.py --tests numbarnn/data.py
 
-Each mutant is one string replacement in ``numbarnn/trainer.py``, ``data.py``,
+Each mutant is one string replacement in ``numbarnn/trainer.py``, ``fit.py``, ``cpu_backend.py``, ``data.py``,
 ``checkpoint.py`` or ``optimizers.py``: the kind of slip a refactor makes (a forgotten
 restore, a count that includes padding, a mode that is ignored). The repository is copied
 to a scratch directory (``git archive HEAD``, or the tracked and untracked-but-not-ignored
@@ -60,32 +60,32 @@ MUTANTS = [
       "NamesBatches.load_state_dict does not restore the shuffling generator",
       ("        self.rng.bit_generator.state = rng.bit_generator.state\n", ""),
       ("        self.rng.bit_generator.state = state[\"rng\"]\n", "")),
-    M("nonfinite-no-restore", "numbarnn/trainer.py",
+    M("nonfinite-no-restore", "numbarnn/fit.py",
       "fit keeps the weights of an update that made them non-finite",
-      ("                    self.restore_params(snapshot)\n", "")),
-    M("clip-mode-ignored", "numbarnn/trainer.py",
+      ("        state.trainer.restore_params(self.snapshot)\n", "")),
+    M("clip-mode-ignored", "numbarnn/cpu_backend.py",
       "train_step clips by value whatever clip_mode says",
       ("clip_flat(self.model.flat_grads, self.clip, self.clip_mode)",
        "clip_flat(self.model.flat_grads, self.clip, \"value\")")),
     # -- the trainer --
-    M("batch-mean-dropped", "numbarnn/trainer.py",
+    M("batch-mean-dropped", "numbarnn/cpu_backend.py",
       "the general path sums the gradient over the batch instead of averaging it",
       ("d_outputs *= self.model.dtype.type(1.0 / B)", "d_outputs *= self.model.dtype.type(1.0)")),
     M("mask-ignored", "numbarnn/trainer.py",
       "_prepare drops the mask: padding counts in the loss and the gradient",
       ("return x, y, weights.reshape(T * B).astype(model.dtype)", "return x, y, np.ones(T * B, model.dtype)")),
-    M("stream-state-not-carried", "numbarnn/trainer.py",
+    M("stream-state-not-carried", "numbarnn/fit.py",
       "fit starts every chunk of a stream from a zero state",
-      ("state = self.state if carry else None", "state = None")),
+      ("state=trainer.state if carry else None", "state=None")),
     M("validation-state-not-carried", "numbarnn/trainer.py",
       "validation_loss starts every chunk of a stream from a zero state",
       ("state=state if carry else None)", "state=None)")),
     M("beam-keeps-the-worst", "numbarnn/trainer.py",
       "beam search keeps the least likely candidates",
       ("candidates.sort(key=lambda c: -c[1])", "candidates.sort(key=lambda c: c[1])")),
-    M("undone-step-counted", "numbarnn/trainer.py",
+    M("undone-step-counted", "numbarnn/fit.py",
       "an update undone for non-finite weights still counts as a step",
-      ("                    self.step = good_step  # the undone update is not a step (history, checkpoints)\n", "")),
+      ("        state.trainer.step = self.good_step", "        pass")),
     # -- the data --
     M("no-reshuffle", "numbarnn/data.py",
       "NamesBatches keeps the first epoch's order for every epoch",
@@ -129,7 +129,8 @@ MUTANTS = [
 # command-line subprocesses, every registered component, the optimizers, and the modules'
 # own docstring examples.
 DEFAULT_TESTS = ["tests/test_training.py", "tests/test_every_component.py", "tests/test_optim.py",
-                 "numbarnn/trainer.py", "numbarnn/data.py", "numbarnn/checkpoint.py", "numbarnn/optimizers.py"]
+                 "tests/test_fit_callbacks.py", "numbarnn/trainer.py", "numbarnn/fit.py", "numbarnn/cpu_backend.py",
+                 "numbarnn/data.py", "numbarnn/checkpoint.py", "numbarnn/optimizers.py"]
 DEFAULT_DESELECT = ("command_line or usage_error or help_on_every or stream_mode_on_a_user_file or killing "
                     "or plot_without or trajectory_matches_torch")
 

@@ -23,19 +23,46 @@ def _has_cuda_target() -> bool:
         return False
 
 
+# The simulator runs every GPU thread in Python on one core: the folder runs as two processes
+# side by side, each about half of it (measured: the trainer tests and the CLI moves against
+# the kernels, the docstring examples and the stacked layers). A file listed nowhere joins the
+# first shard, so a new test file is never left out.
+SIM_SHARDS = (("test_trainer.py", "test_cli_device.py"), ("test_kernels.py", "test_doctests.py", "test_stacked.py"))
+
+
+def sim_shards() -> list:
+    files = sorted(p.name for p in (ROOT / "tests" / "cuda_sim").glob("test_*.py"))
+    listed = {name for shard in SIM_SHARDS for name in shard}
+    shards = [[name for name in shard if name in files] for shard in SIM_SHARDS]
+    shards[0] += [name for name in files if name not in listed]
+    return [shard for shard in shards if shard]
+
+
+def test_every_simulator_test_file_is_in_a_shard():
+    files = sorted(p.name for p in (ROOT / "tests" / "cuda_sim").glob("test_*.py"))
+    assert sorted(name for shard in sim_shards() for name in shard) == files
+
+
 @pytest.mark.skipif(not _has_cuda_target(), reason="neither numba-cuda nor numba's built-in CUDA target (simulator)")
 def test_cuda_kernels_on_the_simulator():
     """tests/cuda_sim: every CUDA kernel against the CPU kernels, and training steps giving
     the CPU's losses, on numba's CUDA simulator (NUMBA_ENABLE_CUDASIM must be set before
-    numba is imported, hence the separate process)."""
+    numba is imported, hence separate processes)."""
     env = checkout.env(NUMBA_ENABLE_CUDASIM="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", str(ROOT / "tests" / "cuda_sim"), "-q", "-p", "no:cacheprovider",
-         "-o", "addopts=", "-W", "ignore::DeprecationWarning"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    tail = (result.stdout + result.stderr)[-6000:]
-    assert result.returncode == 0, tail
-    assert " passed" in result.stdout and " failed" not in result.stdout and "skipped" not in result.stdout, tail
+    runs = [subprocess.Popen(
+        [sys.executable, "-m", "pytest", *[str(ROOT / "tests" / "cuda_sim" / name) for name in shard], "-q",
+         "-p", "no:cacheprovider", "-o", "addopts=", "-W", "ignore::DeprecationWarning"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for shard in sim_shards()]
+    try:
+        outputs = [run.communicate(timeout=900)[0] for run in runs]
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+    for run, output in zip(runs, outputs):
+        tail = output[-6000:]
+        assert run.returncode == 0, tail
+        assert " passed" in output and " failed" not in output and "skipped" not in output, tail
 
 
 def _modules_after(code: str) -> set:
