@@ -39,7 +39,7 @@ class UnknownOptionError(TypeError, ValueError):
     >>> SGD({"w": np.zeros(2)}, learning_rate=0.1)
     Traceback (most recent call last):
     ...
-    numbarnn.optimizers.UnknownOptionError: optimizer 'sgd' got an unknown option 'learning_rate'; accepted options: lr
+    numbarnn.optimizers.UnknownOptionError: optimizer 'sgd' got an unknown option 'learning_rate'; accepted options: lr, weight_decay
     """
 
 
@@ -149,7 +149,7 @@ class OptimizerSpec:
         >>> import numbarnn
         >>> spec = numbarnn.get_optimizer("sgd")
         >>> spec.factory({"w": np.zeros(3)}, lr=0.5).options
-        {'lr': 0.5}
+        {'lr': 0.5, 'weight_decay': 0.0}
     """
 
     name: str
@@ -225,6 +225,9 @@ class Optimizer:
     # -- options ----------------------------------------------------------------------------
     def _validate(self, options: dict) -> dict:
         options["lr"] = check_real("optimizer", self.name, "lr", options["lr"], low=0.0, low_open=True)
+        if "weight_decay" in options:  # the built-ins' L2 penalty (AdamW's decoupled decay)
+            options["weight_decay"] = check_real("optimizer", self.name, "weight_decay", options["weight_decay"],
+                                                 low=0.0, high=math.inf, high_open=True)
         return options
 
     @property
@@ -340,7 +343,8 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Plain gradient descent: p -= lr * g.
+    """Plain gradient descent: p -= lr * g (with ``weight_decay``, g + weight_decay * p for g,
+    as every built-in but ``adamw`` does: PyTorch's L2 penalty).
 
     >>> params = {"w": np.ones(2)}
     >>> SGD(params, lr=0.5).step(params, {"w": np.array([1.0, 2.0])})
@@ -351,10 +355,10 @@ class SGD(Optimizer):
     name = "sgd"
     cuda_update = "numbarnn.cuda.optim:sgd_step"
     elementwise = True
-    defaults = MappingProxyType({"lr": 0.01})
+    defaults = MappingProxyType({"lr": 0.01, "weight_decay": 0.0})
 
     def _update(self, p, g):
-        _k.sgd_update(p, g, self.options["lr"])
+        _k.sgd_update(p, g, self.options["lr"], self.options["weight_decay"])
 
 
 class Momentum(Optimizer):
@@ -372,7 +376,7 @@ class Momentum(Optimizer):
     name = "momentum"
     cuda_update = "numbarnn.cuda.optim:momentum_step"
     elementwise = True
-    defaults = MappingProxyType({"lr": 0.01, "momentum": 0.9, "nesterov": False})
+    defaults = MappingProxyType({"lr": 0.01, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0})
     slots = ("velocity",)
 
     def _validate(self, options):
@@ -387,7 +391,7 @@ class Momentum(Optimizer):
 
     def _update(self, p, g, velocity):
         o = self.options
-        _k.momentum_update(p, g, velocity, o["lr"], o["momentum"], o["nesterov"])
+        _k.momentum_update(p, g, velocity, o["lr"], o["momentum"], o["nesterov"], o["weight_decay"])
 
 
 class Adagrad(Optimizer):
@@ -402,7 +406,7 @@ class Adagrad(Optimizer):
     name = "adagrad"
     cuda_update = "numbarnn.cuda.optim:adagrad_step"
     elementwise = True
-    defaults = MappingProxyType({"lr": 0.1, "eps": 1e-8})
+    defaults = MappingProxyType({"lr": 0.1, "eps": 1e-8, "weight_decay": 0.0})
     slots = ("memory",)
 
     def _validate(self, options):
@@ -412,7 +416,8 @@ class Adagrad(Optimizer):
         return options
 
     def _update(self, p, g, memory):
-        _k.adagrad_update(p, g, memory, self.options["lr"], self.options["eps"])
+        o = self.options
+        _k.adagrad_update(p, g, memory, o["lr"], o["eps"], o["weight_decay"])
 
 
 class RMSprop(Optimizer):
@@ -427,7 +432,7 @@ class RMSprop(Optimizer):
     name = "rmsprop"
     cuda_update = "numbarnn.cuda.optim:rmsprop_step"
     elementwise = True
-    defaults = MappingProxyType({"lr": 0.001, "alpha": 0.99, "eps": 1e-8})
+    defaults = MappingProxyType({"lr": 0.001, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0})
     slots = ("square_avg",)
 
     def _validate(self, options):
@@ -439,11 +444,12 @@ class RMSprop(Optimizer):
 
     def _update(self, p, g, square_avg):
         o = self.options
-        _k.rmsprop_update(p, g, square_avg, o["lr"], o["alpha"], o["eps"])
+        _k.rmsprop_update(p, g, square_avg, o["lr"], o["alpha"], o["eps"], o["weight_decay"])
 
 
 class Adam(Optimizer):
-    """PyTorch's Adam with bias correction (amsgrad off, weight decay 0).
+    """PyTorch's Adam with bias correction (amsgrad off); ``weight_decay`` is its L2 penalty
+    (added to the gradient, so it is scaled like the gradient: ``adamw`` decays directly).
 
     The first step moves every parameter by ``lr`` against the sign of its gradient:
 
@@ -456,7 +462,7 @@ class Adam(Optimizer):
     name = "adam"
     cuda_update = "numbarnn.cuda.optim:adam_step"
     elementwise = True
-    defaults = MappingProxyType({"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8})
+    defaults = MappingProxyType({"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0})
     slots = ("exp_avg", "exp_avg_sq")
 
     def _validate(self, options):
@@ -470,7 +476,27 @@ class Adam(Optimizer):
     def _update(self, p, g, exp_avg, exp_avg_sq):
         o = self.options
         _k.adam_update(p, g, exp_avg, exp_avg_sq, o["lr"], o["beta1"], o["beta2"], o["eps"],
-                       self.step_count)
+                       self.step_count, o["weight_decay"], False)
+
+
+class AdamW(Adam):
+    """PyTorch's AdamW: Adam with decoupled weight decay, ``p *= 1 - lr * weight_decay``
+    before each update (default 0.01, PyTorch's).
+
+    >>> params = {"w": np.array([1.0, 1.0])}
+    >>> AdamW(params, lr=0.1, weight_decay=0.5).step(params, {"w": np.array([1.0, -1.0])})
+    >>> params["w"].round(6).tolist()    # 1 * (1 - 0.1 * 0.5), then -+ lr
+    [0.85, 1.05]
+    """
+
+    name = "adamw"
+    cuda_update = "numbarnn.cuda.optim:adamw_step"
+    defaults = MappingProxyType({"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01})
+
+    def _update(self, p, g, exp_avg, exp_avg_sq):
+        o = self.options
+        _k.adam_update(p, g, exp_avg, exp_avg_sq, o["lr"], o["beta1"], o["beta2"], o["eps"],
+                       self.step_count, o["weight_decay"], True)
 
 
 def _spec(cls, description):
@@ -483,6 +509,7 @@ BUILTIN_OPTIMIZERS = (
     _spec(Adagrad, "Adagrad as in min-char-rnn: p -= lr * g / sqrt(sum g^2 + eps)"),
     _spec(RMSprop, "RMSprop as in PyTorch: p -= lr * g / (sqrt(avg g^2) + eps)"),
     _spec(Adam, "Adam as in PyTorch, bias-corrected"),
+    _spec(AdamW, "AdamW as in PyTorch: Adam with decoupled weight decay"),
 )
 
 

@@ -245,7 +245,7 @@ def test_unknown_names_and_options_are_clear_errors():
         numbarnn.make_trainer(cell="lstn", vocab_size=5)
     with pytest.raises(UnknownOptionError, match=r"unknown option 'momentun' \(did you mean 'momentum'\?\)"):
         numbarnn.make_trainer(optimizer="momentum", vocab_size=5, momentun=0.9)
-    with pytest.raises(UnknownOptionError, match=r"optimizer 'adam': lr, beta1, beta2, eps; sampler 'top_k': k"):
+    with pytest.raises(UnknownOptionError, match=r"optimizer 'adam': lr, beta1, beta2, eps, weight_decay; sampler 'top_k': k"):
         numbarnn.make_trainer(optimizer="adam", sampler="top_k", vocab_size=5, nesterov=True)
     trainer = numbarnn.make_trainer(sampler="top_p", vocab_size=5, p=0.5, beta1=0.8)
     assert trainer.sampler.options["p"] == 0.5 and trainer.optimizer.options["beta1"] == 0.8

@@ -187,6 +187,17 @@ TORCH_CASES = [
     ("adam", {"lr": 0.01}, "Adam", {"lr": 0.01}),
     ("adam", {"lr": 0.03, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6}, "Adam",
      {"lr": 0.03, "betas": (0.8, 0.99), "eps": 1e-6}),
+    # weight decay: PyTorch's L2 penalty added to the gradient, and AdamW's decoupled decay
+    ("sgd", {"lr": 0.05, "weight_decay": 0.1}, "SGD", {"lr": 0.05, "weight_decay": 0.1}),
+    ("momentum", {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01}, "SGD",
+     {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01}),
+    ("momentum", {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.3}, "SGD",
+     {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.3}),
+    ("rmsprop", {"lr": 0.01, "weight_decay": 0.05}, "RMSprop", {"lr": 0.01, "weight_decay": 0.05}),
+    ("adam", {"lr": 0.01, "weight_decay": 0.1}, "Adam", {"lr": 0.01, "weight_decay": 0.1}),
+    ("adamw", {"lr": 0.01}, "AdamW", {"lr": 0.01}),  # both default to weight_decay 0.01
+    ("adamw", {"lr": 0.03, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "weight_decay": 0.2}, "AdamW",
+     {"lr": 0.03, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.2}),
 ]
 
 
@@ -205,6 +216,62 @@ def test_trajectory_matches_torch(name, options, torch_name, torch_options):
         opt.step(params, g)
         for n, tp in tparams.items():
             np.testing.assert_allclose(params[n], tp.detach().numpy(), rtol=1e-10, atol=1e-14)
+
+
+def test_adagrad_with_weight_decay_adds_the_l2_gradient():
+    params, grads = _trajectory_setup()
+    expected = {n: p.copy() for n, p in params.items()}
+    mem = {n: np.zeros_like(p) for n, p in params.items()}
+    opt = get_optimizer("adagrad").factory(params, weight_decay=0.25)
+    for g in grads:
+        for n in expected:
+            d = g[n] + 0.25 * expected[n]
+            mem[n] += d * d
+            expected[n] += -0.1 * d / np.sqrt(mem[n] + 1e-8)
+        opt.step(params, g)
+        for n in params:
+            np.testing.assert_allclose(params[n], expected[n], rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_weight_decay_is_the_plain_update(dtype):
+    # No 0 * p is added: an infinite weight stays infinite (0 * inf would be NaN) ...
+    for name in ("sgd", "momentum", "adagrad", "rmsprop", "adam"):
+        params = {"w": np.array([np.inf, 1.0], dtype)}
+        get_optimizer(name).factory(params, weight_decay=0.0).step(params, {"w": np.array([1.0, 1.0], dtype)})
+        assert params["w"][0] == np.inf and np.isfinite(params["w"][1]), name
+    # ... and the gradient keeps its dtype: float32 squares are rounded as float32 before the sum
+    rng = np.random.default_rng(5)
+    p, g = rng.normal(size=2000).astype(dtype), rng.normal(size=2000).astype(dtype)
+    memory = np.abs(rng.normal(size=2000)).astype(dtype)
+    expected = memory + g * g  # NumPy: g * g rounded to the dtype, then the sum
+    k.adagrad_update(p, g, memory, 0.1, 1e-8, 0.0)
+    np.testing.assert_array_equal(memory, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_decay_kernels_against_the_l2_reference(dtype):
+    rng = np.random.default_rng(3)
+    p, g, s1, s2 = (rng.normal(size=9).astype(dtype) for _ in range(4))
+    s1, s2 = np.abs(s1), np.abs(s2)
+    wd = 0.3
+    d = (g + dtype(wd) * p).astype(dtype)  # PyTorch's grad.add(param, alpha=wd), in the gradient's dtype
+    cases = [
+        (lambda: k.sgd_update(p1, g, 0.1, wd), lambda: (ref_sgd(p, d, 0.1),)),
+        (lambda: k.momentum_update(p1, g, a1, 0.1, 0.9, True, wd), lambda: ref_momentum(p, d, s1, 0.1, 0.9, True)),
+        (lambda: k.adagrad_update(p1, g, a1, 0.1, 1e-8, wd), lambda: ref_adagrad(p, d, s1, 0.1, 1e-8)),
+        (lambda: k.rmsprop_update(p1, g, a1, 0.01, 0.99, 1e-8, wd), lambda: ref_rmsprop(p, d, s1, 0.01, 0.99, 1e-8)),
+        (lambda: k.adam_update(p1, g, a1, a2, 0.01, 0.9, 0.999, 1e-8, 3, wd),
+         lambda: ref_adam(p, d, s1, s2, 0.01, 0.9, 0.999, 1e-8, 3)),
+        (lambda: k.adam_update(p1, g, a1, a2, 0.01, 0.9, 0.999, 1e-8, 3, wd, True),
+         lambda: ref_adam(p * (1 - 0.01 * wd), g, s1, s2, 0.01, 0.9, 0.999, 1e-8, 3)),
+    ]
+    for update, reference in cases:
+        p1, a1, a2 = p.copy(), s1.copy(), s2.copy()
+        update()
+        expected = reference()
+        for actual, want in zip((p1, a1, a2), expected):
+            np.testing.assert_allclose(actual, want, **tol(dtype))
 
 
 def test_adagrad_trajectory_matches_min_char_rnn():
@@ -239,9 +306,11 @@ def test_float32_parameters_stay_float32_and_follow_float64(spec):
 # ---- the registry entries ------------------------------------------------------------------
 
 def test_builtin_names_and_default_learning_rates():
-    assert [s.name for s in BUILTIN_OPTIMIZERS] == ["sgd", "momentum", "adagrad", "rmsprop", "adam"]
+    assert [s.name for s in BUILTIN_OPTIMIZERS] == ["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"]
     lrs = {s.name: s.defaults["lr"] for s in BUILTIN_OPTIMIZERS}
-    assert lrs == {"sgd": 0.01, "momentum": 0.01, "adagrad": 0.1, "rmsprop": 0.001, "adam": 0.001}
+    assert lrs == {"sgd": 0.01, "momentum": 0.01, "adagrad": 0.1, "rmsprop": 0.001, "adam": 0.001, "adamw": 0.001}
+    decay = {s.name: s.defaults["weight_decay"] for s in BUILTIN_OPTIMIZERS}
+    assert decay == {"sgd": 0.0, "momentum": 0.0, "adagrad": 0.0, "rmsprop": 0.0, "adam": 0.0, "adamw": 0.01}
     momentum = get_optimizer("momentum")
     assert momentum.defaults["momentum"] == 0.9 and momentum.defaults["nesterov"] is False
     for spec in BUILTIN_OPTIMIZERS:
@@ -285,6 +354,9 @@ def test_unknown_option_suggests_a_close_match():
     ("rmsprop", {"alpha": 1.0}, "'alpha' must be in [0, 1), got 1.0"),
     ("adam", {"beta2": -0.1}, "'beta2' must be in [0, 1), got -0.1"),
     ("adam", {"eps": True}, "'eps' must be a number"),
+    ("sgd", {"weight_decay": -0.1}, "'weight_decay' must be in [0, inf), got -0.1"),
+    ("adamw", {"weight_decay": float("inf")}, "'weight_decay' must be in [0, inf), got inf"),
+    ("rmsprop", {"weight_decay": "0.1"}, "'weight_decay' must be a number"),
 ])
 def test_bad_option_values_raise_value_error(name, options, needle):
     with pytest.raises(ValueError) as info:

@@ -297,8 +297,8 @@ def check_optimizer(optimizer) -> None:
     ...     check_optimizer(Mine(params))
     ... except ValueError as error:  # UnsupportedOnCuda is a ValueError
     ...     print(type(error).__name__, error)
-    UnsupportedOnCuda optimizer 'mine' has no CUDA kernels; on device='cuda' use one of sgd, momentum, adagrad, rmsprop, adam
+    UnsupportedOnCuda optimizer 'mine' has no CUDA kernels; on device='cuda' use one of sgd, momentum, adagrad, rmsprop, adam, adamw
     """
     if type(optimizer).__dict__.get("cuda_update") is None:  # declared by the class itself, never inherited
         raise UnsupportedOnCuda(f"optimizer {optimizer.name!r} has no CUDA kernels; on device='cuda' use one of "
-                                "sgd, momentum, adagrad, rmsprop, adam")
+                                "sgd, momentum, adagrad, rmsprop, adam, adamw")

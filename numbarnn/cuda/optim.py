@@ -5,7 +5,9 @@ optimizer slot in buffers of the same layout), so each update or clip is one lau
 all parameters, one thread per element, with the CPU kernel's formula for that element.
 Scalar hyperparameters are Python floats (float64 arithmetic per element, rounded once
 when stored, as on the CPU); Adam's bias corrections are computed on the host exactly as
-the CPU kernel computes them. The squared global gradient norm is reduced on the device
+the CPU kernel computes them. ``weight_decay`` is the CPU kernels' too: ``g + weight_decay *
+p`` rounded to the gradient's dtype (PyTorch's L2 penalty), or AdamW's ``p *= shrink`` with
+``shrink = 1 - lr * weight_decay``; at 0 the branch is never taken. The squared global gradient norm is reduced on the device
 into a float64 device scalar (``norm_sq``), which clipping by norm reads there. fastmath
 stays off.
 """
@@ -20,84 +22,97 @@ from .losses import reduce_sum
 
 
 @cuda.jit
-def sgd_kernel(p, g, lr):
-    """p (P,) -= lr * g (P,), a thread per element (grid-stride: any grid covers P).
+def sgd_kernel(p, g, lr, weight_decay):
+    """p (P,) -= lr * g (P,), a thread per element (grid-stride: any grid covers P); with
+    ``weight_decay`` not 0, g + weight_decay * p for g.
 
     >>> import numpy as np
     >>> from numba import cuda
     >>> from numbarnn.cuda.optim import sgd_kernel
     >>> p = cuda.to_device(np.array([1.0, 2.0, 3.0]))
-    >>> sgd_kernel[1, 2](p, cuda.to_device(np.array([10.0, 0.0, -10.0])), 0.1)
+    >>> sgd_kernel[1, 2](p, cuda.to_device(np.array([10.0, 0.0, -10.0])), 0.1, 0.0)
     >>> p.copy_to_host().round(12).tolist()  # a GPU fuses p - lr * g into one FMA: -5.6e-17, not 0.0
     [0.0, 2.0, 4.0]
     """
     for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
-        p[i] -= lr * g[i]
+        gi = g[i]
+        if weight_decay != 0.0:
+            gi = g.dtype.type(gi + weight_decay * p[i])
+        p[i] -= lr * gi
 
 
 @cuda.jit
-def momentum_kernel(p, g, velocity, lr, momentum, nesterov):
+def momentum_kernel(p, g, velocity, lr, momentum, nesterov, weight_decay):
     """:func:`numbarnn.kernels.optim.momentum_update` per element; p, g, velocity (P,).
 
     >>> import numpy as np
     >>> from numba import cuda
     >>> from numbarnn.cuda.optim import momentum_kernel
     >>> p, velocity = cuda.to_device(np.zeros(2)), cuda.to_device(np.array([1.0, 1.0]))
-    >>> momentum_kernel[1, 4](p, cuda.to_device(np.array([1.0, -2.0])), velocity, 0.1, 0.5, False)
+    >>> momentum_kernel[1, 4](p, cuda.to_device(np.array([1.0, -2.0])), velocity, 0.1, 0.5, False, 0.0)
     >>> velocity.copy_to_host().tolist(), np.allclose(p.copy_to_host(), [-0.15, 0.15])  # v = 0.5 v + g
     ([1.5, -1.5], True)
     """
     for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
-        v = momentum * velocity[i] + g[i]
+        gi = g[i]
+        if weight_decay != 0.0:
+            gi = g.dtype.type(gi + weight_decay * p[i])
+        v = momentum * velocity[i] + gi
         velocity[i] = v
         if nesterov:
-            p[i] -= lr * (g[i] + momentum * v)
+            p[i] -= lr * (gi + momentum * v)
         else:
             p[i] -= lr * v
 
 
 @cuda.jit
-def adagrad_kernel(p, g, memory, lr, eps):
+def adagrad_kernel(p, g, memory, lr, eps, weight_decay):
     """:func:`numbarnn.kernels.optim.adagrad_update` per element; p, g, memory (P,).
 
     >>> import numpy as np
     >>> from numba import cuda
     >>> from numbarnn.cuda.optim import adagrad_kernel
     >>> p, memory = cuda.to_device(np.zeros(2)), cuda.to_device(np.zeros(2))
-    >>> adagrad_kernel[1, 4](p, cuda.to_device(np.array([3.0, -4.0])), memory, 0.1, 0.0)
+    >>> adagrad_kernel[1, 4](p, cuda.to_device(np.array([3.0, -4.0])), memory, 0.1, 0.0, 0.0)
     >>> memory.copy_to_host().tolist(), np.allclose(p.copy_to_host(), [-0.1, 0.1])  # lr * g / |g|
     ([9.0, 16.0], True)
     """
     for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
         gi = g[i]
+        if weight_decay != 0.0:
+            gi = g.dtype.type(gi + weight_decay * p[i])
         mem = memory[i] + gi * gi
         memory[i] = mem
         p[i] -= lr * gi / math.sqrt(mem + eps)
 
 
 @cuda.jit
-def rmsprop_kernel(p, g, square_avg, lr, alpha, eps):
+def rmsprop_kernel(p, g, square_avg, lr, alpha, eps, weight_decay):
     """:func:`numbarnn.kernels.optim.rmsprop_update` per element; p, g, square_avg (P,).
 
     >>> import numpy as np
     >>> from numba import cuda
     >>> from numbarnn.cuda.optim import rmsprop_kernel
     >>> p, square_avg = cuda.to_device(np.zeros(2)), cuda.to_device(np.zeros(2))
-    >>> rmsprop_kernel[1, 4](p, cuda.to_device(np.array([3.0, -4.0])), square_avg, 0.01, 0.75, 0.0)
+    >>> rmsprop_kernel[1, 4](p, cuda.to_device(np.array([3.0, -4.0])), square_avg, 0.01, 0.75, 0.0, 0.0)
     >>> square_avg.copy_to_host().tolist(), np.allclose(p.copy_to_host(), [-0.02, 0.02])  # v = g^2 / 4
     ([2.25, 4.0], True)
     """
     for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
         gi = g[i]
+        if weight_decay != 0.0:
+            gi = g.dtype.type(gi + weight_decay * p[i])
         v = alpha * square_avg[i] + (1.0 - alpha) * (gi * gi)
         square_avg[i] = v
         p[i] -= lr * (gi / (math.sqrt(v) + eps))
 
 
 @cuda.jit
-def adam_kernel(p, g, m, v, step_size, beta1, beta2, eps, bc2_sqrt):
+def adam_kernel(p, g, m, v, step_size, beta1, beta2, eps, bc2_sqrt, l2, shrink):
     """:func:`numbarnn.kernels.optim.adam_update` per element; p, g, m, v (P,); the bias
-    corrections ``step_size`` and ``bc2_sqrt`` come from :func:`adam_scalars`.
+    corrections ``step_size`` and ``bc2_sqrt`` come from :func:`adam_scalars`. ``l2``: Adam's
+    weight decay (added to the gradient); ``shrink``: AdamW's ``1 - lr * weight_decay`` (1.0:
+    none).
 
     >>> import numpy as np
     >>> from numba import cuda
@@ -105,12 +120,16 @@ def adam_kernel(p, g, m, v, step_size, beta1, beta2, eps, bc2_sqrt):
     >>> g = np.array([0.5, -2.0, 3.0])
     >>> p, m, v = cuda.to_device(np.zeros(3)), cuda.to_device(np.zeros(3)), cuda.to_device(np.zeros(3))
     >>> step_size, bc2_sqrt = adam_scalars(0.1, 0.9, 0.999, 1)
-    >>> adam_kernel[1, 4](p, cuda.to_device(g), m, v, step_size, 0.9, 0.999, 1e-8, bc2_sqrt)
+    >>> adam_kernel[1, 4](p, cuda.to_device(g), m, v, step_size, 0.9, 0.999, 1e-8, bc2_sqrt, 0.0, 1.0)
     >>> np.allclose(p.copy_to_host(), -0.1 * np.sign(g))  # the first step: about lr against the sign
     True
     """
     for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
         gi = g[i]
+        if l2 != 0.0:
+            gi = g.dtype.type(gi + l2 * p[i])
+        elif shrink != 1.0:
+            p[i] *= shrink
         mi = beta1 * m[i] + (1.0 - beta1) * gi
         vi = beta2 * v[i] + (1.0 - beta2) * (gi * gi)
         m[i] = mi
@@ -131,7 +150,7 @@ def adam_scalars(lr: float, beta1: float, beta2: float, step: int):
     return lr / (1.0 - beta1 ** t), math.sqrt(1.0 - beta2 ** t)
 
 
-def sgd_update(p, g, lr, stream=0):
+def sgd_update(p, g, lr, weight_decay=0.0, stream=0):
     """Launch :func:`sgd_kernel` over every element: p (P,) -= lr * g (P,), device arrays.
 
     >>> import numpy as np
@@ -142,10 +161,10 @@ def sgd_update(p, g, lr, stream=0):
     >>> np.allclose(p.copy_to_host(), 1 - 0.5 * np.arange(10.0))
     True
     """
-    sgd_kernel[grid1d(p.shape[0]), config.threads, stream](p, g, float(lr))
+    sgd_kernel[grid1d(p.shape[0]), config.threads, stream](p, g, float(lr), float(weight_decay))
 
 
-def momentum_update(p, g, velocity, lr, momentum, nesterov, stream=0):
+def momentum_update(p, g, velocity, lr, momentum, nesterov, weight_decay=0.0, stream=0):
     """Launch :func:`momentum_kernel`; device arrays p, g, velocity (P,), as the CPU kernel.
 
     >>> import numpy as np
@@ -163,10 +182,10 @@ def momentum_update(p, g, velocity, lr, momentum, nesterov, stream=0):
     (True, True)
     """
     momentum_kernel[grid1d(p.shape[0]), config.threads, stream](p, g, velocity, float(lr), float(momentum),
-                                                               bool(nesterov))
+                                                               bool(nesterov), float(weight_decay))
 
 
-def adagrad_update(p, g, memory, lr, eps, stream=0):
+def adagrad_update(p, g, memory, lr, eps, weight_decay=0.0, stream=0):
     """Launch :func:`adagrad_kernel`; device arrays p, g, memory (P,), as the CPU kernel.
 
     >>> import numpy as np
@@ -181,10 +200,11 @@ def adagrad_update(p, g, memory, lr, eps, stream=0):
     >>> np.allclose(d_p.copy_to_host(), p), np.allclose(d_memory.copy_to_host(), memory)
     (True, True)
     """
-    adagrad_kernel[grid1d(p.shape[0]), config.threads, stream](p, g, memory, float(lr), float(eps))
+    adagrad_kernel[grid1d(p.shape[0]), config.threads, stream](p, g, memory, float(lr), float(eps),
+                                                              float(weight_decay))
 
 
-def rmsprop_update(p, g, square_avg, lr, alpha, eps, stream=0):
+def rmsprop_update(p, g, square_avg, lr, alpha, eps, weight_decay=0.0, stream=0):
     """Launch :func:`rmsprop_kernel`; device arrays p, g, square_avg (P,), as the CPU kernel.
 
     >>> import numpy as np
@@ -200,11 +220,12 @@ def rmsprop_update(p, g, square_avg, lr, alpha, eps, stream=0):
     (True, True)
     """
     rmsprop_kernel[grid1d(p.shape[0]), config.threads, stream](p, g, square_avg, float(lr), float(alpha),
-                                                              float(eps))
+                                                              float(eps), float(weight_decay))
 
 
-def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, stream=0):
-    """Launch :func:`adam_kernel`; device arrays p, g, m, v (P,); ``step`` counts from 1.
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0, decoupled=False, stream=0):
+    """Launch :func:`adam_kernel`; device arrays p, g, m, v (P,); ``step`` counts from 1;
+    ``weight_decay`` Adam's L2 penalty, or AdamW's decay with ``decoupled``.
 
     >>> import numpy as np
     >>> from numba import cuda
@@ -220,8 +241,12 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, stream=0):
     (True, True)
     """
     step_size, bc2_sqrt = adam_scalars(float(lr), float(beta1), float(beta2), step)
+    weight_decay = float(weight_decay)
+    l2 = 0.0 if decoupled else weight_decay
+    # 1.0 - lr * weight_decay as the CPU kernel computes it; 1.0 (no decay) skips the branch.
+    shrink = 1.0 - float(lr) * weight_decay if decoupled and weight_decay != 0.0 else 1.0
     adam_kernel[grid1d(p.shape[0]), config.threads, stream](p, g, m, v, step_size, float(beta1), float(beta2),
-                                                           float(eps), bc2_sqrt)
+                                                           float(eps), bc2_sqrt, l2, shrink)
 
 
 # ---- one signature for all: what an optimizer class names as its ``cuda_update`` ---------------
@@ -230,27 +255,34 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, stream=0):
 
 def sgd_step(p, g, slots, o, step):
     """:class:`numbarnn.optimizers.SGD` on the device."""
-    sgd_update(p, g, o["lr"])
+    sgd_update(p, g, o["lr"], o["weight_decay"])
 
 
 def momentum_step(p, g, slots, o, step):
     """:class:`numbarnn.optimizers.Momentum` on the device."""
-    momentum_update(p, g, slots["velocity"], o["lr"], o["momentum"], o["nesterov"])
+    momentum_update(p, g, slots["velocity"], o["lr"], o["momentum"], o["nesterov"], o["weight_decay"])
 
 
 def adagrad_step(p, g, slots, o, step):
     """:class:`numbarnn.optimizers.Adagrad` on the device."""
-    adagrad_update(p, g, slots["memory"], o["lr"], o["eps"])
+    adagrad_update(p, g, slots["memory"], o["lr"], o["eps"], o["weight_decay"])
 
 
 def rmsprop_step(p, g, slots, o, step):
     """:class:`numbarnn.optimizers.RMSprop` on the device."""
-    rmsprop_update(p, g, slots["square_avg"], o["lr"], o["alpha"], o["eps"])
+    rmsprop_update(p, g, slots["square_avg"], o["lr"], o["alpha"], o["eps"], o["weight_decay"])
 
 
 def adam_step(p, g, slots, o, step):
     """:class:`numbarnn.optimizers.Adam` on the device."""
-    adam_update(p, g, slots["exp_avg"], slots["exp_avg_sq"], o["lr"], o["beta1"], o["beta2"], o["eps"], step)
+    adam_update(p, g, slots["exp_avg"], slots["exp_avg_sq"], o["lr"], o["beta1"], o["beta2"], o["eps"], step,
+                o["weight_decay"])
+
+
+def adamw_step(p, g, slots, o, step):
+    """:class:`numbarnn.optimizers.AdamW` on the device."""
+    adam_update(p, g, slots["exp_avg"], slots["exp_avg_sq"], o["lr"], o["beta1"], o["beta2"], o["eps"], step,
+                o["weight_decay"], decoupled=True)
 
 
 # ---- clipping ----------------------------------------------------------------------------

@@ -6,8 +6,12 @@ so one compiled kernel serves every parameter shape. float32 and float64 arrays
 both work; scalar hyperparameters are Python floats, so the arithmetic of one
 element happens in float64 and is rounded once when stored into a float32 array.
 
-The formulas follow ``torch.optim`` (weight decay 0, dampening 0, maximize off)
-except Adagrad, which is min-char-rnn's.
+The formulas follow ``torch.optim`` (dampening 0, maximize off) except Adagrad, which is
+min-char-rnn's. ``weight_decay`` (default 0) is PyTorch's L2 penalty: the gradient becomes
+``g + weight_decay * p``, rounded to the gradient's dtype as PyTorch's ``grad.add(param,
+alpha=weight_decay)`` is; Adam's ``decoupled=True`` is AdamW's decay instead, ``p *= 1 - lr
+* weight_decay`` before the update. With ``weight_decay == 0`` the branch is never taken, so
+the arithmetic (and every bit of the result) is what it was without it.
 
 error_model="numpy": divisions are plain IEEE ones, without the zero-divisor test of
 Numba's default that keeps the update loops from being vectorised (8x for Adam).
@@ -20,8 +24,8 @@ from ._jit import jit
 
 
 @jit(error_model="numpy")
-def sgd_update(p, g, lr):
-    """p (P,) -= lr * g (P,).
+def sgd_update(p, g, lr, weight_decay=0.0):
+    """p (P,) -= lr * g (P,), with g + weight_decay * p for g when weight_decay is not 0.
 
     >>> import numpy as np
     >>> from numbarnn.kernels.optim import sgd_update
@@ -29,19 +33,25 @@ def sgd_update(p, g, lr):
     >>> sgd_update(p, g, 0.1)
     >>> p.tolist()
     [0.0, 2.0, 4.0]
+    >>> sgd_update(p, np.zeros(3), 0.1, 0.5)  # weight decay alone shrinks p by lr * weight_decay
+    >>> p.tolist()
+    [0.0, 1.9, 3.8]
     """
     for i in range(p.shape[0]):
-        p[i] -= lr * g[i]
+        gi = g[i]
+        if weight_decay != 0.0:  # g.dtype.type: rounded to g's dtype, and gi keeps that type
+            gi = g.dtype.type(gi + weight_decay * p[i])
+        p[i] -= lr * gi
 
 
 @jit(error_model="numpy")
-def momentum_update(p, g, velocity, lr, momentum, nesterov):
+def momentum_update(p, g, velocity, lr, momentum, nesterov, weight_decay=0.0):
     """PyTorch's SGD with momentum (dampening 0), velocity (P,) starting at zero.
 
     v = momentum * v + g; the step is v, or g + momentum * v with Nesterov.
     PyTorch sets v = g on the first step; from a zero v the formula gives the same.
 
-    p, g, velocity (P,), one float dtype; nesterov a bool.
+    p, g, velocity (P,), one float dtype; nesterov a bool; weight_decay as :func:`sgd_update`.
 
     >>> import numpy as np
     >>> from numbarnn.kernels.optim import momentum_update
@@ -52,21 +62,24 @@ def momentum_update(p, g, velocity, lr, momentum, nesterov):
     ([1.5, -3.0], True)
     """
     for i in range(p.shape[0]):
-        v = momentum * velocity[i] + g[i]
+        gi = g[i]
+        if weight_decay != 0.0:
+            gi = g.dtype.type(gi + weight_decay * p[i])
+        v = momentum * velocity[i] + gi
         velocity[i] = v
         if nesterov:
-            p[i] -= lr * (g[i] + momentum * v)
+            p[i] -= lr * (gi + momentum * v)
         else:
             p[i] -= lr * v
 
 
 @jit(error_model="numpy")
-def adagrad_update(p, g, memory, lr, eps):
+def adagrad_update(p, g, memory, lr, eps, weight_decay=0.0):
     """min-char-rnn's Adagrad: memory (P,) += g*g; p -= lr * g / sqrt(memory + eps).
 
     (PyTorch's Adagrad puts eps outside the square root; the course's form is kept.)
 
-    p, g, memory (P,), one float dtype.
+    p, g, memory (P,), one float dtype; weight_decay as :func:`sgd_update`.
 
     >>> import numpy as np
     >>> from numbarnn.kernels.optim import adagrad_update
@@ -77,17 +90,19 @@ def adagrad_update(p, g, memory, lr, eps):
     """
     for i in range(p.shape[0]):
         gi = g[i]
+        if weight_decay != 0.0:
+            gi = g.dtype.type(gi + weight_decay * p[i])
         mem = memory[i] + gi * gi
         memory[i] = mem
         p[i] -= lr * gi / math.sqrt(mem + eps)
 
 
 @jit(error_model="numpy")
-def rmsprop_update(p, g, square_avg, lr, alpha, eps):
+def rmsprop_update(p, g, square_avg, lr, alpha, eps, weight_decay=0.0):
     """PyTorch's RMSprop (not centered, no momentum): v = alpha v + (1-alpha) g^2;
     p -= lr * g / (sqrt(v) + eps). square_avg (P,) starts at zero.
 
-    p, g, square_avg (P,), one float dtype.
+    p, g, square_avg (P,), one float dtype; weight_decay as :func:`sgd_update`.
 
     >>> import numpy as np
     >>> from numbarnn.kernels.optim import rmsprop_update
@@ -99,14 +114,19 @@ def rmsprop_update(p, g, square_avg, lr, alpha, eps):
     """
     for i in range(p.shape[0]):
         gi = g[i]
+        if weight_decay != 0.0:
+            gi = g.dtype.type(gi + weight_decay * p[i])
         v = alpha * square_avg[i] + (1.0 - alpha) * (gi * gi)
         square_avg[i] = v
         p[i] -= lr * (gi / (math.sqrt(v) + eps))
 
 
 @jit(error_model="numpy")
-def adam_update(p, g, m, v, lr, beta1, beta2, eps, step):
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0, decoupled=False):
     """PyTorch's Adam (amsgrad off) with bias correction; ``step`` counts from 1.
+
+    ``weight_decay``: Adam's L2 penalty as :func:`sgd_update`, or with ``decoupled`` AdamW's
+    decay, ``p *= 1 - lr * weight_decay`` before the update (PyTorch's ``AdamW``).
 
     m, v (P,) start at zero. m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
     p -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps).
@@ -126,8 +146,14 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step):
     t = np.float64(step)
     step_size = lr / (1.0 - beta1 ** t)
     bc2_sqrt = math.sqrt(1.0 - beta2 ** t)
+    l2 = 0.0 if decoupled else weight_decay
+    shrink = 1.0 - lr * weight_decay
     for i in range(p.shape[0]):
         gi = g[i]
+        if l2 != 0.0:
+            gi = g.dtype.type(gi + l2 * p[i])
+        elif decoupled and weight_decay != 0.0:
+            p[i] *= shrink
         mi = beta1 * m[i] + (1.0 - beta1) * gi
         vi = beta2 * v[i] + (1.0 - beta2) * (gi * gi)
         m[i] = mi

@@ -389,6 +389,20 @@ def test_optimizer_updates_match_cpu(dtype):
                     lambda p, g, s, step: doptim.rmsprop_update(p, g, s[0], 0.01, 0.99, 1e-8), 1),
         "adam": (lambda p, g, s, step: optim.adam_update(p, g, s[0], s[1], 0.01, 0.9, 0.999, 1e-8, step),
                  lambda p, g, s, step: doptim.adam_update(p, g, s[0], s[1], 0.01, 0.9, 0.999, 1e-8, step), 2),
+        # weight decay: the L2 gradient of every built-in, and AdamW's decoupled decay
+        "sgd_wd": (lambda p, g, s, step: optim.sgd_update(p, g, 0.1, 0.2),
+                   lambda p, g, s, step: doptim.sgd_update(p, g, 0.1, 0.2), 0),
+        "momentum_wd": (lambda p, g, s, step: optim.momentum_update(p, g, s[0], 0.1, 0.9, True, 0.2),
+                        lambda p, g, s, step: doptim.momentum_update(p, g, s[0], 0.1, 0.9, True, 0.2), 1),
+        "adagrad_wd": (lambda p, g, s, step: optim.adagrad_update(p, g, s[0], 0.1, 1e-8, 0.2),
+                       lambda p, g, s, step: doptim.adagrad_update(p, g, s[0], 0.1, 1e-8, 0.2), 1),
+        "rmsprop_wd": (lambda p, g, s, step: optim.rmsprop_update(p, g, s[0], 0.01, 0.99, 1e-8, 0.2),
+                       lambda p, g, s, step: doptim.rmsprop_update(p, g, s[0], 0.01, 0.99, 1e-8, 0.2), 1),
+        "adam_wd": (lambda p, g, s, step: optim.adam_update(p, g, s[0], s[1], 0.01, 0.9, 0.999, 1e-8, step, 0.2),
+                    lambda p, g, s, step: doptim.adam_update(p, g, s[0], s[1], 0.01, 0.9, 0.999, 1e-8, step, 0.2), 2),
+        "adamw": (lambda p, g, s, step: optim.adam_update(p, g, s[0], s[1], 0.01, 0.9, 0.999, 1e-8, step, 0.2, True),
+                  lambda p, g, s, step: doptim.adam_update(p, g, s[0], s[1], 0.01, 0.9, 0.999, 1e-8, step, 0.2,
+                                                           decoupled=True), 2),
     }
     for name, (cpu_update, gpu_update, nslots) in cases.items():
         p = rng.normal(size=P).astype(dtype)
