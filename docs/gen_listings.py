@@ -7,9 +7,9 @@ Pages mark a generated region with two HTML comments::
     <!-- END generated: list-cells -->
 
 and this script rewrites what is between them. Regions: ``list-cells``, ``list-losses``,
-``list-optimizers``, ``list-samplers`` and ``plugins`` (``numbarnn list ...`` and
+``list-optimizers``, ``list-samplers``, ``list-schedules`` and ``plugins`` (``numbarnn list ...`` and
 ``numbarnn plugins`` with the built-ins only), ``list-cells-gru`` (with the GRU plugin of
-``plugins/numbarnn-gru``), ``hooks`` (the four hook signatures of
+``plugins/numbarnn-gru``), ``hooks`` (the five hook signatures of
 ``numbarnn/hookspecs.py`` and the spec each accepts) and ``help-COMMAND`` (``numbarnn
 COMMAND --help`` at 88 columns; ``help`` for ``numbarnn --help``).
 

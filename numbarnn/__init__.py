@@ -1,6 +1,6 @@
 """numbarnn: recurrent networks from scratch, fast, on Numba.
 
-Cells, losses, optimizers and samplers are plugins registered by name (see
+Cells, losses, optimizers, samplers and learning-rate schedules are plugins registered by name (see
 ``docs/plugins.md``); :mod:`numbarnn.course` gives the sequence-models course's own
 functions on top of the same kernels.
 """
@@ -11,8 +11,8 @@ secure_numba_cache_dir()  # before any cache=True kernel is defined: Numba fixes
 from .cells import LSTM, RNN, CellSpec  # noqa: E402
 from .hookspecs import hookimpl
 from .models import RecurrentModel
-from .plugins import (get_cell, get_loss, get_optimizer, get_registry, get_sampler, list_cells,
-                      list_losses, list_optimizers, list_plugins, list_samplers)
+from .plugins import (get_cell, get_loss, get_optimizer, get_registry, get_sampler, get_schedule, list_cells,
+                      list_losses, list_optimizers, list_plugins, list_samplers, list_schedules)
 from .registry import DuplicateNameError, UnknownNameError
 from .runtime import set_threads, warmup
 from ._version import __version__
@@ -34,8 +34,8 @@ def load(path, batches=None, device=None) -> Trainer:
 __all__ = [
     "CellSpec", "RNN", "LSTM", "RecurrentModel", "SequenceModel", "Trainer", "make_model", "make_trainer",
     "hookimpl",
-    "get_cell", "get_loss", "get_optimizer", "get_sampler", "get_registry",
-    "list_cells", "list_losses", "list_optimizers", "list_samplers", "list_plugins",
+    "get_cell", "get_loss", "get_optimizer", "get_sampler", "get_schedule", "get_registry",
+    "list_cells", "list_losses", "list_optimizers", "list_samplers", "list_schedules", "list_plugins",
     "DuplicateNameError", "UnknownNameError", "CheckpointError", "CellCheckError", "NonFiniteLossError",
     "set_threads", "warmup", "load", "__version__",
 ]

@@ -28,7 +28,8 @@ def load_checkpoint(path, batches=None, device=None):
     ``device`` ("cpu" or "cuda") is where the trainer runs; None means the device it was
     saved from (a checkpoint from a GPU run on a machine without one is a clear error that
     names ``device="cpu"`` as the way out). A run moves between devices exactly: weights,
-    optimizer state, random state, carried state and early stopping as saved.
+    optimizer state, random state, carried state, early stopping and the learning-rate
+    schedule (``trainer.schedule``, None when the run had none) as saved.
 
     >>> import tempfile, pathlib, numbarnn
     >>> trainer = numbarnn.make_trainer("rnn", vocab_size=5, hidden_size=4, seed=0)
@@ -109,11 +110,35 @@ def load_checkpoint(path, batches=None, device=None):
         except (ValueError, TypeError, KeyError, OverflowError) as error:
             raise CheckpointError(f"{path}: the saved data position does not fit this data: {error}") from None
     trainer.checkpoint_meta = meta
+    schedule = _load_schedule(path, meta.get("schedule"), registry)
     saved_on = cfg.get("device", "cpu")
     target = saved_on if device is None else device
-    if target == "cpu":
-        return trainer
-    why = (f"{path} was saved from a {saved_on.upper()} run; load it with device='cpu' (numbarnn.load(path, "
-           "device='cpu'), or --device cpu) to continue on the CPU. ") if device is None else ""
-    require_device(target, why=why)
-    return trainer.to(target)
+    if target != "cpu":
+        why = (f"{path} was saved from a {saved_on.upper()} run; load it with device='cpu' (numbarnn.load(path, "
+               "device='cpu'), or --device cpu) to continue on the CPU. ") if device is None else ""
+        require_device(target, why=why)
+        trainer = trainer.to(target)
+    trainer.schedule = schedule  # set last: a trainer moved to another device is a new object
+    return trainer
+
+
+def _load_schedule(path, record, registry):
+    """The schedule a checkpoint records (None when it has none), rebuilt from its registered
+    spec with its options and state; anything refused is a :class:`CheckpointError`."""
+    if record is None:
+        return None
+    try:
+        spec = registry.get("schedule", record["name"])
+    except UnknownNameError:
+        dist = record.get("distribution")
+        where = f"from the package {dist!r}" if dist else f"from the plugin {record.get('plugin')!r}"
+        hint = f": pip install {dist}" if dist not in (None, "numbarnn") else ""
+        raise CheckpointError(f"{path}: the checkpoint needs the schedule {record['name']!r} {where}, which "
+                              f"is not installed{hint}") from None
+    try:
+        schedule = spec.factory(**record["options"])
+        schedule.load_state_dict(record["state"])
+    except (ValueError, TypeError, KeyError, LookupError, ArithmeticError) as error:
+        raise CheckpointError(f"{path}: the learning-rate schedule's settings are refused: "
+                              f"{_short(str(error), 200)}") from None
+    return schedule

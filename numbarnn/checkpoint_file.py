@@ -7,8 +7,9 @@ What a checkpoint holds: the registry names of the cell, loss, optimizer and sam
 the package (distribution) and version that registered each, the hyper-parameters, the
 vocabulary and mode, every weight, the optimizer's state, the trainer's random state and
 step, the data position (so a resumed run sees the same batches), ``fit``'s early-stopping
-state (best validation loss, evaluations since, best weights) and, in stream mode, the
-carried hidden state.
+state (best validation loss, evaluations since, best weights), the learning-rate schedule
+(``trainer.schedule``: its name, options and state) when there is one and, in stream mode,
+the carried hidden state.
 
 Reading never executes code from the file and never trusts a size it claims: the zip
 archive and each array's ``.npy`` header are parsed without pickle (a pickle, a bare
@@ -66,6 +67,16 @@ def _component(kind, name):
     return {"name": name, "plugin": entry.plugin, "distribution": entry.distribution, "version": entry.version}
 
 
+def _schedule_meta(schedule):
+    """The checkpoint's record of ``trainer.schedule`` (None when there is none): its registry
+    entry (so a missing plugin is named on load), options and ``state_dict()``."""
+    if schedule is None:
+        return None
+    record = _component("schedule", schedule.name)  # an unregistered schedule could not be loaded back
+    record.update(options=dict(schedule.options), state=dict(schedule.state_dict()))
+    return record
+
+
 def _jsonable(value):
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -118,6 +129,7 @@ def save_checkpoint(trainer, path, batches=None) -> Path:
         "history": trainer.history,
         "data": None if batches is None else {"mode": batches.mode, **batches.state_dict()},
         "carried_state": carried is not None,
+        "schedule": _schedule_meta(getattr(trainer, "schedule", None)),
         "fit": {"best_val_loss": None if math.isinf(fit["best_val_loss"]) else fit["best_val_loss"],
                 "evals_since_best": fit["evals_since_best"], "val_loss": fit["val_loss"],
                 "best_params": best is not None},
@@ -359,6 +371,16 @@ def _check_meta(path, meta) -> None:
     if not isinstance(meta.get("carried_state", False), bool):
         raise CheckpointError(f"{path}: corrupt checkpoint metadata: carried_state should be true or false; "
                               f"got {_short(repr(meta['carried_state']))}")
+    schedule = _field(path, meta, "schedule", "dict", "schedule", optional=True)  # absent: no schedule
+    if schedule is not None:
+        _field(path, schedule, "name", "str", "schedule.name")
+        for key in ("plugin", "distribution", "version"):
+            _field(path, schedule, key, "str", f"schedule.{key}", optional=True)
+        for key in ("options", "state"):  # each schedule checks its own values when it is rebuilt
+            for name, value in _field(path, schedule, key, "dict", f"schedule.{key}").items():
+                if not (value is None or isinstance(value, (bool, str)) or _is(value, "number")):
+                    raise CheckpointError(f"{path}: corrupt checkpoint metadata: schedule.{key}.{name} should be "
+                                          f"a number, a string, true, false or null; got {_short(repr(value))}")
     fit = _field(path, meta, "fit", "dict", "fit", optional=True)  # absent from older checkpoints
     if fit is not None:
         _field(path, fit, "best_val_loss", "number", "fit.best_val_loss", optional=True)

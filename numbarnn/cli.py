@@ -5,7 +5,7 @@
     numbarnn train [FILE] [--mode names|stream] [--cell ...] ...   train, save a checkpoint
     numbarnn sample CKPT [--n] [--length] [--prime] [--sampler] ...  generate from a checkpoint
     numbarnn plugins [--json]                      loaded plugins and what each registers
-    numbarnn list [cells|losses|optimizers|samplers [PATTERN ...]] [--json]
+    numbarnn list [cells|losses|optimizers|samplers|schedules [PATTERN ...]] [--json]
     numbarnn demo                                  the course's character model, step by step
 
 Each subcommand is added by one ``add_<name>_command(subparsers)`` function listed in
@@ -90,7 +90,7 @@ def add_plugins_command(subparsers) -> argparse.ArgumentParser:
         "plugins", help="list the loaded plugins and what each registers",
         description="List the loaded plugins (built-in and installed through the entry-point "
                     "group 'numbarnn'), their distribution and version, and the cells, losses, "
-                    "optimizers and samplers each registers. Plugins that failed to load are "
+                    "optimizers, samplers and schedules each registers. Plugins that failed to load are "
                     "listed after them with their error.")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run_plugins)
@@ -144,7 +144,7 @@ def _kind_arg(value: str) -> str:
 
 
 def add_list_command(subparsers) -> argparse.ArgumentParser:
-    """Add ``numbarnn list [cells|losses|optimizers|samplers [PATTERN ...]]``.
+    """Add ``numbarnn list [cells|losses|optimizers|samplers|schedules [PATTERN ...]]``.
 
     The kind may be singular or plural (``cell`` and ``cells`` both parse to ``"cells"``)
     and may be left out (every kind is listed); the glob patterns that follow it are optional:
@@ -159,8 +159,8 @@ def add_list_command(subparsers) -> argparse.ArgumentParser:
     True
     """
     parser = subparsers.add_parser(
-        "list", help="list registered cells, losses, optimizers and samplers",
-        description="List the registered cells, losses, optimizers or samplers (every kind when "
+        "list", help="list registered cells, losses, optimizers, samplers and schedules",
+        description="List the registered cells, losses, optimizers, samplers or learning-rate schedules (every kind when "
                     "KIND is left out) with their description and default options, optionally "
                     "filtered by glob patterns (case-insensitive, e.g. 'l*' or '*_cross_*').")
     parser.add_argument("kind", type=_kind_arg, choices=list(PLURALS.values()), nargs="?", metavar="KIND",
@@ -183,7 +183,7 @@ def run_list(args) -> int:
     >>> with contextlib.redirect_stdout(io.StringIO()) as out:
     ...     status = run_list(argparse.Namespace(kind="optimizers", patterns=["ad*"], json=True))
     >>> status, [entry["name"] for entry in json.loads(out.getvalue())]
-    (0, ['adagrad', 'adam'])
+    (0, ['adagrad', 'adam', 'adamw'])
     >>> with contextlib.redirect_stdout(io.StringIO()) as out:
     ...     status = run_list(argparse.Namespace(kind="losses", patterns=["mse"], json=False))
     >>> status, out.getvalue().splitlines()[0].split()
@@ -195,7 +195,7 @@ def run_list(args) -> int:
     >>> with contextlib.redirect_stdout(io.StringIO()) as out:
     ...     status = run_list(argparse.Namespace(kind=None, patterns=[], json=True))
     >>> status, list(json.loads(out.getvalue()))
-    (0, ['cells', 'losses', 'optimizers', 'samplers'])
+    (0, ['cells', 'losses', 'optimizers', 'samplers', 'schedules'])
     """
     from .plugins import get_registry
 
@@ -469,6 +469,71 @@ _RESUMED = {"cell": lambda c: c.get("cell"), "hidden": lambda c: c.get("hidden_s
             "mode": lambda c: c.get("mode")}
 
 
+def parse_schedule(text: str):
+    """``--lr-schedule NAME[:KEY=VALUE,...]`` as ``(name, options)``; a value is an int, a
+    float, true or false, else a string. A malformed option is a ValueError naming it.
+
+    >>> parse_schedule("cosine:total_steps=1000,min_lr=1e-4,warmup=10")
+    ('cosine', {'total_steps': 1000, 'min_lr': 0.0001, 'warmup': 10})
+    >>> parse_schedule("constant")
+    ('constant', {})
+    >>> parse_schedule("step:gamma")
+    Traceback (most recent call last):
+    ...
+    ValueError: --lr-schedule 'step:gamma': write each option as KEY=VALUE, e.g. step:step_size=100,gamma=0.5
+    """
+    name, _, rest = text.partition(":")
+    name = name.strip()
+    if not name:
+        raise ValueError(f"--lr-schedule {text!r}: name a schedule first (see `numbarnn list schedules`), e.g. "
+                         "cosine or step:step_size=100,gamma=0.5")
+    options = {}
+    for item in rest.split(",") if rest.strip() else []:
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key or not value:
+            raise ValueError(f"--lr-schedule {text!r}: write each option as KEY=VALUE, e.g. "
+                             "step:step_size=100,gamma=0.5")
+        if key in options:
+            raise ValueError(f"--lr-schedule {text!r}: option {key!r} is given twice")
+        options[key] = _option_value(value)
+    return name, options
+
+
+def _option_value(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def schedule_conflicts(given, saved) -> List[str]:
+    """``["--lr-schedule ..."]`` when the ``(name, options)`` given with ``--resume`` is not
+    the schedule the checkpoint records (``saved``: its ``schedule`` record, or None); a
+    schedule is neither added to nor changed in a resumed run. Options left out are the
+    checkpoint's.
+
+    >>> saved = {"name": "step", "options": {"step_size": 100, "gamma": 0.5}, "state": {}}
+    >>> schedule_conflicts(("step", {"gamma": 0.5}), saved), schedule_conflicts(("step", {"gamma": 0.1}), saved)
+    ([], ['--lr-schedule step:gamma=0.1'])
+    """
+    if given is None:
+        return []
+    name, options = given
+    shown = name + (":" + ",".join(f"{k}={v}" for k, v in options.items()) if options else "")
+    if saved is None or saved.get("name") != name or any(saved["options"].get(k, _MISSING) != v
+                                                          for k, v in options.items()):
+        return [f"--lr-schedule {shown}"]
+    return []
+
+
+_MISSING = object()
+
+
 def resume_conflicts(args, config: dict) -> List[str]:
     """The options given with ``--resume`` that differ from the checkpoint's ``config``,
     as ``"--flag value"`` strings (the resumed run keeps the checkpoint's model).
@@ -536,6 +601,11 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     length.add_argument("--steps", type=int, help="training steps (default: 1000 names, 2000 stream)")
     length.add_argument("--epochs", type=float, help="passes over the training data")
     parser.add_argument("--lr", type=float, help="learning rate, above 0 (default: 0.005 names, 0.003 stream)")
+    parser.add_argument("--lr-schedule", metavar="NAME[:KEY=VALUE,...]",
+                        help="learning-rate schedule scaling --lr, with its options (see `numbarnn list schedules`), "
+                             "e.g. cosine (over this run's steps unless total_steps is given), "
+                             "step:step_size=500,gamma=0.5 or reduce_on_plateau:patience=2; with --resume the "
+                             "checkpoint's (default: none, a constant rate)")
     parser.add_argument("--clip", type=float, help="gradient clip (default: 5.0; 0 turns it off)")
     parser.add_argument("--clip-mode", choices=("value", "norm"),
                         help="clip each value (the course's) or the global norm (default: value)")
@@ -596,13 +666,22 @@ def run_train(args) -> int:
     from .cuda import CudaUnavailableError, UnsupportedOnCuda
     from .plugins import get_cell, get_loss, get_registry
     from .registry import UnknownNameError
-    from .fit import plot_history
+    from .fit import LRSchedule, plot_history
     from .trainer import make_trainer, sample_lines
 
     parser = args.parser
     problem = _value_problem(args, _TRAIN_CHECKS)
     if problem:
         return _usage_error(parser, problem)
+    schedule_arg = None
+    if args.lr_schedule is not None:
+        from .plugins import get_schedule
+
+        try:
+            schedule_arg = parse_schedule(args.lr_schedule)
+            schedule_spec = get_schedule(schedule_arg[0])
+        except (ValueError, UnknownNameError) as error:
+            return _usage_error(parser, str(error))
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -628,7 +707,7 @@ def run_train(args) -> int:
     if problem:
         return _usage_error(parser, problem)
     if args.resume:
-        conflicts = resume_conflicts(args, saved)
+        conflicts = resume_conflicts(args, saved) + schedule_conflicts(schedule_arg, meta.get("schedule"))
         if conflicts:
             return _usage_error(parser, f"{', '.join(conflicts)} contradict{'s' if len(conflicts) == 1 else ''} "
                                         f"the checkpoint {args.resume}, whose model is resumed as saved; leave "
@@ -650,6 +729,8 @@ def run_train(args) -> int:
             option[name] = saved[key]
     seed, batch = option["seed"], option["batch"]
     seq_length = option["seq_length"] or 64
+    steps = args.steps if args.steps or args.epochs else defaults["steps"]
+    planned = steps if not args.epochs else None  # with --epochs: as fit counts them, once batches exist
     if args.threads:
         from .runtime import set_threads
 
@@ -677,6 +758,8 @@ def run_train(args) -> int:
             ids = np.array(vocab.encode(val_text), dtype=np.int64)
             validation = [(ids[None, i:i + seq_length], ids[None, i + 1:i + seq_length + 1], None, i > 0)
                           for i in range(0, len(ids) - 1 - seq_length, seq_length)][:200] or None
+    if planned is None:
+        planned = max(1, int(round(args.epochs * batches.steps_per_epoch())))
     if not args.resume:  # a checkpoint's sizes are checked against its arrays when it is read
         try:
             cell_spec = get_cell(option["cell"])
@@ -699,6 +782,13 @@ def run_train(args) -> int:
                                    layers=option["layers"], dropout=option["dropout"], lr=option["lr"],
                                    clip=option["clip"] or None, clip_mode=option["clip_mode"],
                                    dtype=option["dtype"], seed=seed, mode=mode, device=args.device or "cpu")
+            if schedule_arg is not None:
+                schedule_options = schedule_arg[1]
+                if schedule_spec.defaults.get("total_steps", 0) is None and "total_steps" not in schedule_options:
+                    schedule_options = dict(schedule_options, total_steps=planned)  # cosine over this run
+                trainer.schedule = schedule_spec.factory(**schedule_options)
+        if getattr(trainer, "schedule", None) is not None:  # its rates, checked before training
+            LRSchedule().check(trainer, planned)
     except (UnknownNameError, CheckpointError, ValueError, CudaUnavailableError, UnsupportedOnCuda) as error:
         return _usage_error(parser, str(error))
     # What it trains on, so that --resume without FILE continues on the same text.
@@ -711,7 +801,6 @@ def run_train(args) -> int:
         return _usage_error(parser, f"--loss {trainer.config['loss']} compares {trainer.loss.targets_kind} targets, "
                                     "but a character model predicts the next character's index; use a loss over "
                                     f"class indices ({', '.join(usable) or 'none is registered'})")
-    steps = args.steps if args.steps or args.epochs else defaults["steps"]
     print(printable(f"training a {trainer.config['layers']}-layer {trainer.config['cell']} "
                     f"({trainer.config['hidden_size']} hidden, {trainer.config['dtype']}) on {data_name} in {mode} "
                     f"mode: {len(vocab)} characters, {batches.steps_per_epoch()} steps per epoch"))

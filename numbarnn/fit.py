@@ -2,9 +2,10 @@
 
 The loop (:func:`fit`) draws a batch, runs one training step, records the loss and calls
 its callbacks' hooks; the progress bar, periodic samples, validation with early stopping,
-checkpoints, the non-finite guard and the loss plot are callbacks (:class:`ProgressBar`,
-:class:`Samples`, :class:`Validation`, :class:`Checkpoint`, :class:`NonFiniteGuard`,
-:class:`LossPlot`), and users pass their own (``fit(..., callbacks=[...])``).
+checkpoints, the non-finite guard, the learning-rate schedule and the loss plot are callbacks
+(:class:`ProgressBar`, :class:`Samples`, :class:`Validation`, :class:`Checkpoint`,
+:class:`NonFiniteGuard`, :class:`LRSchedule`, :class:`LossPlot`), and users pass their own
+(``fit(..., callbacks=[...])``).
 
 It drives a trainer only through its public methods (``train_step``, ``validation_loss``,
 ``sample_texts``, ``snapshot_params``, ...), so it is the same on every device.
@@ -25,7 +26,7 @@ from .data import printable
 from .errors import NonFiniteLossError
 
 __all__ = ["fit", "Callback", "FitState", "CallbackError", "ProgressBar", "NonFiniteGuard", "Samples",
-           "Validation", "Checkpoint", "LossPlot", "sample_lines", "plot_history"]
+           "Validation", "Checkpoint", "LRSchedule", "LossPlot", "sample_lines", "plot_history", "base_lr"]
 
 HOOKS = ("on_fit_start", "on_step_start", "on_step_end", "on_non_finite", "on_interrupt", "on_fit_end")
 
@@ -84,7 +85,8 @@ class FitState:
     ``stopping``: whether a stop was requested; ``error``: the exception ``fit`` ends with,
     in ``on_fit_end`` (else None). ``write(text)`` prints a result line (above the progress
     bar, when there is one); ``note(text)`` a remark about ``fit`` itself, on stderr.
-    ``bar`` is the tqdm bar, or None.
+    ``bar`` is the tqdm bar, or None. ``last_validation``: ``(step, loss)`` of the latest
+    validation in this ``fit`` (set by :class:`Validation`), or None.
     """
 
     def __init__(self, trainer, batches, steps: int, print_fn=print):
@@ -95,6 +97,7 @@ class FitState:
         self.summary = {"stopped": "done", "reason": f"ran {steps} steps", "val_loss": last_val,
                         "val_perplexity": None if last_val is None else math.exp(min(last_val, 700))}
         self.stopping, self.error = False, None
+        self.last_validation = None
         self.bar, self.write, self.note = None, print_fn, _note_writer(None)
         self.off_clock = 0.0  # seconds kept off the bar's clock (phases that loaded or compiled kernels)
         self._phases = set()  # the phases (step, validation, samples) run once already
@@ -162,6 +165,8 @@ def fit(trainer, batches, *, steps: Optional[int] = None, epochs: Optional[float
     built_in = [ProgressBar() if progress else None, NonFiniteGuard(),
                 Samples(sample_every, samples) if sample_every else None,
                 Validation(validation, eval_every, patience) if validation is not None and eval_every else None,
+                # after Validation (it observes the new loss), before Checkpoint (which saves its state)
+                LRSchedule() if getattr(trainer, "schedule", None) is not None else None,
                 Checkpoint(checkpoint, every=checkpoint_every) if checkpoint else None]
     run = _Hooks([c for c in built_in if c is not None], users)
     state = FitState(trainer, batches, steps, print_fn)
@@ -315,6 +320,7 @@ class Validation(Callback):
         with state.phase("validation"):
             val = trainer.validation_loss(self.batches)
         summary.update(val_loss=val, val_perplexity=math.exp(min(val, 700)))
+        state.last_validation = (trainer.step, val)
         state.write(f"-- step {trainer.step}: validation loss {val:.4f} per token, perplexity "
                     f"{summary['val_perplexity']:.2f}")
         early = trainer.fit_state
@@ -349,6 +355,81 @@ class Checkpoint(Callback):
     def on_interrupt(self, state):
         save_checkpoint(state.trainer, self.path, state.batches)
         state.summary["reason"] += f"; checkpoint saved to {self.path}"
+
+
+class LRSchedule(Callback):
+    """Sets the optimizer's learning rate from a schedule before each step, and feeds it each
+    validation loss (its ``observe``, for ``reduce_on_plateau``).
+
+    ``schedule``: a :class:`numbarnn.schedules.Schedule`; None (the default) means
+    ``trainer.schedule``, which ``fit`` adds this callback for (set it to apply a schedule;
+    checkpoints then save it). ``base_lr``: the rate the schedule scales; None means the one
+    the trainer was made with (:func:`base_lr`). The rates of the first and the last step of
+    the run are checked before it starts: a schedule that would give a rate that is not a
+    positive finite number (``cosine`` with ``min_lr=0`` past its ``total_steps``) is a
+    ValueError naming it, the step and the rate.
+    """
+
+    def __init__(self, schedule=None, base_lr: Optional[float] = None):
+        self.schedule, self.base_lr = schedule, base_lr
+
+    def on_fit_start(self, state):
+        self.check(state.trainer, state.steps)
+        self.observed = state.last_validation
+
+    def check(self, trainer, steps: int) -> None:
+        """Take the schedule and base rate from ``trainer`` where not given, and check the rates
+        of the first and the last of the next ``steps`` steps (a ValueError naming the schedule)."""
+        if self.schedule is None:
+            self.schedule = getattr(trainer, "schedule", None)
+        if self.schedule is None:
+            raise ValueError("LRSchedule needs a schedule: pass one, or set trainer.schedule")
+        if self.base_lr is None:
+            self.base_lr = base_lr(trainer)
+        for step in (trainer.step, trainer.step + steps - 1):  # fail now, not mid-run
+            self._lr(step)
+
+    def _lr(self, step: int) -> float:
+        lr = self.schedule.lr(step, self.base_lr)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"schedule {getattr(self.schedule, 'name', type(self.schedule).__name__)!r} gives the "
+                             f"learning rate {lr!r} at step {step} (base {self.base_lr!r}); it must be a positive "
+                             "finite number (cosine: a min_lr above 0, or total_steps covering the run)")
+        return float(lr)
+
+    def _observe(self, state):
+        # A validation not fed yet: ours run before this callback, a user's Validation after
+        # it (then it is fed before the next step).
+        if state.last_validation is not None and state.last_validation is not self.observed:
+            self.observed = state.last_validation
+            observe = getattr(self.schedule, "observe", None)
+            if observe is not None:
+                observe(state.last_validation[1])
+
+    def on_step_start(self, state):
+        self._observe(state)
+        state.trainer.optimizer.lr = self._lr(state.trainer.step)
+
+    def on_step_end(self, state):
+        self._observe(state)  # before Checkpoint saves the schedule's state
+
+
+def base_lr(trainer) -> float:
+    """The learning rate ``trainer`` was made with (``make_trainer(lr=...)``, ``--lr``), else its
+    optimizer's default: what a schedule scales. A checkpoint records it, so a resumed run
+    scales the same one.
+
+    >>> import numbarnn
+    >>> base_lr(numbarnn.make_trainer("rnn", vocab_size=3, hidden_size=2, lr=0.05)), base_lr(numbarnn.make_trainer("rnn", vocab_size=3, hidden_size=2))
+    (0.05, 0.001)
+    """
+    options = trainer.config.get("optimizer_options") or {}
+    if "lr" in options:
+        return float(options["lr"])
+    spec = getattr(trainer, "optimizer_spec", None)
+    if spec is not None and "lr" in spec.defaults:
+        return float(spec.defaults["lr"])
+    return float(trainer.optimizer.lr)
 
 
 class LossPlot(Callback):

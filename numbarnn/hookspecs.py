@@ -141,3 +141,35 @@ def register_samplers(register):
     >>> specs[0].name, specs[0].factory().choose(np.array([0.0, 5.0]), np.random.default_rng(0))
     ('first', 0)
     """
+
+
+@hookspec
+def register_schedules(register):
+    """Register learning-rate schedules.
+
+    ``register`` accepts one :class:`numbarnn.schedules.ScheduleSpec` per call.
+
+    A plugin with a schedule that halves the rate every 100 steps, called through a fresh
+    pluggy ``PluginManager`` (the global registry is left as it is):
+
+    >>> import pluggy
+    >>> from numbarnn import hookspecs
+    >>> from numbarnn.schedules import Schedule, ScheduleSpec
+    >>> class Halving(Schedule):
+    ...     name = "halving"
+    ...     def lr(self, step, base_lr):
+    ...         return base_lr * 0.5 ** (step // 100)
+    >>> class MySchedules:
+    ...     @hookspecs.hookimpl
+    ...     def register_schedules(self, register):
+    ...         register(ScheduleSpec(name="halving", description="halve every 100 steps", defaults={},
+    ...                               factory=Halving))
+    >>> pm = pluggy.PluginManager("numbarnn")
+    >>> pm.add_hookspecs(hookspecs)
+    >>> pm.register(MySchedules(), name="my-schedules")
+    'my-schedules'
+    >>> specs = []
+    >>> _ = pm.hook.register_schedules(register=specs.append)
+    >>> specs[0].name, specs[0].factory().lr(250, 0.1)
+    ('halving', 0.025)
+    """

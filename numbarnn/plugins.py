@@ -2,7 +2,7 @@
 
 Built-ins are ordinary plugins: small objects with ``@hookimpl`` functions that call
 ``register(spec)`` for each of ``BUILTIN_CELLS`` (and ``BUILTIN_LOSSES``,
-``BUILTIN_OPTIMIZERS``, ``BUILTIN_SAMPLERS`` where those modules exist). Third-party
+``BUILTIN_OPTIMIZERS``, ``BUILTIN_SAMPLERS``, ``BUILTIN_SCHEDULES`` where those modules exist). Third-party
 plugins are found through the entry-point group ``"numbarnn"``::
 
     [project.entry-points.numbarnn]
@@ -72,8 +72,8 @@ from .registry import HOOKS, KINDS, PLURALS, Registry, RegistryError, close_matc
 __all__ = [
     "ENTRY_POINT_GROUP", "PluginError", "PluginLoadWarning", "get_registry",
     "get_plugin_manager", "reset", "register_plugin", "unregister_plugin", "list_plugins",
-    "failed_plugins", "list_cells", "list_losses", "list_optimizers", "list_samplers",
-    "get_cell", "get_loss", "get_optimizer", "get_sampler",
+    "failed_plugins", "list_cells", "list_losses", "list_optimizers", "list_samplers", "list_schedules",
+    "get_cell", "get_loss", "get_optimizer", "get_sampler", "get_schedule",
 ]
 
 ENTRY_POINT_GROUP = "numbarnn"
@@ -137,10 +137,18 @@ class _BuiltinSamplers:
             register(spec)
 
 
+class _BuiltinSchedules:
+    @hookimpl
+    def register_schedules(self, register):
+        for spec in importlib.import_module("numbarnn.schedules").BUILTIN_SCHEDULES:
+            register(spec)
+
+
 # plugin name (= the module holding the specs) -> plugin class; a module that does not
 # exist (yet) is skipped, one that exists but fails is a bug and raises.
 _BUILTINS = (("numbarnn.cells", _BuiltinCells), ("numbarnn.losses", _BuiltinLosses),
-             ("numbarnn.optimizers", _BuiltinOptimizers), ("numbarnn.samplers", _BuiltinSamplers))
+             ("numbarnn.optimizers", _BuiltinOptimizers), ("numbarnn.samplers", _BuiltinSamplers),
+             ("numbarnn.schedules", _BuiltinSchedules))
 
 
 # ---- state -------------------------------------------------------------------------------------
@@ -533,7 +541,7 @@ def list_plugins() -> list:
 
     Keys: ``name``, ``distribution``, ``version``, ``source`` (``"builtin"``,
     ``"entry point"`` or ``"in-process"``), ``entry_point`` and, per kind, the sorted
-    names it registered: ``cells``, ``losses``, ``optimizers``, ``samplers``. Built-ins
+    names it registered: ``cells``, ``losses``, ``optimizers``, ``samplers``, ``schedules``. Built-ins
     report distribution ``"numbarnn"`` with numbarnn's version.
 
     >>> cells = list_plugins()[0]
@@ -588,7 +596,7 @@ def list_optimizers(pattern=None) -> list:
     """Sorted names of the registered optimizers, optionally filtered by glob pattern(s).
 
     >>> list_optimizers("ad*")
-    ['adagrad', 'adam']
+    ['adagrad', 'adam', 'adamw']
     """
     return get_registry().list("optimizer", pattern)
 
@@ -600,6 +608,15 @@ def list_samplers(pattern=None) -> list:
     ['top_k', 'top_p']
     """
     return get_registry().list("sampler", pattern)
+
+
+def list_schedules(pattern=None) -> list:
+    """Sorted names of the registered learning-rate schedules, optionally filtered by glob pattern(s).
+
+    >>> list_schedules()
+    ['constant', 'cosine', 'exponential', 'reduce_on_plateau', 'step']
+    """
+    return get_registry().list("schedule", pattern)
 
 
 def get_cell(name):
@@ -627,7 +644,7 @@ def get_optimizer(name):
     """The :class:`~numbarnn.optimizers.OptimizerSpec` registered as ``name`` (an OptimizerSpec passes through).
 
     >>> dict(get_optimizer("momentum").defaults)
-    {'lr': 0.01, 'momentum': 0.9, 'nesterov': False}
+    {'lr': 0.01, 'momentum': 0.9, 'nesterov': False, 'weight_decay': 0.0}
     """
     return get_registry().get("optimizer", name)
 
@@ -640,3 +657,12 @@ def get_sampler(name):
     ({'p': 0.9, 'temperature': 1.0}, False)
     """
     return get_registry().get("sampler", name)
+
+
+def get_schedule(name):
+    """The :class:`~numbarnn.schedules.ScheduleSpec` registered as ``name`` (a ScheduleSpec passes through).
+
+    >>> dict(get_schedule("step").defaults)
+    {'step_size': 1000, 'gamma': 0.1}
+    """
+    return get_registry().get("schedule", name)

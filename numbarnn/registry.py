@@ -1,7 +1,7 @@
 """Typed, named specs, looked up by kind and name.
 
 A :class:`Registry` maps, for each kind (``"cell"``, ``"loss"``, ``"optimizer"``,
-``"sampler"``), a name to the spec and the plugin that registered it. It knows nothing
+``"sampler"``, ``"schedule"``), a name to the spec and the plugin that registered it. It knows nothing
 about pluggy or entry points: :mod:`numbarnn.plugins` fills it by calling every plugin's
 ``register_*`` hooks. Rules:
 
@@ -21,18 +21,20 @@ import importlib
 import re
 from typing import Any, Iterable, NamedTuple, Optional, Union
 
-KINDS = ("cell", "loss", "optimizer", "sampler")
+KINDS = ("cell", "loss", "optimizer", "sampler", "schedule")
 """The kinds of things plugins register, in the order they are listed."""
 
-PLURALS = {"cell": "cells", "loss": "losses", "optimizer": "optimizers", "sampler": "samplers"}
+PLURALS = {"cell": "cells", "loss": "losses", "optimizer": "optimizers", "sampler": "samplers",
+           "schedule": "schedules"}
 
 HOOKS = {"cell": "register_cells", "loss": "register_losses",
-         "optimizer": "register_optimizers", "sampler": "register_samplers"}
+         "optimizer": "register_optimizers", "sampler": "register_samplers", "schedule": "register_schedules"}
 """The hook (see :mod:`numbarnn.hookspecs`) through which each kind is registered."""
 
 SPEC_CLASSES = {"cell": ("numbarnn.cells", "CellSpec"), "loss": ("numbarnn.losses", "LossSpec"),
                 "optimizer": ("numbarnn.optimizers", "OptimizerSpec"),
-                "sampler": ("numbarnn.samplers", "SamplerSpec")}
+                "sampler": ("numbarnn.samplers", "SamplerSpec"),
+                "schedule": ("numbarnn.schedules", "ScheduleSpec")}
 """kind -> (module, class) of its spec; imported lazily."""
 
 _KIND_ALIASES = {**{k: k for k in KINDS}, **{p: k for k, p in PLURALS.items()}}

@@ -155,11 +155,11 @@ def test_list_without_a_kind_lists_every_kind(capsys):
     status, out, err = run(capsys, "list")
     assert status == 0, err
     for heading, name in (("cells:", "lstm"), ("losses:", "softmax_cross_entropy"), ("optimizers:", "adam"),
-                          ("samplers:", "top_p")):
+                          ("samplers:", "top_p"), ("schedules:", "cosine")):
         assert heading in out.splitlines() and name in out.split(heading, 1)[1]
     status, out, _ = run(capsys, "list", "--json")
     report = json.loads(out)
-    assert status == 0 and list(report) == ["cells", "losses", "optimizers", "samplers"]
+    assert status == 0 and list(report) == ["cells", "losses", "optimizers", "samplers", "schedules"]
     assert "adam" in [entry["name"] for entry in report["optimizers"]]
 
 
