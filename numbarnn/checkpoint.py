@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from .backends import require_device
-from .checkpoint_file import (KINDS, CheckpointError, _check_sizes, _short, expected_param_shapes,
+from .checkpoint_file import (KINDS, MODEL_FIELDS, CheckpointError, _check_sizes, _short, expected_param_shapes,
                               read_checkpoint, save_checkpoint)
 from .data import Vocabulary
 from .optimizers import CLIP_MODES
@@ -67,6 +67,7 @@ def load_checkpoint(path, batches=None, device=None):
         trainer = make_trainer(cell=cfg["cell"], loss=cfg["loss"], optimizer=cfg["optimizer"], sampler=cfg["sampler"],
                                vocab_size=None if vocab is not None else cfg["vocab_size"], vocab=vocab,
                                hidden_size=cfg["hidden_size"], layers=cfg["layers"], dropout=cfg["dropout"],
+                               **{key: cfg[key] for key in MODEL_FIELDS if key in cfg},  # absent from older files
                                clip=cfg["clip"], clip_mode=cfg["clip_mode"], dtype=cfg["dtype"], seed=cfg["seed"],
                                mode=cfg.get("mode"), optimizer_options=cfg["optimizer_options"],
                                sampler_options=cfg["sampler_options"])

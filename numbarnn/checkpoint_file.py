@@ -43,11 +43,14 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
-from .sequence_model import layer_param_name
+from .sequence_model import TASKS, direction_param_name
 
 FORMAT = "numbarnn-checkpoint"
 FORMAT_VERSION = 1
 KINDS = ("cell", "loss", "optimizer", "sampler")
+#: The model's options beyond the language model's, saved in ``config`` and passed back to
+#: ``make_trainer`` (absent from older checkpoints, which are language models).
+MODEL_FIELDS = ("task", "input_size", "embedding", "num_classes", "output_size", "bidirectional")
 
 
 class CheckpointError(ValueError):
@@ -333,7 +336,8 @@ def _check_meta(path, meta) -> None:
     cfg = _field(path, meta, "config", "dict", "config")
     for kind in KINDS:
         _field(path, cfg, kind, "str", f"config.{kind}")
-    for key in ("vocab_size", "hidden_size", "layers"):
+    _check_model_fields(path, cfg)
+    for key in ("hidden_size", "layers"):
         _field(path, cfg, key, "int", f"config.{key}", low=1)
     _field(path, cfg, "dropout", "number", "config.dropout", low=0.0, below=1.0)
     _field(path, cfg, "clip", "number", "config.clip", optional=True)
@@ -389,6 +393,30 @@ def _check_meta(path, meta) -> None:
         _field(path, fit, "best_params", "bool", "fit.best_params")
 
 
+def _check_model_fields(path, cfg) -> None:
+    """``config``'s inputs, task and head sizes (:data:`MODEL_FIELDS` and ``vocab_size``):
+    types, ranges and the combinations ``make_trainer`` accepts."""
+    task = cfg.get("task", "lm")
+    if task not in TASKS:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata: config.task should be one of {TASKS}; "
+                              f"got {_short(repr(task))}")
+    sizes = {key: _field(path, cfg, key, "int", f"config.{key}", optional=True, low=1)
+             for key in ("vocab_size", "input_size", "embedding", "num_classes", "output_size")}
+    _field(path, cfg, "bidirectional", "bool", "config.bidirectional", optional=True)
+    needed = [("exactly one of config.vocab_size and config.input_size",
+               (sizes["vocab_size"] is None) == (sizes["input_size"] is None)),
+              ("config.vocab_size for task 'lm'", task == "lm" and sizes["vocab_size"] is None),
+              ("config.num_classes for task 'classify', and only there",
+               (task == "classify") != (sizes["num_classes"] is not None)),
+              ("config.output_size for task 'regress'", task == "regress" and sizes["output_size"] is None),
+              ("config.vocab_size with config.embedding", sizes["embedding"] is not None and sizes["vocab_size"] is None),
+              ("config.bidirectional false (a language model is causal)", task == "lm" and bool(cfg.get("bidirectional")))]
+    for what, missing in needed:
+        if missing:
+            raise CheckpointError(f"{path}: corrupt checkpoint metadata: a {task!r} model needs {what}; got "
+                                  f"{_short(str({key: value for key, value in sizes.items() if value is not None}), 120)}")
+
+
 def read_checkpoint(path):
     """``(meta, arrays)`` of a checkpoint file, with clear :class:`CheckpointError` s for anything else.
 
@@ -441,19 +469,31 @@ def read_checkpoint(path):
     return meta, arrays
 
 
-def expected_param_shapes(gates: int, vocab_size: int, hidden_size: int, layers: int) -> dict:
-    """The weights ``make_trainer`` builds for these sizes, ``{name: shape}``, computed without allocating.
+def expected_param_shapes(gates: int, vocab_size, hidden_size: int, layers: int, *, task: str = "lm",
+                          input_size=None, embedding=None, num_classes=None, output_size=None,
+                          bidirectional: bool = False) -> dict:
+    """The weights ``make_trainer`` builds for these sizes, ``{name: shape}`` in ``params``
+    order, computed without allocating (``vocab_size`` is None for dense inputs).
 
     >>> expected_param_shapes(4, 5, 3, 2)["W_x_l1"], expected_param_shapes(1, 5, 3, 1)["W_y"]
     ((12, 3), (5, 3))
+    >>> shapes = expected_param_shapes(4, 5, 3, 2, embedding=2, bidirectional=True, task="classify", num_classes=7)
+    >>> shapes["W_emb"], shapes["W_x_reverse"], shapes["W_x_l1_reverse"], shapes["W_y"]
+    ((5, 2), (12, 2), (12, 6), (7, 6))
     """
-    GH, H = gates * hidden_size, hidden_size
+    GH, H, D = gates * hidden_size, hidden_size, 2 if bidirectional else 1
     shapes = {}
+    if embedding is not None:
+        shapes["W_emb"] = (vocab_size, embedding)
+    first = embedding if embedding is not None else vocab_size if vocab_size is not None else input_size
     for layer in range(layers):
-        X = vocab_size if layer == 0 else H
-        for name, shape in (("W_x", (GH, X)), ("W_h", (GH, H)), ("b_x", (GH,)), ("b_h", (GH,))):
-            shapes[layer_param_name(name, layer)] = shape
-    shapes.update(W_y=(vocab_size, H), b_y=(vocab_size,))
+        X = first if layer == 0 else D * H
+        for reverse in (False, True)[:D]:
+            for name, shape in (("W_x", (GH, X)), ("W_h", (GH, H)), ("b_x", (GH,)), ("b_h", (GH,))):
+                shapes[direction_param_name(name, layer, reverse)] = shape
+    head = {"classify": num_classes, "regress": output_size}.get(task, output_size or vocab_size)
+    if head is not None:
+        shapes.update(W_y=(head, D * H), b_y=(head,))
     return shapes
 
 
@@ -462,12 +502,15 @@ def _check_sizes(path, meta, arrays, cell) -> None:
     a small file claiming a huge model is refused here, not by a failed allocation."""
     cfg = meta["config"]
     dtype = np.dtype(cfg["dtype"])
-    claim = (f"the metadata says a {cfg['layers']}-layer {cell.name} with hidden_size {cfg['hidden_size']} and "
-             f"vocab_size {cfg['vocab_size']} in {dtype}")
+    model = {key: cfg[key] for key in MODEL_FIELDS if cfg.get(key) not in (None, False, "lm")}
+    claim = (f"the metadata says a {cfg['layers']}-layer {cell.name} with hidden_size {cfg['hidden_size']}"
+             + (f" and vocab_size {cfg['vocab_size']}" if cfg.get("vocab_size") is not None else "")
+             + (f" ({_short(str(model), 120)})" if model else "") + f" in {dtype}")
     present = {key[len("param/"):]: value for key, value in arrays.items() if key.startswith("param/")}
     if cfg["layers"] > len(present):  # never build a table as long as a claim the file cannot back
         raise CheckpointError(f"{path}: {claim}, but the file holds only {len(present)} weights")
-    expected = expected_param_shapes(cell.gates, cfg["vocab_size"], cfg["hidden_size"], cfg["layers"])
+    expected = expected_param_shapes(cell.gates, cfg.get("vocab_size"), cfg["hidden_size"], cfg["layers"],
+                                     **{key: cfg[key] for key in MODEL_FIELDS if cfg.get(key) is not None})
     if set(present) != set(expected):
         missing, extra = sorted(set(expected) - set(present)), sorted(set(present) - set(expected))
         raise CheckpointError(f"{path}: {claim}, but the file's weights do not match it (missing {missing}, "
@@ -483,7 +526,7 @@ def _check_sizes(path, meta, arrays, cell) -> None:
                               f"{'none' if best is None else f'{best.shape} {best.dtype}'}")
     states = sorted(key for key in arrays if key.startswith("state/"))
     if meta.get("carried_state"):
-        n = cfg["layers"] * cell.states
+        n = cfg["layers"] * (2 if cfg.get("bidirectional") else 1) * cell.states
         if states != sorted(f"state/{i}" for i in range(n)):
             raise CheckpointError(f"{path}: the carried state should be {n} arrays state/0..{n - 1}; the file holds "
                                   f"{_short(str(states))}")

@@ -7,7 +7,9 @@ the optimizer update. :class:`~numbarnn.trainer.Trainer` is the same on every de
 calls a backend through these methods (:mod:`numbarnn.cuda.backend` has the same ones):
 
 - ``gradients(x, y, weights, state, rng) -> (loss_sum, grad_norm, final_state, B)``:
-  forward, loss, backward and clipping for a checked time-major batch; no update.
+  forward, loss, backward and clipping for a checked time-major batch; no update. The CPU
+  backend also takes ``lengths=`` (B,) for the models that need them (classifiers,
+  bidirectional layers; see ``SequenceModel.forward``); the trainer passes it only then.
 - ``update()``: the optimizer step with the gradients of the last ``gradients`` call.
 - ``evaluate(x, y, weights, state) -> (loss_sum, final_state)``: no gradients.
 - ``generate(prime, length, kernel_args, uniforms, stop_index) -> (indices, draws_used)``
@@ -18,8 +20,9 @@ calls a backend through these methods (:mod:`numbarnn.cuda.backend` has the same
   ``state_to_host(state)``, ``kernels_to_compile(phase, sampler)`` and ``to_host()``
   (the CPU model and optimizer with the current values, to move to another device).
 
-Shapes: a batch is time-major, ``x (T, B)`` int64 indices, ``y (T*B,)`` indices or
-``(T*B, V)`` floats, ``weights (T*B,)``; ``state`` a model state (see ``SequenceModel``).
+Shapes: a batch is time-major, ``x (T, B)`` int64 indices (or ``(T, B, X)`` floats), ``y (T*B,)``
+indices or ``(T*B, V)`` floats (``(B,)`` classes for a classifier), ``weights (T*B,)`` (``(B,)``);
+``state`` a model state (see ``SequenceModel``).
 
 >>> import numpy as np, numbarnn
 >>> trainer = numbarnn.make_trainer("rnn", vocab_size=3, hidden_size=2, seed=0)
@@ -59,12 +62,13 @@ class CpuBackend:
         self.clip = clip
         self.clip_mode = clip_mode
         self._grads = None  # the gradients of the last gradients() call, for update()
-        # The common model (one layer of any cell, integer inputs, a head, the built-in
-        # softmax cross-entropy) trains through one compiled call per step.
+        # The common model (one layer of any cell, one-hot integer inputs, a per-step head,
+        # the built-in softmax cross-entropy) trains through one compiled call per step.
         self._workspace = {}  # (T, B) -> the compiled step's buffers: views of _workspace_buffer
         self._workspace_buffer = None
         self.compiled_step = (type(model) is SequenceModel and len(model.layers) == 1 and model.index_input
-                              and model.output_size is not None
+                              and model.output_size is not None and model.task == "lm"
+                              and model.embedding_size is None
                               and loss.forward_backward is _builtin_losses.softmax_cross_entropy)
         # Element-wise optimizers update the model's one flat buffer in a single call.
         self.flat_optimizer = (getattr(optimizer, "elementwise", False)
@@ -72,14 +76,16 @@ class CpuBackend:
                                and list(optimizer.state_keys()) == list(model.params))
 
     # -- a training step -------------------------------------------------------------------------
-    def gradients(self, x, y, weights, state, rng):
+    def gradients(self, x, y, weights, state, rng, lengths=None):
         """Forward, loss and backward into ``model.flat_grads``, then clipping; returns
-        ``(loss summed over the batch, gradient norm before clipping, final state, B)``."""
-        if self.compiled_step:
+        ``(loss summed over the batch, gradient norm before clipping, final state, B)``.
+        ``lengths`` (B,) gives each sequence's real steps (see ``SequenceModel.forward``)."""
+        if self.compiled_step and lengths is None:
             loss, final, B = self._language_model_step(x, y, weights, state)
             grads = self.model._grad_views
         else:
-            loss, d_outputs, final, B = self._loss_and_gradient(x, y, weights, state, train=True, rng=rng)
+            loss, d_outputs, final, B = self._loss_and_gradient(x, y, weights, state, train=True, rng=rng,
+                                                                lengths=lengths)
             if B > 1:
                 d_outputs *= self.model.dtype.type(1.0 / B)
             grads = self.model.backward_into_buffer(d_outputs)
@@ -97,17 +103,20 @@ class CpuBackend:
         else:
             self.optimizer.step(self.model.params, self._grads)
 
-    def evaluate(self, x, y, weights, state):
+    def evaluate(self, x, y, weights, state, lengths=None):
         """``(loss summed over the batch, final state)``; nothing is updated."""
-        loss, _, final, _ = self._loss_and_gradient(x, y, weights, state, train=False, rng=None)
+        loss, _, final, _ = self._loss_and_gradient(x, y, weights, state, train=False, rng=None, lengths=lengths)
         return loss, final
 
-    def _loss_and_gradient(self, x, y, weights, state, train, rng):
-        outputs, final = self.model.forward(x, state, train=train, rng=rng)
-        T, B, V = outputs.shape
+    def _loss_and_gradient(self, x, y, weights, state, train, rng, lengths=None):
+        # outputs are (T, B, V) per step, or (B, C) for a classifier: the loss sees N rows either way
+        outputs, final = self.model.forward(x, state, train=train, rng=rng,
+                                            **({} if lengths is None else {"lengths": lengths}))
+        B, V = outputs.shape[-2], outputs.shape[-1]
+        N = outputs.size // V
         d_outputs, scratch = np.empty_like(outputs), np.empty_like(outputs)
-        loss = self.loss.forward_backward(outputs.reshape(T * B, V), y, weights,
-                                          d_outputs.reshape(T * B, V), scratch.reshape(T * B, V))
+        loss = self.loss.forward_backward(outputs.reshape(N, V), y, weights,
+                                          d_outputs.reshape(N, V), scratch.reshape(N, V))
         return loss, d_outputs, final, B
 
     def _language_model_step(self, x, y, weights, state):
@@ -161,9 +170,11 @@ class CpuBackend:
 
     # -- generation ------------------------------------------------------------------------------
     def can_generate(self) -> bool:
-        """Whether :meth:`generate` has a compiled loop for this model (one layer, a head)."""
+        """Whether :meth:`generate` has a compiled loop for this model (one layer, one-hot
+        inputs, a per-step head)."""
         model = self.model
-        return type(model) is SequenceModel and len(model.layers) == 1 and model.output_size is not None
+        return (type(model) is SequenceModel and len(model.layers) == 1 and model.output_size is not None
+                and model.index_input and model.embedding_size is None and model.task == "lm")
 
     def generate(self, prime, length, kernel_args, uniforms, stop_index):
         """The whole generation in one compiled call, or None without a loop for this model.
@@ -246,8 +257,9 @@ class CpuBackend:
         if phase not in ("step", "validation", "samples"):
             raise ValueError(f"phase must be 'step', 'validation' or 'samples', got {phase!r}")
         model = self.model
-        if type(model) is not SequenceModel or not model.index_input:
-            return None
+        if type(model) is not SequenceModel or not model.index_input or model.embedding_size is not None \
+                or model.task != "lm":
+            return None  # no note for these: their first steps compile the dense loops too
         deeper = ["forward_dense"] if len(model.layers) > 1 else []  # the layers above the first
         if phase == "step":
             names = (["language_model_step"] if self.compiled_step

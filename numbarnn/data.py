@@ -7,7 +7,8 @@
   consumed in ``seq_length`` chunks with the hidden state carried from chunk to chunk.
 
 Both batchers keep their position and random state in a ``state_dict`` of plain numbers,
-so a checkpoint resumes exactly where training stopped.
+so a checkpoint resumes exactly where training stopped. :class:`ArrayBatches` does the same
+for arrays held in memory (the classify and regress tasks).
 """
 from __future__ import annotations
 
@@ -434,3 +435,100 @@ class StreamBatches:
     def load_state_dict(self, state: dict):
         """Continue exactly where :meth:`state_dict` was taken (a damaged state is a :class:`DataError`)."""
         self.epoch, self.position = _saved_count(state, "epoch"), _saved_count(state, "position")
+
+
+class ArrayBatches:
+    """Shuffled minibatches of arrays held in memory, for the classify and regress tasks
+    (and any other): ``X`` ``(N, T)`` integers or ``(N, T, X)`` floats, ``y`` its targets
+    (``(N,)`` classes, or ``(N, T, O)`` per step), ``lengths`` ``(N,)`` the real steps of
+    each sequence (the rest padding; None: every step is real).
+
+    ``next_batch()`` returns ``(inputs, targets, mask, False)`` as ``fit`` takes them:
+    ``batch_size`` rows (fewer at an epoch's end), drawn in a new order every epoch, and the
+    mask ``(B, T)``, ones over each sequence's real steps (None without ``lengths``), which
+    ``train_step`` reads as the lengths. Iterating gives one pass in order, so an
+    ``ArrayBatches`` is also ``fit``'s ``validation``. ``state_dict`` holds the position for
+    checkpoints, as :class:`NamesBatches`.
+
+    >>> X, y = np.zeros((5, 4, 2)), np.array([0, 1, 1, 0, 1])
+    >>> batches = ArrayBatches(X, y, batch_size=2, lengths=[4, 2, 3, 4, 1], seed=0)
+    >>> inputs, targets, mask, carry = batches.next_batch()
+    >>> inputs.shape, targets.shape, mask.shape, carry, batches.steps_per_epoch(), len(list(batches))
+    ((2, 4, 2), (2,), (2, 4), False, 3, 3)
+    """
+
+    mode = "arrays"
+
+    def __init__(self, X, y, batch_size: int, lengths=None, seed: Optional[int] = 0):
+        self.X, self.y = np.asarray(X), np.asarray(y)
+        if self.X.ndim not in (2, 3) or self.X.shape[0] == 0 or self.X.shape[1] == 0:
+            raise DataError(f"X must be (N, T) integers or (N, T, X) floats with N, T >= 1, got shape {self.X.shape}")
+        N, T = self.X.shape[:2]
+        if self.y.ndim == 0 or len(self.y) != N:
+            raise DataError(f"y must have one row per sequence of X ({N}), got shape {self.y.shape}")
+        if not _is_count(batch_size) or batch_size < 1:
+            raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.mask = None
+        if lengths is not None:
+            lengths = np.asarray(lengths)
+            if lengths.shape != (N,) or not np.issubdtype(lengths.dtype, np.integer):
+                raise DataError(f"lengths must be ({N},) integers, one per sequence of X; got shape {lengths.shape} "
+                                f"dtype {lengths.dtype}")
+            if ((lengths < 1) | (lengths > T)).any():
+                bad = int(np.argmax((lengths < 1) | (lengths > T)))
+                raise DataError(f"lengths[{bad}] is {lengths[bad]}, outside [1, {T}] (X has {T} steps)")
+            self.mask = (np.arange(T)[None, :] < lengths[:, None]).astype(np.float64)
+        self.batch_size = min(int(batch_size), N)
+        self.epoch, self.position = 0, 0
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(N)
+
+    def _rows(self, chosen):
+        return self.X[chosen], self.y[chosen], None if self.mask is None else self.mask[chosen], False
+
+    def next_batch(self):
+        """The next ``(inputs, targets, mask, False)``; reshuffles at the start of each epoch."""
+        if self.position >= len(self.order):
+            self.epoch += 1
+            self.position = 0
+            self.order = self.rng.permutation(len(self.X))
+        chosen = self.order[self.position:self.position + self.batch_size]
+        self.position += len(chosen)
+        return self._rows(chosen)
+
+    def __iter__(self):
+        """One pass over every row in order, ``batch_size`` at a time (the shuffled position is untouched)."""
+        for start in range(0, len(self.X), self.batch_size):
+            yield self._rows(np.arange(start, min(start + self.batch_size, len(self.X))))
+
+    def steps_per_epoch(self) -> int:
+        """Batches per pass over the rows."""
+        return -(-len(self.X) // self.batch_size)
+
+    def tokens(self, mask) -> int:
+        """Steps a batch trains on (its real steps), for tokens per second."""
+        return int(mask.sum()) if mask is not None else self.batch_size * self.X.shape[1]
+
+    def state_dict(self) -> dict:
+        """Epoch, position, order and random state as plain data, for checkpoints."""
+        return {"epoch": self.epoch, "position": self.position, "order": self.order.tolist(),
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict):
+        """Continue exactly where :meth:`state_dict` was taken; a state that does not fit these
+        rows is a :class:`DataError` and changes nothing."""
+        n = len(self.X)
+        epoch, position, order = _saved_count(state, "epoch"), _saved_count(state, "position"), state.get("order")
+        if not (isinstance(order, list) and all(_is_count(i) for i in order) and sorted(order) == list(range(n))):
+            raise DataError(f"the saved data position does not fit these {n} rows: its order should be a "
+                            f"permutation of 0..{n - 1}, got {repr(order)[:60]}")
+        if position > n:
+            raise DataError(f"the saved data position does not fit these {n} rows: position {position} > {n}")
+        rng = np.random.default_rng()
+        try:  # on a scratch generator first, so a bad state changes nothing
+            rng.bit_generator.state = state.get("rng")
+        except (ValueError, TypeError, KeyError, OverflowError) as error:
+            raise DataError(f"the saved data position has a corrupt random state ({error})") from None
+        self.epoch, self.position = epoch, position
+        self.order = np.array(order, dtype=np.int64)
+        self.rng.bit_generator.state = rng.bit_generator.state

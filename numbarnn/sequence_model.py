@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from .cells import PARAM_NAMES
-from .kernels import heads
+from .kernels import embedding, heads
 from .models import RecurrentModel, resolve_dtype
 from .plugins import get_cell
 
@@ -29,15 +29,92 @@ def layer_param_name(name: str, layer: int) -> str:
     return name if layer == 0 else f"{name}_l{layer}"
 
 
+def direction_param_name(name: str, layer: int, reverse: bool) -> str:
+    """A parameter's name in layer ``layer``, with PyTorch's ``_reverse`` suffix for the
+    reverse direction of a bidirectional layer.
+
+    >>> direction_param_name("W_x", 0, True), direction_param_name("b_h", 1, True)
+    ('W_x_reverse', 'b_h_l1_reverse')
+    """
+    return layer_param_name(name, layer) + ("_reverse" if reverse else "")
+
+
+#: What a :class:`SequenceModel` is for: ``"lm"`` per-step logits (the next token),
+#: ``"classify"`` one set of logits per sequence (many-to-one), ``"regress"`` per-step outputs.
+TASKS = ("lm", "classify", "regress")
+
+
+def _positive_int(label, value, optional=False):
+    if optional and value is None:
+        return None
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{label} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def reverse_order(T: int, B: int, lengths=None) -> np.ndarray:
+    """``(T, B)`` time indices that reverse each sequence within its length: step ``t`` of
+    sequence ``b`` reads step ``lengths[b] - 1 - t``; padding steps (``t >= lengths[b]``) stay
+    where they are. The order is its own inverse, so one gather reverses and un-reverses.
+
+    >>> reverse_order(4, 2, np.array([4, 2])).T.tolist()
+    [[3, 2, 1, 0], [1, 0, 2, 3]]
+    """
+    t = np.arange(T)[:, None]
+    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+    return np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
+
+
+def checked_lengths(lengths, T: int, B: int) -> np.ndarray:
+    """``lengths`` as (B,) int64, each in ``[1, T]``; anything else is a ValueError naming it.
+
+    >>> checked_lengths([3, 1], 3, 2).tolist()
+    [3, 1]
+    >>> checked_lengths([4, 1], 3, 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: lengths[0] is 4, outside [1, 3] (the batch has 3 steps)
+    """
+    array = np.asarray(lengths)
+    if array.shape != (B,) or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"lengths must be ({B},) integers (one per sequence), got "
+                         f"{'shape ' + str(array.shape) if array.shape != (B,) else 'dtype ' + str(array.dtype)}")
+    bad = (array < 1) | (array > T)
+    if bad.any():
+        b = int(np.argmax(bad))
+        raise ValueError(f"lengths[{b}] is {array[b]}, outside [1, {T}] (the batch has {T} steps)")
+    return array.astype(np.int64)
+
+
+def _reorder(array, order):
+    """``array`` (T, B, ...) with each column's steps taken in ``order`` (T, B)."""
+    return np.ascontiguousarray(array[order, np.arange(order.shape[1])])
+
+
 class SequenceModel:
     """Stacked recurrent layers plus an optional dense head ``logits = h @ W_y.T + b_y``.
 
-    ``params`` is one flat dict (``W_x, W_h, b_x, b_h``, then ``W_x_l1, ...`` for deeper
-    layers, and ``W_y, b_y`` with a head) holding the layers' own arrays, which optimizers
-    update in place. Inputs are time-major: ``(T, B)`` indices or ``(T, B, X)`` floats;
-    outputs ``(T, B, V)`` (the top layer's hidden states without a head). A state is the
-    cell's state for one layer (an array, or a tuple such as ``(h, c)``) and a list of
-    those for several layers. Dropout (inverted, between layers) applies only when
+    ``params`` is one flat dict holding the layers' own arrays, which optimizers update in
+    place, in PyTorch's order: ``W_emb`` with an embedding, then each layer's ``W_x, W_h,
+    b_x, b_h`` (``W_x_l1, ...`` for deeper layers, ``W_x_reverse, ..., W_x_l1_reverse`` for
+    the reverse direction of bidirectional layers), then the head's ``W_y, b_y``.
+
+    Inputs are time-major: ``(T, B)`` indices (``index_input``; a one-hot gather, or a row of
+    the ``(V, E)`` table ``W_emb`` with ``embedding=E``) or ``(T, B, X)`` floats. A
+    bidirectional layer runs a forward and a reverse direction over its input and
+    concatenates their outputs ``(T, B, 2H)``, which the next layer takes. ``task`` "lm" and
+    "regress" give per-step outputs ``(T, B, V)`` (the top layer's hidden states without a
+    head); "classify" gives ``(B, C)`` logits from each sequence's state at its last real
+    step (with bidirectional layers: the forward direction's last state and the reverse
+    direction's state at step 0 concatenated, PyTorch's ``h_n``). ``lengths`` (B,) in
+    ``forward`` gives each sequence's real steps (the rest is padding): the reverse direction
+    starts at step ``lengths[b] - 1``, as on PyTorch's packed sequences, and the final state
+    is the one at the last real step. Without ``lengths`` every step is real (the reverse
+    direction starts at step ``T - 1``, as PyTorch on an unpacked tensor).
+
+    A state holds one cell state (an array, or a tuple such as ``(h, c)``) per layer and
+    direction, in PyTorch's ``(layers * directions)`` order: the state itself for one layer
+    and direction, else a list. Dropout (inverted, between layers) applies only when
     ``forward`` gets ``train=True`` and a generator.
 
     >>> import numpy as np
@@ -47,31 +124,73 @@ class SequenceModel:
     ((3, 2, 5), 2, True)
     >>> sorted(model.backward(np.ones_like(logits)))[:3]
     ['dW_h', 'dW_h_l1', 'dW_x']
+    >>> model = SequenceModel("gru", 7, 4, 3, embedding=6, bidirectional=True, task="classify", seed=0)
+    >>> logits, state = model.forward(np.zeros((5, 2), dtype=int), lengths=np.array([5, 2]))
+    >>> logits.shape, len(state), list(model.params)[:2], model.params["W_y"].shape
+    ((2, 3), 2, ['W_emb', 'W_x'], (3, 8))
     """
 
     def __init__(self, cell, input_size: int, hidden_size: int, output_size: Optional[int], *,
                  layers: int = 1, dropout: float = 0.0, dtype="float32", seed: Optional[int] = None,
-                 index_input: bool = True):
+                 index_input: bool = True, embedding: Optional[int] = None, bidirectional: bool = False,
+                 task: str = "lm"):
         self.cell = get_cell(cell)
         self.dtype = resolve_dtype(dtype)
         if not isinstance(layers, (int, np.integer)) or isinstance(layers, bool) or layers < 1:
             raise ValueError(f"layers must be a positive integer, got {layers!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if not isinstance(bidirectional, (bool, np.bool_)):
+            raise ValueError(f"bidirectional must be True or False, got {bidirectional!r}")
+        if bidirectional and task == "lm":
+            raise ValueError("bidirectional=True cannot be used with task='lm': a language model predicts the "
+                             "next token, which the reverse direction would already see (it cannot be causal); "
+                             "use task='classify' or task='regress'")
+        if task == "classify" and output_size is None:
+            raise ValueError("task='classify' needs num_classes (the head's output size)")
+        embedding = _positive_int("embedding", embedding, optional=True)
+        if embedding is not None and not index_input:
+            raise ValueError("embedding needs integer inputs (vocab_size), not dense ones (input_size)")
+        self.task = task
+        self.bidirectional = bool(bidirectional)
+        self.directions = 2 if bidirectional else 1
+        self.embedding_size = embedding
+        self.vocab_rows = _positive_int("input_size", input_size) if embedding is not None else None
         self.dropout = float(dropout)
         self.index_input = index_input
-        self.layers = [RecurrentModel(self.cell, input_size if i == 0 else hidden_size, hidden_size,
-                                      dtype=self.dtype, seed=None if seed is None else seed + (i + 1 if i else 0))
-                       for i in range(layers)]
-        self.params = {layer_param_name(name, i): layer.params[name]
-                       for i, layer in enumerate(self.layers) for name in PARAM_NAMES}
+        first = embedding if embedding is not None else input_size
+        D = self.directions
+
+        def layer(i, reverse):
+            if seed is None:
+                layer_seed = None
+            elif reverse:
+                layer_seed = [seed, 1, i]  # a stream of its own; the forward layers keep their seeds
+            else:
+                layer_seed = seed + (i + 1 if i else 0)
+            return RecurrentModel(self.cell, first if i == 0 else D * hidden_size, hidden_size, dtype=self.dtype,
+                                  seed=layer_seed)
+
+        #: stack[i] is layer i's directions: [forward] or [forward, reverse]
+        self.stack = [[layer(i, reverse) for reverse in (False, True)[:D]] for i in range(layers)]
+        self.layers = [directions[0] for directions in self.stack]
+        self.params = {}
+        if embedding is not None:
+            rng = np.random.default_rng(None if seed is None else [seed, 2])
+            self.params["W_emb"] = rng.standard_normal((input_size, embedding)).astype(self.dtype)  # as nn.Embedding
+        for i, directions in enumerate(self.stack):
+            for d, recurrent in enumerate(directions):
+                for name in PARAM_NAMES:
+                    self.params[direction_param_name(name, i, d == 1)] = recurrent.params[name]
         self.output_size = output_size
         if output_size is not None:
             if not isinstance(output_size, (int, np.integer)) or output_size < 1:
                 raise ValueError(f"output_size must be a positive integer, got {output_size!r}")
             rng = np.random.default_rng(None if seed is None else seed + 1)
-            k = 1.0 / np.sqrt(hidden_size)
-            self.params["W_y"] = rng.uniform(-k, k, size=(output_size, hidden_size)).astype(self.dtype)
+            k = 1.0 / np.sqrt(D * hidden_size)  # PyTorch's nn.Linear initialisation
+            self.params["W_y"] = rng.uniform(-k, k, size=(output_size, D * hidden_size)).astype(self.dtype)
             self.params["b_y"] = np.zeros(output_size, self.dtype)
         self._flatten()
         self._hidden = None
@@ -94,38 +213,46 @@ class SequenceModel:
             self.params[key] = view
             self._grad_views[key] = self.flat_grads[offset:offset + value.size].reshape(value.shape)
             offset += value.size
-        for i, layer in enumerate(self.layers):
-            for name in PARAM_NAMES:
-                layer.params[name] = self.params[layer_param_name(name, i)]
+        for i, directions in enumerate(self.stack):
+            for d, recurrent in enumerate(directions):
+                for name in PARAM_NAMES:
+                    recurrent.params[name] = self.params[direction_param_name(name, i, d == 1)]
 
     @property
     def layer(self) -> RecurrentModel:
-        """The first recurrent layer."""
+        """The first recurrent layer (its forward direction)."""
         return self.layers[0]
 
     @property
     def input_size(self):
-        """X: the vocabulary size for integer inputs, the width of dense ones."""
-        return self.layers[0].input_size
+        """X: the vocabulary size for integer inputs (embedded or not), the width of dense ones."""
+        return self.vocab_rows if self.embedding_size is not None else self.layers[0].input_size
 
     @property
     def hidden_size(self):
-        """H: hidden units of every layer."""
+        """H: hidden units of every layer and direction."""
         return self.layers[0].hidden_size
+
+    @property
+    def _slots(self) -> list:
+        """Every (layer, direction) recurrent model, in PyTorch's ``layers * directions`` order."""
+        return [recurrent for directions in self.stack for recurrent in directions]
 
     def zero_state(self, batch_size: int):
         """The all-zero state for ``batch_size`` sequences (a list of layer states when stacked)."""
-        states = [layer.zero_state(batch_size) for layer in self.layers]
+        states = [recurrent.zero_state(batch_size) for recurrent in self._slots]
         return states[0] if len(states) == 1 else states
 
     def _per_layer(self, state):
+        n = len(self._slots)
         if state is None:
-            return [None] * len(self.layers)
-        if len(self.layers) == 1:
+            return [None] * n
+        if n == 1:
             return [state]
-        if not isinstance(state, list) or len(state) != len(self.layers):
-            raise ValueError(f"the state of a {len(self.layers)}-layer model is a list of "
-                             f"{len(self.layers)} layer states")
+        if not isinstance(state, list) or len(state) != n:
+            what = (f"{len(self.layers)}-layer model is a list of {n} layer states" if self.directions == 1 else
+                    f"{len(self.layers)}-layer bidirectional model is a list of {n} states (layers * directions)")
+            raise ValueError(f"the state of a {what}")
         return state
 
     def state_arrays(self, state) -> list:
@@ -139,19 +266,64 @@ class SequenceModel:
         """Inverse of :meth:`state_arrays`."""
         S = self.cell.states
         per_layer = [arrays[i * S] if S == 1 else tuple(arrays[i * S:(i + 1) * S])
-                     for i in range(len(self.layers))]
+                     for i in range(len(self._slots))]
         return per_layer[0] if len(per_layer) == 1 else per_layer
 
-    def forward(self, inputs, state=None, *, train: bool = False, rng=None):
-        """-> (outputs (T, B, V or H), final state)."""
+    def stacked_state(self, state) -> tuple:
+        """The state as PyTorch returns it: one ``(layers * directions, B, H)`` array per
+        cell state (``(h_n,)``, or ``(h_n, c_n)`` for the LSTM)."""
+        per_slot = [[s] if self.cell.states == 1 else list(s) for s in self._per_layer(state)]
+        return tuple(np.stack([slot[k] for slot in per_slot]) for k in range(self.cell.states))
+
+    def _embed(self, inputs):
+        idx = np.asarray(inputs)
+        if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"a model with an embedding takes (T, B) integer indices, got "
+                             f"{'dtype ' + str(idx.dtype) if idx.ndim == 2 else 'shape ' + str(idx.shape)}")
+        V = self.vocab_rows
+        if idx.size and (idx.min() < -1 or idx.max() >= V):  # the kernel indexes unchecked
+            bad = idx[(idx < -1) | (idx >= V)].ravel()[0]
+            raise ValueError(f"input index {bad} is outside the vocabulary [0, {V}) (-1 means an all-zero input)")
+        idx = np.ascontiguousarray(idx, dtype=np.int64)
+        T, B = idx.shape
+        out = np.empty((T, B, self.embedding_size), self.dtype)
+        embedding.embedding_forward(idx.reshape(T * B), self.params["W_emb"], out.reshape(T * B, -1))
+        return idx, out
+
+    def forward(self, inputs, state=None, *, train: bool = False, rng=None, lengths=None):
+        """-> (outputs, final state): outputs ``(T, B, V or H)``, or ``(B, C)`` for classify."""
         finals, self._dropout_masks = [], []
         h = inputs
+        self._indices = None
+        if self.embedding_size is not None:
+            self._indices, h = self._embed(inputs)
+        if np.ndim(h) < 2:
+            raise ValueError(f"inputs must be time-major: (T, B) indices or (T, B, X) floats, got shape {np.shape(h)}")
+        T, B = np.shape(h)[:2]
+        if lengths is not None:
+            lengths = checked_lengths(lengths, T, B)
+        self._lengths = lengths
+        self._order = reverse_order(T, B, lengths) if self.bidirectional else None
         drop = train and self.dropout > 0.0 and rng is not None
-        for i, (layer, layer_state) in enumerate(zip(self.layers, self._per_layer(state))):
-            h, final = layer.forward(h, layer_state)
-            finals.append(final)
+        slot_states = self._per_layer(state)
+        columns = np.arange(B)
+        for i, directions in enumerate(self.stack):
+            outputs = []
+            for d, recurrent in enumerate(directions):
+                if d == 0:
+                    out, final = recurrent.forward(h, slot_states[i * self.directions])
+                else:  # the reverse direction runs over each sequence reversed within its length
+                    out, final = recurrent.forward(_reorder(np.asarray(h), self._order),
+                                                   slot_states[i * self.directions + 1])
+                    out = _reorder(out, self._order)
+                if lengths is not None:  # the state at the last real step, as PyTorch's packed h_n
+                    states = recurrent.context[2]
+                    final = recurrent._pack_state([states[s, lengths, columns] for s in range(self.cell.states)])
+                outputs.append(out)
+                finals.append(final)
+            h = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
             mask = None
-            if drop and i < len(self.layers) - 1:
+            if drop and i < len(self.stack) - 1:
                 keep = 1.0 - self.dropout
                 mask = (rng.random(h.shape) < keep).astype(self.dtype) / self.dtype.type(keep)
                 h = h * mask
@@ -160,6 +332,16 @@ class SequenceModel:
         final = finals[0] if len(finals) == 1 else finals
         if self.output_size is None:
             return h, final
+        if self.task == "classify":
+            H = self.hidden_size
+            last = np.full(B, T) if lengths is None else lengths
+            features = h[last - 1, columns]  # the forward direction's last real step
+            if self.bidirectional:
+                features[:, H:] = h[0, :, H:]  # the reverse direction ends at step 0
+            self._features = np.ascontiguousarray(features)
+            logits = np.empty((B, self.output_size), self.dtype)
+            heads.linear_forward(self._features, self.params["W_y"], self.params["b_y"], logits)
+            return logits, final
         T, B, H = h.shape
         logits = np.empty((T, B, self.output_size), self.dtype)
         heads.linear_forward(h.reshape(T * B, H), self.params["W_y"], self.params["b_y"],
@@ -178,24 +360,47 @@ class SequenceModel:
         uses: no copies)."""
         if self._hidden is None:
             raise RuntimeError("backward() needs a forward() first")
+        if d_final_state is not None and self._lengths is not None:
+            raise ValueError("d_final_state is not supported after a forward with lengths")
         grads = self._grad_views
+        T, B, DH = self._hidden.shape
+        H, D = self.hidden_size, self.directions
         if self.output_size is None:
             d_hidden = d_outputs
+        elif self.task == "classify":
+            d_features = np.empty((B, DH), self.dtype)
+            heads.linear_backward(np.ascontiguousarray(d_outputs, self.dtype), self._features, self.params["W_y"],
+                                  grads["W_y"], grads["b_y"], d_features)
+            d_hidden = np.zeros((T, B, DH), self.dtype)
+            last = np.full(B, T) if self._lengths is None else self._lengths
+            d_hidden[last - 1, np.arange(B), :H] = d_features[:, :H]
+            if self.bidirectional:
+                d_hidden[0, :, H:] = d_features[:, H:]
         else:
-            T, B, H = self._hidden.shape
             V = self.output_size
-            d_hidden = np.empty((T, B, H), self.dtype)
+            d_hidden = np.empty((T, B, DH), self.dtype)
             heads.linear_backward(np.ascontiguousarray(d_outputs, self.dtype).reshape(T * B, V),
-                                  self._hidden.reshape(T * B, H), self.params["W_y"],
-                                  grads["W_y"], grads["b_y"], d_hidden.reshape(T * B, H))
+                                  self._hidden.reshape(T * B, DH), self.params["W_y"],
+                                  grads["W_y"], grads["b_y"], d_hidden.reshape(T * B, DH))
         d_finals = self._per_layer(d_final_state)
-        for i in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[i]
-            x, is_index, states, cache = layer.context
-            out = {name: grads[layer_param_name(name, i)] for name in PARAM_NAMES}
-            layer_grads = layer.bptt(x, is_index, states, cache, d_hidden, d_finals[i], out=out)
+        for i in range(len(self.stack) - 1, -1, -1):
+            d_input = None
+            for d, recurrent in enumerate(self.stack[i]):
+                d_out = d_hidden if D == 1 else d_hidden[:, :, d * H:(d + 1) * H]
+                if d == 1:
+                    d_out = _reorder(d_out, self._order)
+                x, is_index, states, cache = recurrent.context
+                out = {name: grads[direction_param_name(name, i, d == 1)] for name in PARAM_NAMES}
+                dx = recurrent.bptt(x, is_index, states, cache, d_out, d_finals[i * D + d], out=out)["dx"]
+                if dx is not None:
+                    if d == 1:
+                        dx = _reorder(dx, self._order)
+                    d_input = dx if d_input is None else d_input + dx
             if i > 0:
-                d_hidden = layer_grads["dx"]
+                d_hidden = d_input
                 if self._dropout_masks[i - 1] is not None:
                     d_hidden = d_hidden * self._dropout_masks[i - 1]
+            elif self.embedding_size is not None:
+                embedding.embedding_backward(self._indices.reshape(T * B), d_input.reshape(T * B, -1),
+                                             grads["W_emb"])
         return grads

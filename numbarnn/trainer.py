@@ -31,7 +31,7 @@ from .kernels.sampling import GREEDY
 from .optimizers import UnknownOptionError
 from .plugins import get_cell, get_loss, get_optimizer, get_sampler
 from .samplers import generation_kernel_args
-from .sequence_model import START_INPUT, SequenceModel, layer_param_name
+from .sequence_model import START_INPUT, TASKS, SequenceModel, checked_lengths, layer_param_name
 
 __all__ = ["Trainer", "make_trainer", "make_model", "SequenceModel", "NonFiniteLossError", "layer_param_name",
            "sample_lines", "START_INPUT", "WORKSPACE_SHAPES"]
@@ -39,30 +39,74 @@ __all__ = ["Trainer", "make_trainer", "make_model", "SequenceModel", "NonFiniteL
 
 def make_model(cell="lstm", *, input_size: Optional[int] = None, vocab_size: Optional[int] = None,
                hidden_size: int = 128, output_size: Optional[int] = None, layers: int = 1,
-               dropout: float = 0.0, dtype="float32", seed: Optional[int] = None, device: str = "cpu"):
+               dropout: float = 0.0, dtype="float32", seed: Optional[int] = None, device: str = "cpu",
+               task: str = "lm", embedding: Optional[int] = None, num_classes: Optional[int] = None,
+               bidirectional: bool = False):
     """A :class:`SequenceModel` from a registered cell name (on ``device="cuda"``, the same
     model with its weights on the GPU: :class:`numbarnn.cuda.model.CudaSequenceModel`).
 
-    Give ``vocab_size`` for integer (one-hot) inputs, whose head then defaults to
-    ``vocab_size`` outputs; or ``input_size`` for dense inputs (no head unless
-    ``output_size`` is given). ``layers`` stacks recurrent layers with ``dropout`` between.
+    Inputs: give ``vocab_size`` for integer inputs (one-hot, or rows of a learnt
+    ``(vocab_size, embedding)`` table ``W_emb`` with ``embedding=E``), or ``input_size`` for
+    dense float inputs. ``layers`` stacks recurrent layers with ``dropout`` between them;
+    ``bidirectional=True`` gives each layer a reverse direction (PyTorch's semantics). The
+    head follows ``task``: ``"lm"`` (default) per-step logits, ``vocab_size`` of them
+    (``output_size`` overrides; with ``input_size`` there is no head unless ``output_size``
+    is given); ``"classify"`` ``num_classes`` logits per sequence; ``"regress"``
+    ``output_size`` outputs per step.
 
     >>> model = make_model("rnn", vocab_size=27, hidden_size=50, dtype="float64", seed=1)
     >>> sorted(model.params)
     ['W_h', 'W_x', 'W_y', 'b_h', 'b_x', 'b_y']
+    >>> model = make_model("lstm", input_size=3, hidden_size=4, task="classify", num_classes=2, bidirectional=True)
+    >>> [name for name in model.params if name.startswith("W")]
+    ['W_x', 'W_h', 'W_x_reverse', 'W_h_reverse', 'W_y']
     """
     if (input_size is None) == (vocab_size is None):
         raise ValueError("give exactly one of input_size (dense inputs) or vocab_size (integer inputs)")
-    require_device(device)  # a light check that fails before any work
-    if vocab_size is not None:
-        model = SequenceModel(cell, vocab_size, hidden_size, output_size or vocab_size, layers=layers,
-                              dropout=dropout, dtype=dtype, seed=seed, index_input=True)
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if embedding is not None and vocab_size is None:
+        raise ValueError("embedding=E learns a table for integer inputs: give vocab_size, not input_size "
+                         "(dense inputs need no embedding)")
+    if num_classes is not None and task != "classify":
+        raise ValueError(f"num_classes is for task='classify', not task={task!r}")
+    if task == "classify":
+        if num_classes is None:
+            raise ValueError("task='classify' needs num_classes")
+        if output_size is not None:
+            raise ValueError("task='classify' takes num_classes, not output_size")
+        head = num_classes
+    elif task == "regress":
+        if output_size is None:
+            raise ValueError("task='regress' needs output_size (the width of each step's output)")
+        head = output_size
     else:
-        model = SequenceModel(cell, input_size, hidden_size, output_size, layers=layers, dropout=dropout,
-                              dtype=dtype, seed=seed, index_input=False)
+        head = output_size or vocab_size
+    require_device(device)  # a light check that fails before any work
+    model = SequenceModel(cell, vocab_size if vocab_size is not None else input_size, hidden_size, head,
+                          layers=layers, dropout=dropout, dtype=dtype, seed=seed,
+                          index_input=vocab_size is not None, embedding=embedding, bidirectional=bidirectional,
+                          task=task)
     if device != "cpu":
         return backend_class(device).model_from(model)
     return model
+
+
+def _lengths_from_mask(mask, T, B) -> np.ndarray:
+    """A classification mask ``(B, T)`` (nonzero over each sequence's real steps, then zeros)
+    as lengths ``(B,)``; a mask with a gap, or a sequence with no real step, is a ValueError."""
+    mask = np.asarray(mask)
+    mask = mask[None, :] if mask.ndim == 1 else mask
+    if mask.shape != (B, T):
+        raise ValueError(f"mask has shape {mask.shape}, expected {(B, T)} like the inputs")
+    real = mask != 0
+    lengths = real.sum(axis=1)
+    gaps = (real != (np.arange(T)[None, :] < lengths[:, None])).any(axis=1) | (lengths == 0)
+    if gaps.any():
+        b = int(np.argmax(gaps))
+        raise ValueError(f"for task='classify' a mask marks each sequence's real steps: nonzero, then zeros for "
+                         f"the padding at its end; row {b} is {mask[b].tolist()!r:.80}")
+    return lengths.astype(np.int64)
 
 
 class Trainer:
@@ -169,10 +213,81 @@ class Trainer:
                              + (" (-1 is padding)" if allow_padding else ""))
         return out
 
-    def _prepare(self, inputs, targets, mask):
+    @property
+    def task(self) -> str:
+        """What the model is for: ``"lm"``, ``"classify"`` or ``"regress"`` (see :func:`make_trainer`)."""
+        return getattr(self.model, "task", "lm")
+
+    def _time_major_inputs(self, inputs):
+        """Checked time-major inputs: ``(T, B)`` int64 indices, or ``(T, B, X)`` floats for a
+        model with dense inputs (given batch-first, ``(B, T, X)``, or ``(T, X)`` for one sequence)."""
+        if getattr(self.model, "index_input", True):
+            return self._time_major_indices(inputs, "inputs", allow_padding=True)
+        X = self.model.input_size
+        array = np.asarray(inputs)
+        if array.dtype == bool or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+            raise ValueError(f"inputs must be real numbers shaped (B, T, {X}) (dense inputs), got dtype {array.dtype}")
+        if array.ndim == 2:
+            array = array[None]
+        if array.ndim != 3 or array.shape[2] != X:
+            raise ValueError(f"inputs must be shaped (B, T, {X}) or (T, {X}): this model takes input_size={X}, "
+                             f"got shape {array.shape}")
+        if array.size == 0:
+            raise ValueError("inputs is empty")
+        return np.ascontiguousarray(np.swapaxes(array, 0, 1), dtype=self.model.dtype)
+
+    def _prepare(self, inputs, targets, mask, lengths=None):
+        """Checked, time-major ``(x, y, weights, lengths)`` for the backend; ``lengths`` is None
+        unless the model needs it (classification, or the reverse direction of a regression)."""
+        x = self._time_major_inputs(inputs)
+        T, B = x.shape[:2]
+        task = self.task
+        if lengths is not None:
+            lengths = checked_lengths(lengths, T, B)
+        if task == "classify":
+            if lengths is None and mask is not None:
+                lengths = _lengths_from_mask(mask, T, B)
+            elif mask is not None:
+                raise ValueError("give lengths or a mask, not both (for task='classify' a mask only marks "
+                                 "each sequence's real steps)")
+            return x, self._class_targets(targets, B), np.ones(B, self.model.dtype), lengths
+        if lengths is not None:  # padding after each sequence's length: no loss there
+            real = np.arange(T)[None, :] < lengths[:, None]
+            if mask is None:
+                mask = real
+            else:
+                mask = np.asarray(mask, dtype=np.float64)
+                mask = mask[None, :] if mask.ndim == 1 else mask
+                if mask.shape != (B, T):
+                    raise ValueError(f"mask has shape {mask.shape}, expected {(B, T)} like the inputs")
+                mask = mask * real
+        x, y, weights = self._prepare_steps(x, targets, mask)
+        if task == "lm":
+            return x, y, weights, None  # causal: padding at the end changes no real step's output
+        if lengths is None and mask is not None:
+            # A regression mask's trailing zeros are padding: the reverse direction starts at
+            # the last weighted step (zeros inside a sequence only drop those steps' loss).
+            real = weights.reshape(T, B) != 0
+            last = T - np.argmax(real[::-1], axis=0)
+            lengths = np.where(real.any(axis=0), last, 1).astype(np.int64)
+            if (lengths == T).all():
+                lengths = None
+        return x, y, weights, lengths
+
+    def _class_targets(self, targets, B):
+        y = np.atleast_1d(np.asarray(targets))
+        C = self.model.output_size
+        if y.shape != (B,) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"targets for task='classify' must be ({B},) class indices in [0, {C}), one per "
+                             f"sequence; got {'shape ' + str(y.shape) if y.shape != (B,) else 'dtype ' + str(y.dtype)}")
+        bad = (y < 0) | (y >= C)
+        if bad.any():
+            raise ValueError(f"targets holds {y[bad][0]}, outside the classes [0, {C}) (num_classes={C})")
+        return y.astype(np.int64)
+
+    def _prepare_steps(self, x, targets, mask):
         model = self.model
-        x = self._time_major_indices(inputs, "inputs", allow_padding=True)
-        T, B = x.shape
+        T, B = x.shape[:2]
         if mask is None:
             weights = None
         else:
@@ -207,18 +322,23 @@ class Trainer:
                                           d_outputs.reshape(T * B, V), scratch.reshape(T * B, V))
         return loss, d_outputs, final, B
 
-    def train_step(self, inputs, targets, mask=None, state=None) -> float:
-        """One forward, BPTT, clip and update. Returns the loss summed over time steps and
-        averaged over the batch.
+    def train_step(self, inputs, targets, mask=None, state=None, *, lengths=None) -> float:
+        """One forward, BPTT, clip and update. Returns the loss summed over time steps (over
+        the sequence's one output, for classify) and averaged over the batch.
 
-        inputs, targets: integers ``(T,)`` or ``(B, T)`` (``-1`` in inputs is a zero input,
-        e.g. the course's start token or padding); mask: ``(B, T)`` weights, 0 for padding;
+        inputs: integers ``(T,)`` or ``(B, T)`` (``-1`` is a zero input, e.g. the course's
+        start token or padding), or floats ``(B, T, X)`` for a model with ``input_size``;
+        targets: ``(B, T)`` next tokens for "lm", ``(B,)`` classes for "classify",
+        ``(B, T, O)`` for "regress"; mask: ``(B, T)`` weights, 0 for padding (for "classify",
+        ones over each sequence's real steps then zeros); lengths: ``(B,)`` real steps of
+        each sequence, the rest padding (see :meth:`SequenceModel.forward`);
         state: the initial recurrent state (zeros if None), e.g. ``trainer.state``.
         Raises :class:`NonFiniteLossError`, leaving the weights untouched, when the loss or
         the gradient norm is not finite.
         """
-        x, y, weights = self._prepare(inputs, targets, mask)
-        loss, norm, final, B = self.backend.gradients(x, y, weights, state, self.rng)
+        x, y, weights, lengths = self._prepare(inputs, targets, mask, lengths)
+        extra = {} if lengths is None else {"lengths": lengths}  # only the CPU backend runs these tasks
+        loss, norm, final, B = self.backend.gradients(x, y, weights, state, self.rng, **extra)
         self.last_grad_norm = norm
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise NonFiniteLossError(f"the loss is {loss} and the gradient norm {norm} at step {self.step + 1} "
@@ -228,11 +348,51 @@ class Trainer:
         self.step += 1
         return loss / B
 
-    def evaluate(self, inputs, targets, mask=None, state=None):
-        """``(summed loss, token count, final state)`` without updating anything."""
-        x, y, weights = self._prepare(inputs, targets, mask)
-        loss, final = self.backend.evaluate(x, y, weights, state)
+    def evaluate(self, inputs, targets, mask=None, state=None, *, lengths=None):
+        """``(summed loss, count, final state)`` without updating anything; the count is of
+        weighted steps (tokens), or of sequences for "classify". Arguments as :meth:`train_step`;
+        :meth:`score` gives the mean loss and a classifier's accuracy."""
+        x, y, weights, lengths = self._prepare(inputs, targets, mask, lengths)
+        loss, final = self.backend.evaluate(x, y, weights, state, **({} if lengths is None else {"lengths": lengths}))
         return loss, float(weights.sum()), final
+
+    def predict(self, inputs, lengths=None, state=None):
+        """The model's outputs for a batch, batch-first, nothing updated: class probabilities
+        ``(B, C)`` (softmax of the logits) for "classify", else per-step outputs ``(B, T, O)``
+        (the logits, for "lm"). Arguments as :meth:`train_step`.
+
+        >>> import numpy as np, numbarnn
+        >>> trainer = numbarnn.make_trainer("gru", task="classify", input_size=2, num_classes=3, hidden_size=4, seed=0)
+        >>> probs = trainer.predict(np.zeros((5, 7, 2)), lengths=[7, 1, 2, 3, 4])
+        >>> probs.shape, bool(np.allclose(probs.sum(axis=1), 1.0))
+        ((5, 3), True)
+        """
+        x = self._time_major_inputs(inputs)
+        T, B = x.shape[:2]
+        extra = {}
+        if lengths is not None:
+            lengths = checked_lengths(lengths, T, B)
+            if self.task != "lm":  # causal: lengths change nothing an lm predicts
+                extra["lengths"] = lengths
+        outputs, _ = self.backend.host_model().forward(x, state, **extra)
+        if self.task != "classify":
+            return np.swapaxes(outputs, 0, 1)
+        shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+    def score(self, inputs, targets, mask=None, *, lengths=None) -> dict:
+        """``{"loss": mean loss, "count": n}`` over a batch (per sequence for "classify", per
+        weighted step otherwise), with ``"accuracy"`` (the fraction of sequences whose most
+        likely class is the target) for "classify". Arguments as :meth:`train_step`."""
+        loss, count, _ = self.evaluate(inputs, targets, mask, lengths=lengths)
+        result = {"loss": loss / max(count, 1.0), "count": count}
+        if self.task == "classify":
+            if lengths is None and mask is not None:
+                T = self._time_major_inputs(inputs).shape[0]
+                lengths = _lengths_from_mask(mask, T, len(np.atleast_1d(np.asarray(targets))))
+            predicted = self.predict(inputs, lengths).argmax(axis=1)
+            result["accuracy"] = float((predicted == np.atleast_1d(np.asarray(targets))).mean())
+        return result
 
     # -- generation ------------------------------------------------------------------------------
     def generate(self, prime=(), length: int = 100, *, sampler=None, seed=None,
@@ -294,6 +454,9 @@ class Trainer:
         return get_sampler(name or self.sampler_spec.name).factory(**options)
 
     def _check_generation(self, prime, length) -> None:
+        if self.task != "lm":
+            raise ValueError(f"generation needs a language model (task='lm'); this trainer's task is {self.task!r}: "
+                             "use predict")
         if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or length < 1:
             raise ValueError(f"length must be a positive integer, got {length!r}")
         if prime:
@@ -432,8 +595,10 @@ class Trainer:
         return total / max(count, 1.0)
 
 
-def make_trainer(cell="lstm", loss="softmax_cross_entropy", optimizer="adam", sampler="categorical", *,
-                 vocab_size: Optional[int] = None, hidden_size: int = 128, layers: int = 1,
+def make_trainer(cell="lstm", loss=None, optimizer="adam", sampler="categorical", *,
+                 vocab_size: Optional[int] = None, input_size: Optional[int] = None, embedding: Optional[int] = None,
+                 task: str = "lm", num_classes: Optional[int] = None, output_size: Optional[int] = None,
+                 hidden_size: int = 128, layers: int = 1, bidirectional: bool = False,
                  dropout: float = 0.0, lr: Optional[float] = None, clip: Optional[float] = 5.0,
                  clip_mode: str = "value", dtype="float32", seed: Optional[int] = None, vocab=None,
                  mode: Optional[str] = None, optimizer_options=None, sampler_options=None,
@@ -441,7 +606,19 @@ def make_trainer(cell="lstm", loss="softmax_cross_entropy", optimizer="adam", sa
     """A :class:`Trainer` composed from registry names (or spec objects).
 
     ``vocab_size`` (or a ``vocab``, a :class:`numbarnn.data.Vocabulary`, which also lets
-    ``generate`` speak text) sets the input and output size. ``lr`` defaults to the
+    ``generate`` speak text) sets the input and output size. ``task`` picks the model's job:
+
+    * ``"lm"`` (default): the next token at every step, inputs and outputs ``vocab_size``
+      wide; ``loss`` defaults to ``softmax_cross_entropy``;
+    * ``"classify"``: one of ``num_classes`` per sequence, from its state at its last real
+      step (``lengths=`` or a mask in ``train_step``), softmax cross-entropy;
+    * ``"regress"``: ``output_size`` outputs at every step, ``loss`` ``"mse"`` (the default)
+      or any registered loss with dense targets.
+
+    The inputs of "classify" and "regress" are integers (``vocab_size``) or dense floats
+    ``(B, T, X)`` (``input_size=X``), exactly one of the two; ``embedding=E`` learns an
+    E-wide embedding of integer inputs (any task). ``bidirectional=True`` gives every layer
+    a reverse direction, as PyTorch's (not for "lm": it cannot be causal). ``lr`` defaults to the
     optimizer's own default. ``clip`` clips gradients by value (the course's,
     ``clip_mode="value"``) or by global norm (``clip_mode="norm"``); None turns clipping off.
     ``layers`` stacks recurrent layers with ``dropout`` between them. Further keyword options
@@ -467,20 +644,41 @@ def make_trainer(cell="lstm", loss="softmax_cross_entropy", optimizer="adam", sa
     >>> losses = [trainer.train_step(inputs, targets) for _ in range(20)]
     >>> losses[-1] < losses[0] / 2
     True
-    >>> make_trainer(vocab_size=5, momentum=0.9)   # adam and categorical take no momentum
+    >>> make_trainer(vocab_size=5, momentum=0.9)   # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    numbarnn.optimizers.UnknownOptionError: make_trainer got an unknown option 'momentum'; accepted: model and trainer: vocab_size, hidden_size, layers, dropout, lr, clip, clip_mode, dtype, seed, vocab, mode, optimizer_options, sampler_options, device; optimizer 'adam': lr, beta1, beta2, eps; sampler 'categorical': none
+    numbarnn.optimizers.UnknownOptionError: make_trainer got an unknown option 'momentum'; accepted: model and trainer: vocab_size, input_size, embedding, task, num_classes, output_size, hidden_size, layers, bidirectional, dropout, lr, clip, clip_mode, dtype, seed, vocab, mode, optimizer_options, sampler_options, device; optimizer 'adam': lr, beta1, beta2, eps...; sampler 'categorical': none
     """
     require_device(device)  # a light check that fails before any work
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if loss is None:
+        loss = "mse" if task == "regress" else "softmax_cross_entropy"
     cell_spec, loss_spec = get_cell(cell), get_loss(loss)
     opt_spec, sampler_spec = get_optimizer(optimizer), get_sampler(sampler)
     if vocab is not None:
+        if task != "lm":
+            raise ValueError(f"vocab is for generating text (task='lm'); for task={task!r} encode the text with "
+                             "vocab.encode and give vocab_size=len(vocab)")
         if vocab_size is not None and vocab_size != len(vocab):
             raise ValueError(f"vocab_size={vocab_size} but the vocabulary has {len(vocab)} characters")
         vocab_size = len(vocab)
-    if vocab_size is None:
-        raise ValueError("make_trainer needs vocab_size (or a vocab)")
+    if task == "lm":
+        if input_size is not None:
+            raise ValueError("input_size (dense inputs) is for task='classify' or task='regress'; a language "
+                             "model (task='lm', the default) takes vocab_size")
+        if output_size is not None:
+            raise ValueError("task='lm' predicts the next token, vocab_size wide: output_size is for task='regress'")
+        if vocab_size is None:
+            raise ValueError("make_trainer needs vocab_size (or a vocab)")
+    elif (vocab_size is None) == (input_size is None):
+        raise ValueError(f"task={task!r} needs exactly one of vocab_size (integer inputs) or input_size "
+                         "(dense inputs)")
+    wanted = {"classify": "indices", "regress": "dense"}.get(task)
+    if wanted is not None and loss_spec.targets_kind != wanted:
+        raise ValueError(f"task={task!r} needs a loss with {wanted} targets "
+                         f"({'softmax_cross_entropy' if wanted == 'indices' else 'mse'}, ...); "
+                         f"{loss_spec.name!r} takes {loss_spec.targets_kind} targets")
     opt_opts, smp_opts = dict(optimizer_options or {}), dict(sampler_options or {})
     for key, value in options.items():
         owners = [spec for spec in (opt_spec, sampler_spec) if key in spec.defaults]
@@ -498,10 +696,17 @@ def make_trainer(cell="lstm", loss="softmax_cross_entropy", optimizer="adam", sa
         (opt_opts if owners[0] is opt_spec else smp_opts)[key] = value
     if lr is not None:
         opt_opts["lr"] = lr
-    model = make_model(cell_spec, vocab_size=vocab_size, hidden_size=hidden_size, layers=layers,
-                       dropout=dropout, dtype=dtype, seed=seed)
+    model = make_model(cell_spec, vocab_size=vocab_size, input_size=input_size, hidden_size=hidden_size,
+                       output_size=output_size, layers=layers, dropout=dropout, dtype=dtype, seed=seed, task=task,
+                       embedding=embedding, num_classes=num_classes, bidirectional=bidirectional)
     config = {"cell": cell_spec.name, "loss": loss_spec.name, "optimizer": opt_spec.name,
-              "sampler": sampler_spec.name, "vocab_size": int(vocab_size), "hidden_size": int(hidden_size),
+              "sampler": sampler_spec.name, "task": task,
+              "vocab_size": None if vocab_size is None else int(vocab_size),
+              "input_size": None if input_size is None else int(input_size),
+              "embedding": None if embedding is None else int(embedding),
+              "num_classes": None if num_classes is None else int(num_classes),
+              "output_size": None if output_size is None else int(output_size),
+              "bidirectional": bool(bidirectional), "hidden_size": int(hidden_size),
               "layers": int(layers), "dropout": float(dropout), "clip": clip, "clip_mode": clip_mode,
               "dtype": model.dtype.name, "seed": seed, "mode": mode, "optimizer_options": opt_opts,
               "sampler_options": smp_opts}

@@ -161,6 +161,7 @@ class CudaBackend:
     @staticmethod
     def check_supported(model, loss, optimizer, clip, clip_mode) -> None:
         """Every component at once, before anything is allocated on the device."""
+        CudaBackend.check_model(model)
         require()
         resolve(model.cell)  # a cell without CUDA kernels: a clear error
         check_loss(loss)
@@ -171,8 +172,25 @@ class CudaBackend:
             _optimizers.check_real("gradient", "clipping", "clip", clip, low=0.0, low_open=True)
 
     @staticmethod
+    def check_model(model) -> None:
+        """The model's own features: the device runs language models (one-hot integer inputs,
+        per-step logits) of unidirectional layers; embeddings, bidirectional layers and the
+        classify and regress tasks are CPU-only for now, an
+        :class:`~numbarnn.cuda.UnsupportedOnCuda` error naming the option."""
+        from . import UnsupportedOnCuda
+
+        refused = [label for label, used in (
+            (f"task={getattr(model, 'task', 'lm')!r}", getattr(model, "task", "lm") != "lm"),
+            ("embedding", getattr(model, "embedding_size", None) is not None),
+            ("bidirectional=True", getattr(model, "bidirectional", False))) if used]
+        if refused:
+            raise UnsupportedOnCuda(f"{', '.join(refused)} run on the CPU only for now (device='cpu'); the CUDA "
+                                    "backend trains unidirectional language models")
+
+    @staticmethod
     def model_from(model: SequenceModel) -> CudaSequenceModel:
         """``model`` (a CPU :class:`SequenceModel`) with its weights copied to the device."""
+        CudaBackend.check_model(model)
         require()
         return CudaSequenceModel(model)
 
