@@ -18,7 +18,7 @@ SAMPLERS = numbarnn.list_samplers()
 # A learnable toy stream: "abcdabcd..." over a 5-symbol vocabulary.
 SEQ = np.array([0, 1, 2, 3] * 6)
 # Learning rates that fit the toy problem for the built-ins; other optimizers use their defaults.
-TOY_LR = {"sgd": 0.5, "momentum": 0.2, "adagrad": 0.3, "rmsprop": 0.01, "adam": 0.03}
+TOY_LR = {"sgd": 0.5, "momentum": 0.2, "adagrad": 0.3, "rmsprop": 0.01, "adam": 0.03, "adamw": 0.03}
 
 
 @pytest.mark.parametrize("name", CELLS)
