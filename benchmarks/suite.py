@@ -9,6 +9,10 @@ Cases (sizes in FULL and QUICK below; each target is printed next to its ratio):
     large     LSTM V65 H512 B64 T50, same                              >= 1x PyTorch, >= 70% of f32 matmul peak
     generate  2,000 chars, B1, categorical, LSTM H128/H512 f32         >= 10x / >= 2x a PyTorch sampling loop
     plugin    GRU plugin at the mid sizes                              per-gate time within 10% of the LSTM's
+    digits    scikit-learn's digits, 8 rows of 8 pixels, LSTM H64 B64,   >= 1.5x PyTorch per epoch
+              classify, one call = one epoch, 15 epochs
+    bilstm    bidirectional LSTM H256 B32 T50, regress X32 O8, f32     >= 1.0x PyTorch
+    embedding LM with embedding V65 E64 H128 B32 T50 vs one-hot V65    embedding no slower per token
     start-up  fresh process, warm cache: import, make_trainer, step    <= 1.5 s beyond `python -c pass`;
               (and with a cold NUMBA_CACHE_DIR)                        cold: aim <= 20 s
     memory    peak-RSS increase of large-case steps, own subprocess    <= PyTorch's
@@ -54,7 +58,8 @@ import reference  # noqa: E402  (plain-NumPy training step and sampling loop)
 THREADS = 2
 THREAD_ENV = {name: str(THREADS) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                               "NUMBA_NUM_THREADS")}
-CASE_NAMES = ("course", "mid", "large", "generate", "plugin", "start-up", "memory", "scaling")
+CASE_NAMES = ("course", "mid", "large", "generate", "plugin", "digits", "bilstm", "embedding", "start-up", "memory",
+              "scaling")
 TORCH_MODULES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
 torch = None  # imported in main() unless --no-torch; the memory children import only what they need
@@ -72,6 +77,9 @@ FULL = dict(
     large=dict(V=65, H=512, B=64, T=50, repeats=7),
     generate=dict(V=65, hiddens=(128, 512), length=2000, repeats=5),
     plugin=dict(V=65, H=128, B=32, T=50, repeats=9),
+    digits=dict(H=64, B=64, n_train=1437, repeats=15),       # 15 timed epochs of the 1,437 training digits
+    bilstm=dict(H=256, B=32, T=50, X=32, O=8, repeats=9),
+    embedding=dict(V=65, E=64, H=128, B=32, T=50, repeats=9),
     startup=dict(V=27, H=128, repeats=4, cold=1),
     memory=dict(V=65, H=512, B=64, T=50, steps=3),
     scaling=dict(V=65, B=32, H_for_T=256, Ts=(25, 100, 400), T_for_H=50, Hs=(64, 128, 256, 512, 1024),
@@ -83,6 +91,9 @@ QUICK = dict(
     large=dict(V=11, H=16, B=4, T=6, repeats=2),
     generate=dict(V=11, hiddens=(8, 16), length=20, repeats=2),
     plugin=dict(V=11, H=8, B=4, T=6, repeats=2),
+    digits=dict(H=8, B=16, n_train=48, repeats=2),
+    bilstm=dict(H=8, B=4, T=6, X=3, O=2, repeats=2),
+    embedding=dict(V=11, E=4, H=8, B=4, T=6, repeats=2),
     startup=dict(V=27, H=8, repeats=1, cold=1, prewarm=False),
     memory=dict(V=11, H=16, B=4, T=6, steps=3),
     scaling=dict(V=11, B=4, H_for_T=8, Ts=(2, 4), T_for_H=4, Hs=(4,), repeats=2),
@@ -528,6 +539,146 @@ def case_plugin(sz, repeats, ctx):
     return rows
 
 
+# ---- models as layer stacks: digits, bidirectional, embedding -----------------------------------
+
+def stack_trainer(**kwargs):
+    """A numbarnn trainer with the suite's optimizer (Adam, clip-by-norm 5), float32, seed 0."""
+    import numbarnn
+    options = dict(optimizer="adam", lr=1e-3, clip=5.0, clip_mode="norm", dtype="float32", seed=0)
+    options.update(kwargs)
+    return numbarnn.make_trainer("lstm", **options)
+
+
+def torch_stack(trainer, lr):
+    """The trainer's model as torch modules with the same weights (numbarnn.interop.to_torch), batch first,
+    and a torch Adam over all of them."""
+    from numbarnn.interop import to_torch
+    stack = to_torch(trainer.model, batch_first=True)
+    params = [p for module in stack if module is not None for p in module.parameters()]
+    return stack, params, torch.optim.Adam(params, lr=lr)
+
+
+def torch_update(loss, params, optimizer):
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 5.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def case_digits(sz, repeats, ctx):
+    """scikit-learn's digits as 8 rows of 8 pixels, LSTM + a 10-class head on the last state, one
+    timed call = one epoch of minibatches (the same shuffled order for both), ``repeats`` epochs."""
+    H, B = sz["H"], sz["B"]
+    variant = f"LSTM H{H} B{B}"
+    try:
+        from numbarnn import datasets
+        X, y = datasets.digits()
+    except ImportError as error:
+        return [Row("digits", variant, "numbarnn", note=f"skipped: {error}")]
+    order = np.random.default_rng(0).permutation(len(X))
+    X, y = X[order], y[order]
+    X_test, y_test, X, y = X[:360], y[:360], X[360:360 + sz["n_train"]], y[360:360 + sz["n_train"]]
+    trainer = stack_trainer(task="classify", input_size=8, num_classes=10, hidden_size=H, lr=1e-2)
+    steps = {"numbarnn": lambda xb, yb: trainer.train_step(xb, yb)}
+    if torch is not None:
+        (_, rnn, head), params, opt = torch_stack(trainer, 1e-2)
+
+        def torch_step(xb, yb):
+            _, (h_n, _) = rnn(torch.from_numpy(xb))
+            loss = torch.nn.functional.cross_entropy(head(h_n[-1]), torch.from_numpy(yb))   # mean over B
+            return torch_update(loss, params, opt)
+        steps["pytorch"] = torch_step
+
+    def epochs(step):
+        count = [0]
+
+        def run():   # one epoch; every implementation's n-th epoch has the same order
+            perm = np.random.default_rng(1000 + count[0]).permutation(len(X))
+            count[0] += 1
+            return [step(X[perm[i:i + B]], y[perm[i:i + B]]) for i in range(0, len(X), B)][0]
+        return run
+
+    # Parity before timing: the first two steps (same weights, same batches) give the same loss.
+    results = {name: [step(X[i * B:(i + 1) * B], y[i * B:(i + 1) * B]) for i in range(2)]
+               for name, step in steps.items()}
+    ok, note = parity_note(results, 2e-3)
+    ctx["ok"] &= ok
+    times, _ = measure({name: epochs(step) for name, step in steps.items()}, repeats, warmup=1,
+                       calibrate=False, adaptive=False)
+    accuracy = {"numbarnn": trainer.score(X_test, y_test)["accuracy"]}
+    if torch is not None:
+        with torch.no_grad():
+            _, (h_n, _) = rnn(torch.from_numpy(X_test))
+            accuracy["pytorch"] = float((head(h_n[-1]).argmax(1).numpy() == y_test).mean())
+    steps_per_epoch = -(-len(X) // B)
+    notes = {impl: f"after {repeats + 1} epochs + 2 steps: test accuracy {acc:.1%}" for impl, acc in accuracy.items()}
+    notes["numbarnn"] = "; ".join((note, f"{len(X)} digits, {steps_per_epoch} steps per epoch", notes["numbarnn"]))
+    return time_rows("digits", variant, times, targets={"pytorch": (">= 1.5x", 1.5)}, notes=notes,
+                     labels={"numbarnn": "numbarnn epoch", "pytorch": "pytorch epoch"})
+
+
+def case_bilstm(sz, repeats, ctx):
+    """One training step of a bidirectional LSTM regressor (dense inputs, a dense output per step, mse)."""
+    H, B, T, X_size, O = sz["H"], sz["B"], sz["T"], sz["X"], sz["O"]
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(B, T, X_size)).astype(np.float32)
+    targets = rng.normal(size=(B, T, O)).astype(np.float32)
+    trainer = stack_trainer(task="regress", input_size=X_size, output_size=O, hidden_size=H, bidirectional=True)
+    runs = {"numbarnn": lambda: trainer.train_step(inputs, targets)}
+    if torch is not None:
+        (_, rnn, head), params, opt = torch_stack(trainer, 1e-3)
+        x_t, y_t = torch.from_numpy(inputs), torch.from_numpy(targets)
+
+        def torch_step():
+            out, _ = rnn(x_t)                                        # (B, T, 2H)
+            loss = 0.5 * ((head(out) - y_t) ** 2).sum() / B           # numbarnn's mse: 0.5 * sum, / B
+            return torch_update(loss, params, opt)
+        runs["pytorch"] = torch_step
+    times, results = measure(runs, repeats, warmup=2)
+    ok, note = parity_note(results, 2e-3)
+    ctx["ok"] &= ok
+    return time_rows("bilstm", f"H{H} B{B} T{T}", times, targets={"pytorch": (">= 1.0x", 1.0)},
+                     notes={"numbarnn": f"regress X{X_size} O{O}, Adam, clip-norm 5; {note}"})
+
+
+def case_embedding(sz, repeats, ctx):
+    """A language model's step with a learnt embedding (V -> E -> LSTM) vs the one-hot input (V -> LSTM),
+    per token, in numbarnn and in PyTorch (nn.Embedding vs one-hot vectors)."""
+    V, E, H, B, T = sz["V"], sz["E"], sz["H"], sz["B"], sz["T"]
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, V, size=(B, T + 1))
+    inputs, targets = np.ascontiguousarray(data[:, :-1]), np.ascontiguousarray(data[:, 1:])
+    embedded = stack_trainer(vocab_size=V, embedding=E, hidden_size=H)
+    one_hot = train_runs("lstm", V, H, B, T, impls=("numbarnn", "pytorch"))
+    runs = {"numbarnn": lambda: embedded.train_step(inputs, targets), "numbarnn one-hot": one_hot["numbarnn"]}
+    if torch is not None:
+        (emb, rnn, head), params, opt = torch_stack(embedded, 1e-3)
+        inputs_t = torch.from_numpy(inputs.astype(np.int64))
+        targets_t = torch.from_numpy(targets.astype(np.int64)).reshape(-1)
+
+        def torch_step():
+            out, _ = rnn(emb(inputs_t))
+            loss = torch.nn.functional.cross_entropy(head(out).reshape(-1, V), targets_t, reduction="sum") / B
+            return torch_update(loss, params, opt)
+        runs["pytorch"] = torch_step
+        runs["pytorch one-hot"] = one_hot["pytorch"]
+    times, results = measure(runs, repeats, warmup=2)
+    # Two models with different weights: each pair (embedding, one-hot) is checked on its own.
+    ok, note = parity_note({k: v for k, v in results.items() if not k.endswith("one-hot")}, 2e-3)
+    ok2, note2 = parity_note({k.replace(" one-hot", ""): v for k, v in results.items() if k.endswith("one-hot")},
+                             2e-3)
+    ctx["ok"] &= ok and ok2
+    tokens = B * T
+    per_token = {impl: f"{float(np.median(t)) / tokens * 1e9:.0f} ns per token" for impl, t in times.items()}
+    notes = dict(per_token)
+    notes["numbarnn"] = f"E{E}: {per_token['numbarnn']}; {note}"
+    notes["numbarnn one-hot"] = f"{per_token['numbarnn one-hot']}; one-hot pair: {note2}"
+    rows = time_rows("embedding", f"V{V} E{E} H{H} B{B}", times, notes=notes,
+                     targets={"numbarnn one-hot": ("emb. no slower", 1.0)})
+    return rows
+
+
 # ---- start-up -------------------------------------------------------------------------------------
 
 NUMBARNN_START = """
@@ -831,6 +982,13 @@ Notes on method and fairness:
 - generate: numbarnn trainer.generate (categorical sampler, seeded) vs plain NumPy (one step at a time, one uniform
   draw per char) vs torch.no_grad() loop: nn.LSTM step, nn.Linear, softmax, torch.multinomial with a seeded
   generator. All start from a zero input and sample the full length (no stop character).
+- digits/bilstm/embedding (models as layer stacks): PyTorch's modules come from numbarnn.interop.to_torch of the
+  numbarnn model (same weights), batch_first; Adam and clip_grad_norm_(5) as above. digits: scikit-learn's digits
+  (the datasets extra) as 8 steps of 8 pixels, nn.LSTM + nn.Linear on h_n[-1], cross_entropy (mean), lr 1e-2;
+  one timed call is one epoch of minibatches in an order both share (batch slicing and tensor wrapping included),
+  parity on the first two steps before timing, the test accuracy after training in the notes. bilstm: nn.LSTM
+  (bidirectional) + nn.Linear on every step, 0.5 * sum of squares / B (numbarnn's mse). embedding: nn.Embedding
+  + nn.LSTM + nn.Linear vs the one-hot step of mid; the target compares numbarnn's two input paths per token.
 - timing: before each sample a gc.collect() and an idle gap of {gap:g} s (so the previous library's spinning
   BLAS/OpenMP worker threads park and do not steal a core); a sample repeats the call until it has lasted
   {min_sample:g} s and records the time per call (sub-millisecond course steps would otherwise be timer noise).
@@ -899,7 +1057,8 @@ def main(argv=None):
     log("measuring the matmul peak")
     ctx["peak"] = matmul_peak(1024, 10 if not args.quick else 3)
     functions = {"course": case_course, "mid": case_mid, "large": case_large, "generate": case_generate,
-                 "plugin": case_plugin, "start-up": case_startup, "memory": case_memory, "scaling": case_scaling}
+                 "plugin": case_plugin, "digits": case_digits, "bilstm": case_bilstm,
+                 "embedding": case_embedding, "start-up": case_startup, "memory": case_memory, "scaling": case_scaling}
     size_key = {"start-up": "startup"}
     rows, loads = [], [load_before[0]]
     for case in cases:
