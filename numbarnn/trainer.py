@@ -185,7 +185,7 @@ class Trainer:
         moved.fit_state = dict(self.fit_state)
         moved.fit_state["best_params"] = moved.backend.snapshot_to_device(
             None if self.fit_state["best_params"] is None else self.backend.snapshot_to_host(self.fit_state["best_params"]))
-        for attr in ("cell_spec", "loss_spec", "optimizer_spec", "sampler_spec", "checkpoint_meta"):
+        for attr in ("cell_spec", "loss_spec", "optimizer_spec", "sampler_spec", "checkpoint_meta", "schedule"):
             if hasattr(self, attr):
                 setattr(moved, attr, getattr(self, attr))
         return moved

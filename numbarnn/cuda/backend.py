@@ -11,7 +11,7 @@ gradient norm, which the trainer checks before it asks for the update).
 On the device: the built-in cells (and any plugin cell with a CUDA pair, see
 :mod:`numbarnn.cuda.cells`), the losses ``softmax_cross_entropy`` and ``mse``, the
 optimizers whose class names a ``cuda_update`` (``sgd``, ``momentum``, ``adagrad``,
-``rmsprop``, ``adam``), clipping by value or norm, and generation with the samplers whose
+``rmsprop``, ``adam``, ``adamw``), clipping by value or norm, and generation with the samplers whose
 class declares a ``generation_mode`` (``categorical``, ``greedy``, ``temperature``,
 ``top_k``, ``top_p``). Beam search and plugin samplers run in the trainer on a host copy
 of the model (the same results). Plugin losses and optimizers are a clear

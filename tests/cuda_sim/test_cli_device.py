@@ -54,3 +54,10 @@ def test_resume_moves_a_run_cpu_to_cuda_to_cpu(tmp_path, mode, stream_text, caps
     assert [s for s, _ in b.history] == [s for s, _ in a.history]
     np.testing.assert_allclose([l for _, l in b.history], [l for _, l in a.history], rtol=1e-10)
     assert b.rng.random() == a.rng.random()  # the generator moved with the run
+
+
+def test_a_move_keeps_the_learning_rate_schedule():
+    trainer = numbarnn.make_trainer("rnn", vocab_size=4, hidden_size=2, dtype="float64", seed=0)
+    trainer.schedule = numbarnn.get_schedule("step").factory(step_size=2, gamma=0.5)
+    moved = trainer.to("cuda")
+    assert moved.schedule is trainer.schedule and moved.to("cpu").schedule is trainer.schedule
