@@ -13,8 +13,10 @@ for arrays held in memory (the classify and regress tasks).
 from __future__ import annotations
 
 import os
+import re
 import stat
 import unicodedata
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 from typing import Iterable, Optional
@@ -238,6 +240,176 @@ class Vocabulary:
         'cab\\n'
         """
         return "".join(self.chars[i] for i in indices)
+
+    kind = "chars"
+    """What a token is: ``"chars"`` here, ``"words"`` for :class:`WordVocabulary`."""
+
+    @property
+    def tokens(self) -> list:
+        """The tokens in index order (here the characters), as :attr:`WordVocabulary.tokens`."""
+        return self.chars
+
+    def join(self, prime: str, text: str) -> str:
+        """``text`` generated after ``prime``, written after it: characters simply follow.
+
+        >>> Vocabulary("abc").join("ab", "ca")
+        'abca'
+        """
+        return prime + text
+
+
+# ---- word vocabulary -------------------------------------------------------------------------------
+
+UNK = "<unk>"
+"""The word that stands for every word outside a :class:`WordVocabulary`."""
+MAX_WORD_VOCAB = 2**20
+"""The most tokens a :class:`WordVocabulary` holds (and a checkpoint may claim)."""
+MAX_WORD_CHARS = 100
+"""The longest token a :class:`WordVocabulary` keeps; longer ones are always ``<unk>``."""
+
+# One token each, tried in this order: <unk> itself, a newline, a number with inner
+# separators (3.14, 1,000, 10:30), an abbreviation (U.S., e.g.), a word with inner
+# apostrophes or hyphens (don't, well-known), a run of dots or hyphens (..., --), and any
+# other character that is neither a word character nor white space (one token each).
+_TOKEN = re.compile(r"<unk>|\n|\d+(?:[.,:]\d+)+|(?:[^\W\d_]\.){2,}|\w+(?:['\u2019-]\w+)*|\.{2,}|-{2,}|[^\w\s]")
+_CLOSING = set(".,;:!?)]}%\u2026\u201d\u2019\u00bb")  # no space before these (nor before "..." and the like)
+_OPENING = set("([{\u201c\u2018\u00ab\u00bf\u00a1$\u00a3\u20ac#@")  # no space after these
+_QUOTES = ("\"", "'")  # straight quotes: opening and closing alternate within a line
+
+
+def tokenize(text: str) -> list:
+    """Words, punctuation and newlines of ``text`` as a list of strings (see :data:`_TOKEN`):
+    white space other than the newline only separates tokens, and the text is put in NFC
+    first (so an accent typed as a combining mark stays with its letter).
+
+    >>> tokenize("\\"Don't,\\" she said -- it's 3.14 (U.S.)...\\nYes!")
+    ['"', "Don't", ',', '"', 'she', 'said', '--', "it's", '3.14', '(', 'U.S.', ')', '...', '\\n', 'Yes', '!']
+    """
+    return _TOKEN.findall(unicodedata.normalize("NFC", text))
+
+
+def detokenize(tokens: Iterable[str]) -> str:
+    """Tokens joined into text: a space between two tokens, except
+
+    * around a newline (lines keep no leading or trailing space);
+    * before closing punctuation (``. , ; : ! ? ) ] } %`` and ``…`` ``”`` ``’`` ``»``, and
+      runs such as ``...``);
+    * after an opening bracket, quote or sign (``( [ {`` ``“`` ``‘`` ``«`` ``¿`` ``¡`` ``$``
+      ``£`` ``€`` ``#`` ``@``);
+    * for straight quotes ``"`` and ``'``, which open and close in turn within a line: an
+      opening one gets no space after it, a closing one none before it.
+
+    So ``detokenize(tokenize(text)) == text`` for text written with single spaces in these
+    conventions; other spacing (tabs, double spaces, indentation) comes back as single
+    spaces, and a lone apostrophe after a word (the dogs' bones) is read as a quote.
+
+    >>> detokenize(['"', 'Hi', ',', '"', 'she', 'said', '(', 'twice', ')', '.', '\\n', 'Cost', ':', '$', '5'])
+    '"Hi," she said (twice).\\nCost: $5'
+    """
+    out, previous, open_quote = [], None, {}
+    for token in tokens:
+        if token == NEWLINE:
+            out.append(NEWLINE)
+            previous, open_quote = None, {}  # a new line: no space, quotes start over
+            continue
+        if token in _QUOTES:
+            open_quote[token] = not open_quote.get(token, False)
+            role = "open" if open_quote[token] else "close"
+        else:
+            role = "close" if token[0] in _CLOSING else "open" if token in _OPENING else "word"
+        if previous is not None and role != "close" and previous != "open":
+            out.append(" ")
+        out.append(token)
+        previous = role
+    return "".join(out)
+
+
+class WordVocabulary:
+    """Words <-> indices for word-level models: the same interface as :class:`Vocabulary`
+    (``encode``, ``decode``, ``len``, ``newline``, ``tokens``, ``join``), over the tokens of
+    :func:`tokenize`. It always holds ``<unk>``, which stands for every word outside it, and
+    the newline (stream mode keeps the text's lines). ``tokens`` is the list in index order.
+
+    >>> vocab = WordVocabulary.from_text("The cat sat. The dog sat.\\n")
+    >>> vocab.tokens
+    ['<unk>', '\\n', '.', 'The', 'sat', 'cat', 'dog']
+    >>> vocab.encode("The bird sat."), vocab.decode([3, 5, 4, 2, 1])
+    ([3, 0, 4, 2], 'The cat sat.\\n')
+    """
+
+    kind = "words"
+
+    def __init__(self, tokens: Iterable[str]):
+        tokens = list(tokens)
+        if len(tokens) > MAX_WORD_VOCAB:
+            raise DataError(f"a word vocabulary holds at most {MAX_WORD_VOCAB} tokens, got {len(tokens)}")
+        bad = [t for t in tokens if not isinstance(t, str) or len(t) > MAX_WORD_CHARS or tokenize(t) != [t]]
+        if bad:
+            raise DataError(f"a word vocabulary holds tokens as tokenize() makes them (at most {MAX_WORD_CHARS} "
+                            f"characters); got {repr(bad[0])[:60]}")
+        if len(set(tokens)) != len(tokens):
+            raise DataError("a word vocabulary holds each token once; "
+                            f"{next(t for t in tokens if tokens.count(t) > 1)!r} is there twice")
+        if UNK not in tokens or NEWLINE not in tokens:
+            raise DataError("a word vocabulary holds '<unk>' and the newline")
+        self.tokens = tokens
+        self.index = {t: i for i, t in enumerate(tokens)}
+        self.unk = self.index[UNK]
+
+    @classmethod
+    def from_text(cls, text: str, max_vocab: Optional[int] = None) -> "WordVocabulary":
+        """The vocabulary of ``text``: ``<unk>`` and the newline, then its other tokens from the
+        most frequent down (ties in code-point order), ``max_vocab`` tokens in all (None: every
+        token, up to :data:`MAX_WORD_VOCAB`). Tokens over :data:`MAX_WORD_CHARS` characters
+        are left out (they are ``<unk>``).
+
+        >>> WordVocabulary.from_text("b a b c a b", max_vocab=4).tokens
+        ['<unk>', '\\n', 'b', 'a']
+        """
+        if max_vocab is not None and not (isinstance(max_vocab, (int, np.integer)) and not isinstance(max_vocab, bool)
+                                          and 3 <= max_vocab <= MAX_WORD_VOCAB):
+            raise DataError(f"max_vocab must be an integer from 3 (<unk>, the newline and a word) to "
+                            f"{MAX_WORD_VOCAB}, got {max_vocab!r}")
+        counts = Counter(t for t in tokenize(text) if len(t) <= MAX_WORD_CHARS)
+        counts.pop(UNK, None)
+        counts.pop(NEWLINE, None)
+        ranked = sorted(counts, key=lambda t: (-counts[t], t))
+        room = (max_vocab if max_vocab is not None else MAX_WORD_VOCAB) - 2
+        if max_vocab is None and len(ranked) > room:
+            raise DataError(f"the text has {len(ranked)} distinct words, more than the {MAX_WORD_VOCAB} a word "
+                            "vocabulary holds; keep the most frequent with max_vocab (--max-vocab)")
+        return cls([UNK, NEWLINE] + ranked[:room])
+
+    def __len__(self):
+        return len(self.tokens)
+
+    @property
+    def newline(self) -> int:
+        """The newline's index."""
+        return self.index[NEWLINE]
+
+    def encode(self, text: str, what: str = "text") -> list:
+        """Indices of the tokens of ``text``; a word outside the vocabulary is ``<unk>``'s
+        index (``what`` names the text in messages, as :meth:`Vocabulary.encode`)."""
+        return [self.index.get(t, self.unk) for t in tokenize(text)]
+
+    def decode(self, indices: Iterable[int]) -> str:
+        """The text of a sequence of indices, joined by :func:`detokenize`."""
+        return detokenize(self.tokens[i] for i in indices)
+
+    def join(self, prime: str, text: str) -> str:
+        """``text`` generated after ``prime``, with a space between them where :func:`detokenize`
+        would put one.
+
+        >>> vocab = WordVocabulary.from_text("the cat sat .")
+        >>> vocab.join("The cat", "sat."), vocab.join("The cat", ", it sat"), vocab.join("", "sat")
+        ('The cat sat.', 'The cat, it sat', 'sat')
+        """
+        before, after = tokenize(prime), tokenize(text)
+        if not before or not after:
+            return prime + text
+        joined = detokenize(before[-1:] + after[:1])  # the two tokens, as detokenize spaces them
+        return prime + (" " if len(joined) > len(before[-1]) + len(after[0]) else "") + text
 
 
 # ---- splitting -----------------------------------------------------------------------------------
