@@ -12,7 +12,7 @@ import math
 from .backends import require_device
 from .checkpoint_file import (KINDS, MODEL_FIELDS, CheckpointError, _check_sizes, _short, expected_param_shapes,
                               read_checkpoint, save_checkpoint)
-from .data import Vocabulary
+from .data import Vocabulary, WordVocabulary
 from .optimizers import CLIP_MODES
 from .plugins import get_registry
 from .registry import UnknownNameError
@@ -62,7 +62,9 @@ def load_checkpoint(path, batches=None, device=None):
     if cfg["clip_mode"] not in CLIP_MODES:
         raise CheckpointError(f"{path}: corrupt checkpoint metadata: config.clip_mode should be one of "
                               f"{CLIP_MODES}; got {_short(repr(cfg['clip_mode']))}")
-    vocab = Vocabulary(meta["vocab"]) if meta.get("vocab") is not None else None
+    # The vocabulary's fields were checked by read_checkpoint; a word model's is a list of tokens.
+    kind = WordVocabulary if meta.get("tokens") == "words" else Vocabulary
+    vocab = kind(meta["vocab"]) if meta.get("vocab") is not None else None
     try:
         trainer = make_trainer(cell=cfg["cell"], loss=cfg["loss"], optimizer=cfg["optimizer"], sampler=cfg["sampler"],
                                vocab_size=None if vocab is not None else cfg["vocab_size"], vocab=vocab,

@@ -90,6 +90,22 @@ def _jsonable(value):
     return value
 
 
+def vocab_record(vocab) -> dict:
+    """The metadata's ``vocab`` (and ``tokens``) for a vocabulary: a character vocabulary as one
+    string of its sorted characters (as always), a word vocabulary as its list of tokens in
+    index order with ``tokens: "words"``.
+
+    >>> from numbarnn.data import Vocabulary, WordVocabulary
+    >>> vocab_record(Vocabulary("ba")), vocab_record(WordVocabulary.from_text("hi"))
+    ({'vocab': '\\nab'}, {'vocab': ['<unk>', '\\n', 'hi'], 'tokens': 'words'})
+    """
+    if vocab is None:
+        return {"vocab": None}
+    if vocab.kind == "words":
+        return {"vocab": list(vocab.tokens), "tokens": "words"}
+    return {"vocab": "".join(vocab.chars)}
+
+
 def save_checkpoint(trainer, path, batches=None) -> Path:
     """Write ``trainer`` (and the data position of ``batches``) to ``path`` atomically; returns the path.
 
@@ -125,7 +141,7 @@ def save_checkpoint(trainer, path, batches=None) -> Path:
         "format": FORMAT, "format_version": FORMAT_VERSION, "numbarnn_version": __version__,
         "components": {kind: _component(kind, trainer.config[kind]) for kind in KINDS},
         "config": dict(trainer.config, device=trainer.device),
-        "vocab": None if trainer.vocab is None else "".join(trainer.vocab.chars),
+        **vocab_record(trainer.vocab),
         "optimizer": optimizer_numbers,
         "rng": trainer.rng.bit_generator.state,
         "step": trainer.step,
@@ -357,11 +373,8 @@ def _check_meta(path, meta) -> None:
     if cfg.get("device", "cpu") not in ("cpu", "cuda"):  # absent from older checkpoints: the CPU
         raise CheckpointError(f"{path}: corrupt checkpoint metadata: config.device should be 'cpu' or 'cuda'; "
                               f"got {_short(repr(cfg['device']))}")
-    vocab = _field(path, meta, "vocab", "str", "vocab", optional=True)
-    if vocab is not None and (vocab != "".join(sorted(set(vocab) | {"\n"})) or len(vocab) != cfg["vocab_size"]):
-        raise CheckpointError(f"{path}: corrupt checkpoint metadata: vocab should be config.vocab_size "
-                              f"({cfg['vocab_size']}) distinct sorted characters with the newline; got "
-                              f"{_short(repr(vocab))}")
+    _check_vocab(path, meta, cfg)
+    _field(path, cfg, "max_vocab", "int", "config.max_vocab", optional=True, low=3)  # numbarnn train --max-vocab
     _field(path, meta, "optimizer", "dict", "optimizer")
     _field(path, meta, "rng", "dict", "rng")
     _field(path, meta, "step", "int", "step", low=0)
@@ -391,6 +404,40 @@ def _check_meta(path, meta) -> None:
         _field(path, fit, "val_loss", "number", "fit.val_loss", optional=True)
         _field(path, fit, "evals_since_best", "int", "fit.evals_since_best", low=0)
         _field(path, fit, "best_params", "bool", "fit.best_params")
+
+
+def _check_vocab(path, meta, cfg) -> None:
+    """``vocab`` and ``tokens``: a string of sorted distinct characters (``tokens`` absent or
+    "chars"), or for ``tokens: "words"`` a list of distinct tokens, its length checked against
+    the cap before any entry is looked at."""
+    from .data import MAX_WORD_CHARS, MAX_WORD_VOCAB, UNK, tokenize
+
+    tokens = meta.get("tokens", "chars")
+    if tokens not in ("chars", "words"):
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata: tokens should be 'chars' or 'words'; got "
+                              f"{_short(repr(tokens))}")
+    if tokens == "chars":
+        vocab = _field(path, meta, "vocab", "str", "vocab", optional=True)
+        if vocab is not None and (vocab != "".join(sorted(set(vocab) | {"\n"})) or len(vocab) != cfg["vocab_size"]):
+            raise CheckpointError(f"{path}: corrupt checkpoint metadata: vocab should be config.vocab_size "
+                                  f"({cfg['vocab_size']}) distinct sorted characters with the newline; got "
+                                  f"{_short(repr(vocab))}")
+        return
+    vocab = _field(path, meta, "vocab", "list", "vocab (of a word model)")
+    if len(vocab) > MAX_WORD_VOCAB or len(vocab) != cfg["vocab_size"]:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata: a word model's vocab should list "
+                              f"config.vocab_size ({cfg['vocab_size']}) tokens, at most {MAX_WORD_VOCAB}; it lists "
+                              f"{len(vocab)}")
+    for i, token in enumerate(vocab):
+        if not (isinstance(token, str) and 0 < len(token) <= MAX_WORD_CHARS and tokenize(token) == [token]):
+            raise CheckpointError(f"{path}: corrupt checkpoint metadata: vocab[{i}] should be one token (a string "
+                                  f"of 1 to {MAX_WORD_CHARS} characters that tokenizes to itself); got "
+                                  f"{_short(repr(token))}")
+    if len(set(vocab)) != len(vocab):
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata: a word model's vocab lists a token twice")
+    if UNK not in vocab or "\n" not in vocab:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata: a word model's vocab should hold {UNK!r} and "
+                              "the newline")
 
 
 def _check_model_fields(path, cfg) -> None:

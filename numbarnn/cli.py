@@ -305,7 +305,8 @@ _FRACTION = (lambda v: 0 <= v < 1, "must be a fraction in [0, 1)")  # NaN fails 
 _TRAIN_CHECKS = {"hidden": _COUNT, "layers": _COUNT, "batch": _COUNT, "seq_length": _COUNT, "steps": _COUNT,
                  "threads": _COUNT, "eval_every": _COUNT, "epochs": _POSITIVE, "lr": _POSITIVE, "clip": _NONNEGATIVE,
                  "dropout": _FRACTION, "validation": _FRACTION, "seed": _COUNT0, "patience": _COUNT0,
-                 "sample_every": _COUNT0, "checkpoint_every": _COUNT}
+                 "sample_every": _COUNT0, "checkpoint_every": _COUNT, "embedding": _COUNT,
+                 "max_vocab": (lambda v: 3 <= v <= 2**20, "must be from 3 (<unk>, the newline and a word) to 1048576")}
 _SAMPLE_CHECKS = {"n": _COUNT, "length": _COUNT, "top_k": _COUNT, "beam_width": _COUNT, "seed": _COUNT0,
                   "temperature": _POSITIVE,
                   "top_p": (lambda v: 0 < v <= 1, "must be a probability in (0, 1]")}
@@ -361,20 +362,28 @@ def _memory_problem(what: str, needed: int) -> Optional[str]:
             "available")
 
 
-def train_memory(cell, vocab_size: int, hidden: int, layers: int, batch: int, steps: int, itemsize: int) -> int:
+def train_memory(cell, vocab_size: int, hidden: int, layers: int, batch: int, steps: int, itemsize: int,
+                 embedding: Optional[int] = None) -> int:
     """Estimated bytes to train: the weights six times over (weights, gradients, two optimizer
     slots, ``fit``'s copies of the last good and the best weights) plus one step's buffers for
-    ``batch`` sequences of ``steps`` characters.
+    ``batch`` sequences of ``steps`` tokens. With an ``embedding`` E, the first layer reads E
+    columns instead of ``vocab_size`` and the (V, E) table and its outputs are added.
 
     >>> from numbarnn.cells import LSTM
     >>> train_memory(LSTM, vocab_size=27, hidden=128, layers=1, batch=32, steps=27, itemsize=4) < 2**24
     True
     >>> train_memory(LSTM, vocab_size=27, hidden=10**6, layers=1, batch=32, steps=27, itemsize=4) > 2**40
     True
+    >>> train_memory(LSTM, vocab_size=10**7, hidden=8, layers=1, batch=1, steps=1, itemsize=4, embedding=10**3) > 2**37
+    True
     """
     G, S, C, V, H, T, B = cell.gates, cell.states, cell.cache_width, vocab_size, hidden, steps, batch
-    weights = G * H * (V + H + 2) + (layers - 1) * G * H * (2 * H + 2) + V * H + V
+    X = V if embedding is None else embedding  # the first layer's input width
+    weights = G * H * (X + H + 2) + (layers - 1) * G * H * (2 * H + 2) + V * H + V
     step = layers * (T * B * H * (3 * G + C + 1) + S * (T + 1) * B * H) + 3 * T * B * V
+    if embedding is not None:
+        weights += V * embedding
+        step += 2 * T * B * embedding  # the embedded inputs and their gradient
     return itemsize * (6 * weights + step)
 
 
@@ -466,7 +475,9 @@ _RESUMED = {"cell": lambda c: c.get("cell"), "hidden": lambda c: c.get("hidden_s
             "lr": lambda c: (c.get("optimizer_options") or {}).get("lr"),
             "clip": lambda c: c.get("clip") or 0.0,  # None (clipping off) is what --clip 0 gives
             "clip_mode": lambda c: c.get("clip_mode"), "seed": lambda c: c.get("seed"),
-            "mode": lambda c: c.get("mode")}
+            "mode": lambda c: c.get("mode"), "embedding": lambda c: c.get("embedding"),
+            "tokens": lambda c: c.get("tokens", "chars"),  # the checkpoint's meta["tokens"], put in by run_train
+            "max_vocab": lambda c: c.get("max_vocab")}
 
 
 def parse_schedule(text: str):
@@ -546,7 +557,8 @@ def resume_conflicts(args, config: dict) -> List[str]:
     conflicts = []
     for name, saved in _RESUMED.items():
         given, value = getattr(args, name), saved(config)
-        if given is not None and given != value and not (name == "mode" and value is None):  # None: not recorded
+        # None: not recorded (older checkpoints; max_vocab of a model not made by numbarnn train)
+        if given is not None and given != value and not (name in ("mode", "max_vocab") and value is None):
             conflicts.append(f"{_flag(name)} {given}")
     return conflicts
 
@@ -578,16 +590,25 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     """
     parser = subparsers.add_parser(
         "train", help="train a character-level language model and save a checkpoint",
-        description="Train a character-level language model. With no FILE it trains on the shipped "
-                    "dinosaur names (names mode); FILE may be any UTF-8 text file, or 'pydoc' for the "
-                    "standard library's documentation text (stream mode). Every value is checked before "
-                    "training starts; with --resume the model options come from the checkpoint.")
+        description="Train a character-level language model (or a word-level one, --tokens words). With no "
+                    "FILE it trains on the shipped dinosaur names (names mode); FILE may be any UTF-8 text file, "
+                    "or 'pydoc' for the standard library's documentation text (stream mode). Every value is "
+                    "checked before training starts; with --resume the model options come from the checkpoint.")
     parser.add_argument("file", nargs="?", metavar="FILE",
                         help="UTF-8 text file, 'dinosaurs' (default) or 'pydoc'; with --resume, the text the "
                              "checkpoint records")
     parser.add_argument("--mode", choices=("names", "stream"),
                         help="names: one sequence per line; stream: long text in --seq-length chunks "
                              "(default: names for short lines, else stream)")
+    parser.add_argument("--tokens", choices=("chars", "words"),
+                        help="what the model reads and writes: characters, or words and punctuation (a word "
+                             "vocabulary, stream mode; see docs/training.md) (default: chars)")
+    parser.add_argument("--max-vocab", type=int, metavar="N",
+                        help="with --tokens words: keep the N most frequent tokens, <unk> and the newline among "
+                             "them; the rest become <unk> (default: 10000)")
+    parser.add_argument("--embedding", type=int, metavar="E",
+                        help="learn an E-wide embedding of the input tokens instead of reading them one-hot "
+                             "(default: none)")
     parser.add_argument("--cell", help="registered cell (default: lstm; see `numbarnn list cells`)")
     parser.add_argument("--loss", help="registered loss over class indices (default: softmax_cross_entropy)")
     parser.add_argument("--optimizer", help="registered optimizer (default: adam)")
@@ -596,7 +617,7 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--layers", type=int, help="stacked recurrent layers (default: 1)")
     parser.add_argument("--dropout", type=float, help="dropout between layers, in [0, 1) (default: 0)")
     parser.add_argument("--batch", type=int, help="names (or parallel streams) per step (default: 32)")
-    parser.add_argument("--seq-length", type=int, help="characters per chunk in stream mode (default: 64)")
+    parser.add_argument("--seq-length", type=int, help="tokens per chunk in stream mode (default: 64)")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="training steps (default: 1000 names, 2000 stream)")
     length.add_argument("--epochs", type=float, help="passes over the training data")
@@ -663,6 +684,7 @@ def run_train(args) -> int:
     """
     from . import data as D
     from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+    from .checkpoint_file import vocab_record
     from .cuda import CudaUnavailableError, UnsupportedOnCuda
     from .plugins import get_cell, get_loss, get_registry
     from .registry import UnknownNameError
@@ -693,7 +715,7 @@ def run_train(args) -> int:
             meta = read_checkpoint(args.resume)[0]
         except CheckpointError as error:
             return _usage_error(parser, str(error))
-        saved = meta["config"]
+        saved = dict(meta["config"], tokens=meta.get("tokens", "chars"))  # tokens: for resume_conflicts
         saved_vocab = meta.get("vocab")
     # The data: FILE, else what the resumed checkpoint records, else the shipped names.
     recorded = saved.get("data_source") if isinstance(saved.get("data_source"), str) else None
@@ -713,8 +735,15 @@ def run_train(args) -> int:
                                         f"the checkpoint {args.resume}, whose model is resumed as saved; leave "
                                         f"{'it' if len(conflicts) == 1 else 'them'} out, or train a new model "
                                         "without --resume")
+    tokens = args.tokens or saved.get("tokens") or "chars"
+    max_vocab = (args.max_vocab or saved.get("max_vocab") or 10000) if tokens == "words" else None
+    if tokens == "chars" and args.max_vocab is not None:
+        return _usage_error(parser, "--max-vocab is for word models: add --tokens words")
+    if tokens == "words" and (args.mode or saved.get("mode")) == "names":
+        return _usage_error(parser, "--tokens words trains in stream mode (the text's lines are kept as newline "
+                                    "tokens); leave out --mode names")
     try:
-        text, mode = D.load_corpus(file, args.mode or saved.get("mode"))
+        text, mode = D.load_corpus(file, "stream" if tokens == "words" else args.mode or saved.get("mode"))
     except D.DataError as error:
         where = f" (the text {args.resume} records it was trained on; name another copy as FILE)" if recorded and args.file is None else ""
         return _usage_error(parser, str(error) + where)
@@ -735,8 +764,11 @@ def run_train(args) -> int:
         from .runtime import set_threads
 
         _limits = set_threads(args.threads)  # noqa: F841 (kept alive while training)
-    vocab = D.Vocabulary.from_text(text)
-    if saved_vocab is not None and saved_vocab != "".join(vocab.chars):  # before the data position is loaded
+    try:
+        vocab = D.WordVocabulary.from_text(text, max_vocab) if tokens == "words" else D.Vocabulary.from_text(text)
+    except D.DataError as error:
+        return _usage_error(parser, str(error).replace("max_vocab (--max-vocab)", "--max-vocab"))
+    if saved_vocab is not None and saved_vocab != vocab_record(vocab)["vocab"]:  # before the data position is loaded
         return _usage_error(parser, _other_vocabulary(args.resume, data_name, args.file is None and recorded is None))
     if mode == "names":
         names = [line.strip() for line in text.splitlines() if line.strip()]
@@ -767,20 +799,21 @@ def run_train(args) -> int:
             return _usage_error(parser, str(error))
         sizing = ("hidden", "layers", "batch") + (("seq_length",) if mode == "stream" else ())
         needed = train_memory(cell_spec, len(vocab), option["hidden"], option["layers"],
-                              getattr(batches, "batch_size", batch), steps_long, np.dtype(option["dtype"]).itemsize)
+                              getattr(batches, "batch_size", batch), steps_long, np.dtype(option["dtype"]).itemsize,
+                              embedding=args.embedding)
         problem = _memory_problem(" ".join(f"{_flag(n)} {option[n]}" for n in sizing), needed)
         if problem:
             return _usage_error(parser, problem + f"; lower {' or '.join(map(_flag, sizing))}")
     try:
         if args.resume:
             trainer = load_checkpoint(args.resume, batches, device=args.device)  # None: where it was trained
-            if trainer.vocab is None or trainer.vocab.chars != vocab.chars:
+            if trainer.vocab is None or trainer.vocab.kind != vocab.kind or trainer.vocab.tokens != vocab.tokens:
                 return _usage_error(parser, _other_vocabulary(args.resume, data_name, args.file is None and recorded is None))
         else:
             trainer = make_trainer(cell=cell_spec, loss=option["loss"], optimizer=option["optimizer"],
                                    sampler=option["sampler"], vocab=vocab, hidden_size=option["hidden"],
                                    layers=option["layers"], dropout=option["dropout"], lr=option["lr"],
-                                   clip=option["clip"] or None, clip_mode=option["clip_mode"],
+                                   embedding=args.embedding, clip=option["clip"] or None, clip_mode=option["clip_mode"],
                                    dtype=option["dtype"], seed=seed, mode=mode, device=args.device or "cpu")
             if schedule_arg is not None:
                 schedule_options = schedule_arg[1]
@@ -796,6 +829,7 @@ def run_train(args) -> int:
                                      else os.path.abspath(file))
     trainer.config["batch_size"] = int(batch)  # and how it was cut into batches, for --resume
     trainer.config["seq_length"] = int(seq_length) if mode == "stream" else None
+    trainer.config["max_vocab"] = max_vocab  # with the data, rebuilds the same word vocabulary on --resume
     if trainer.loss.targets_kind != "indices":
         usable = [n for n in get_registry().list("loss") if get_loss(n).targets_kind == "indices"]
         return _usage_error(parser, f"--loss {trainer.config['loss']} compares {trainer.loss.targets_kind} targets, "
@@ -803,7 +837,8 @@ def run_train(args) -> int:
                                     f"class indices ({', '.join(usable) or 'none is registered'})")
     print(printable(f"training a {trainer.config['layers']}-layer {trainer.config['cell']} "
                     f"({trainer.config['hidden_size']} hidden, {trainer.config['dtype']}) on {data_name} in {mode} "
-                    f"mode: {len(vocab)} characters, {batches.steps_per_epoch()} steps per epoch"))
+                    f"mode: {len(vocab)} {'words' if vocab.kind == 'words' else 'characters'}, {batches.steps_per_epoch()} "
+                    "steps per epoch"))
     summary = trainer.fit(batches, steps=steps, epochs=args.epochs if not args.steps else None,
                           validation=validation, eval_every=option["eval_every"], sample_every=args.sample_every,
                           patience=option["patience"] or None, progress=not args.no_progress, checkpoint=out,
@@ -849,10 +884,13 @@ def add_sample_command(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, default=10,
                         help="how many samples (default: %(default)s); with beam search the N best distinct "
                              "ones, at most --beam-width")
-    parser.add_argument("--length", type=int, help="characters per sample (default: 50 for names, 300 for text)")
+    parser.add_argument("--length", type=int,
+                        help="tokens per sample: characters, or words for a word model (default: 50 for names, "
+                             "300 for text)")
     parser.add_argument("--prime", default="",
-                        help="text to start from; lower-cased when the vocabulary has no upper-case letters "
-                             "(--prime TYR on the shipped names)")
+                        help="text to start from (words for a word model, those outside its vocabulary read as "
+                             "<unk>); lower-cased when the vocabulary has no upper-case letters (--prime TYR on the "
+                             "shipped names)")
     parser.add_argument("--sampler", help="registered sampler (default: the checkpoint's)")
     parser.add_argument("--temperature", type=float, help="above 0")
     parser.add_argument("--top-k", type=int, help="at least 1")
@@ -915,7 +953,7 @@ def run_sample(args) -> int:
         if width is not None:  # the n best distinct sequences, best first
             best = trainer.generate(prime, length, sampler=args.sampler, temperature=args.temperature, top_k=args.top_k,
                                     top_p=args.top_p, beam_width=args.beam_width, n_best=args.n)
-            texts = [prime + (text.rstrip("\n") if names else text) for text in best]
+            texts = [trainer.vocab.join(prime, text.rstrip("\n") if names else text) for text in best]
         else:
             texts = trainer.sample_texts(args.n, seed=args.seed, length=length, prime=prime, sampler=args.sampler,
                                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -946,7 +984,7 @@ def _beam_width(trainer, args) -> Optional[int]:
 
 
 def _has_upper_case(vocab) -> bool:
-    return any(char.isupper() for char in vocab.chars)
+    return any(char.isupper() for token in vocab.tokens for char in token)
 
 
 def shown_name(text: str, vocab) -> str:

@@ -576,7 +576,8 @@ class StreamBatches:
         data = np.array(vocab.encode(text, what="the training text"), dtype=np.int64)
         per_stream = (len(data) - 1) // batch_size
         if per_stream < 2:
-            raise DataError(f"the text ({len(data)} characters) is too short for {batch_size} streams")
+            raise DataError(f"the text ({len(data)} {'words' if vocab.kind == 'words' else 'characters'}) is too "
+                            f"short for {batch_size} streams")
         self.seq_length = max(1, min(seq_length, per_stream - 1))
         self.inputs = data[:per_stream * batch_size].reshape(batch_size, per_stream)
         self.targets = data[1:per_stream * batch_size + 1].reshape(batch_size, per_stream)

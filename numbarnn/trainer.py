@@ -583,7 +583,7 @@ class Trainer:
         out = []
         for _ in range(n):
             text = self.generate(prime, length, seed=int(rng.integers(2**31)), **sampler_kwargs)
-            out.append(prime + (text.rstrip("\n") if names else text))
+            out.append(self.vocab.join(prime, text.rstrip("\n") if names else text))  # words: spaced
         return out
 
     def validation_loss(self, validation) -> float:
