@@ -95,7 +95,7 @@ class FitState:
         self.smoothed_loss = trainer.config.get("smoothed_loss")
         last_val = trainer.fit_state["val_loss"]
         self.summary = {"stopped": "done", "reason": f"ran {steps} steps", "val_loss": last_val,
-                        "val_perplexity": None if last_val is None else math.exp(min(last_val, 700))}
+                        "val_perplexity": perplexity(trainer, last_val)}
         self.stopping, self.error = False, None
         self.last_validation = None
         self.bar, self.write, self.note = None, print_fn, _note_writer(None)
@@ -302,8 +302,17 @@ class Samples(Callback):
             state.write(line)
 
 
+def perplexity(trainer, loss):
+    """exp(loss per token) for a language model (None without a loss, and for the classify
+    and regress tasks, whose loss per sequence or per step has no perplexity)."""
+    if loss is None or getattr(trainer.model, "task", "lm") != "lm":
+        return None
+    return math.exp(min(loss, 700))
+
+
 class Validation(Callback):
-    """Every ``every`` steps, the loss per token and perplexity on ``batches`` (a list of
+    """Every ``every`` steps, the loss per token and perplexity on ``batches`` (per sequence
+    for ``task="classify"``, per step for ``"regress"``, without a perplexity; a list of
     ``(inputs, targets, mask, carry)``), printed and put in the summary; with ``patience``,
     early stopping: after ``patience`` evaluations without improvement it puts back the best
     weights and stops with ``"early-stop"``. Its state is ``trainer.fit_state`` (best loss,
@@ -319,10 +328,11 @@ class Validation(Callback):
             return
         with state.phase("validation"):
             val = trainer.validation_loss(self.batches)
-        summary.update(val_loss=val, val_perplexity=math.exp(min(val, 700)))
+        summary.update(val_loss=val, val_perplexity=perplexity(trainer, val))
         state.last_validation = (trainer.step, val)
-        state.write(f"-- step {trainer.step}: validation loss {val:.4f} per token, perplexity "
-                    f"{summary['val_perplexity']:.2f}")
+        unit = {"lm": "token", "classify": "sequence"}.get(getattr(trainer.model, "task", "lm"), "step")
+        state.write(f"-- step {trainer.step}: validation loss {val:.4f} per {unit}"
+                    + ("" if summary["val_perplexity"] is None else f", perplexity {summary['val_perplexity']:.2f}"))
         early = trainer.fit_state
         early["val_loss"] = val
         if val < early["best_val_loss"] - 1e-6:
@@ -335,7 +345,7 @@ class Validation(Callback):
                 trainer.restore_params(early["best_params"])
             # The weights are the best ones again; a later fit starts a new patience window.
             early.update(val_loss=best, evals_since_best=0)
-            summary.update(val_loss=best, val_perplexity=math.exp(min(best, 700)))
+            summary.update(val_loss=best, val_perplexity=perplexity(trainer, best))
             state.stop(f"early stop at step {trainer.step}: no validation improvement in {self.patience} "
                        f"evaluations; kept the best weights (validation loss {best:.4f})", "early-stop")
 

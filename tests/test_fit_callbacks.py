@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import numbarnn
 from numbarnn import cli
 from numbarnn import data as D
 from numbarnn import trainer as T
@@ -256,3 +257,15 @@ def test_the_training_page_runs(tmp_path, monkeypatch):
     assert [b.kind for b in runner.blocks(docs / "training.md")].count("run") >= 1
     namespace = runner.run(docs / "training.md", tmp_path, quick=True)
     assert namespace["summary"]["stopped"] == "target"
+
+
+def test_validation_speaks_of_sequences_for_a_classifier_and_gives_no_perplexity(capsys):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(24, 5, 3)), rng.integers(0, 2, size=24)
+    trainer = numbarnn.make_trainer("rnn", task="classify", input_size=3, num_classes=2, hidden_size=4, seed=0)
+    batches = numbarnn.data.ArrayBatches(X[:16], y[:16], 8, seed=0)
+    summary = trainer.fit(batches, steps=2, validation=numbarnn.data.ArrayBatches(X[16:], y[16:], 8),
+                          eval_every=2, sample_every=0, progress=False)
+    out = capsys.readouterr().out
+    assert "-- step 2: validation loss" in out and "per sequence" in out and "perplexity" not in out
+    assert summary["val_loss"] is not None and summary["val_perplexity"] is None
