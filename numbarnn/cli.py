@@ -589,7 +589,7 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     (True, 'numbarnn train')
     """
     parser = subparsers.add_parser(
-        "train", help="train a character-level language model and save a checkpoint",
+        "train", help="train a character- or word-level language model and save a checkpoint",
         description="Train a character-level language model (or a word-level one, --tokens words). With no "
                     "FILE it trains on the shipped dinosaur names (names mode); FILE may be any UTF-8 text file, "
                     "or 'pydoc' for the standard library's documentation text (stream mode). Every value is "
