@@ -285,7 +285,12 @@ def tokenize(text: str) -> list:
     >>> tokenize("\\"Don't,\\" she said -- it's 3.14 (U.S.)...\\nYes!")
     ['"', "Don't", ',', '"', 'she', 'said', '--', "it's", '3.14', '(', 'U.S.', ')', '...', '\\n', 'Yes', '!']
     """
-    return _TOKEN.findall(unicodedata.normalize("NFC", text))
+    return list(_tokens(text))
+
+
+def _tokens(text: str):
+    """:func:`tokenize` one token at a time (a long text's tokens are never all held at once)."""
+    return (match.group() for match in _TOKEN.finditer(unicodedata.normalize("NFC", text)))
 
 
 def detokenize(tokens: Iterable[str]) -> str:
@@ -370,7 +375,7 @@ class WordVocabulary:
                                           and 3 <= max_vocab <= MAX_WORD_VOCAB):
             raise DataError(f"max_vocab must be an integer from 3 (<unk>, the newline and a word) to "
                             f"{MAX_WORD_VOCAB}, got {max_vocab!r}")
-        counts = Counter(t for t in tokenize(text) if len(t) <= MAX_WORD_CHARS)
+        counts = Counter(t for t in _tokens(text) if len(t) <= MAX_WORD_CHARS)
         counts.pop(UNK, None)
         counts.pop(NEWLINE, None)
         ranked = sorted(counts, key=lambda t: (-counts[t], t))
@@ -391,7 +396,7 @@ class WordVocabulary:
     def encode(self, text: str, what: str = "text") -> list:
         """Indices of the tokens of ``text``; a word outside the vocabulary is ``<unk>``'s
         index (``what`` names the text in messages, as :meth:`Vocabulary.encode`)."""
-        return [self.index.get(t, self.unk) for t in tokenize(text)]
+        return [self.index.get(t, self.unk) for t in _tokens(text)]
 
     def decode(self, indices: Iterable[int]) -> str:
         """The text of a sequence of indices, joined by :func:`detokenize`."""
