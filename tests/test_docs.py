@@ -79,7 +79,10 @@ def isolated(monkeypatch):
 
 def _needs(page):
     code = "".join(b.code for b in runner.blocks(page) if b.kind == "run")
-    return [m for m in ("matplotlib", "torch") if f"import {m}" in code]
+    needs = [m for m in ("matplotlib", "torch") if f"import {m}" in code]
+    if "datasets." in code:  # numbarnn.datasets reads data shipped in these (the [datasets] extra)
+        needs += ["sklearn", "statsmodels"]
+    return needs
 
 
 def _png_size(path):
