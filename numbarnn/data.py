@@ -484,6 +484,27 @@ def _saved_count(state: dict, key: str) -> int:
     return int(value)
 
 
+def _load_shuffled_position(batches, state: dict, n: int, what: str) -> None:
+    """Set ``batches``' epoch, position, order and generator from ``state`` (a ``state_dict``
+    of a source of ``n`` shuffled items, ``what`` naming them); everything is checked first,
+    so a state that does not fit is a :class:`DataError` and changes nothing."""
+    epoch, position, order = _saved_count(state, "epoch"), _saved_count(state, "position"), state.get("order")
+    if not (isinstance(order, list) and all(_is_count(i) for i in order) and sorted(order) == list(range(n))):
+        shown = repr(order) if len(repr(order)) <= 60 else repr(order)[:57] + "..."
+        raise DataError(f"the saved data position does not fit these {n} {what}: its order should be a "
+                        f"permutation of 0..{n - 1}, got {shown}")
+    if position > n:
+        raise DataError(f"the saved data position does not fit these {n} {what}: position {position} > {n}")
+    rng = np.random.default_rng()
+    try:  # on a scratch generator first, so a bad state changes nothing
+        rng.bit_generator.state = state.get("rng")
+    except (ValueError, TypeError, KeyError, OverflowError) as error:
+        raise DataError(f"the saved data position has a corrupt random state ({error})") from None
+    batches.epoch, batches.position = epoch, position
+    batches.order = np.array(order, dtype=np.int64)
+    batches.rng.bit_generator.state = rng.bit_generator.state
+
+
 class NamesBatches:
     """Shuffled batches of padded names; an epoch is one pass over all names.
 
@@ -543,22 +564,7 @@ class NamesBatches:
         ...
         numbarnn.data.DataError: the saved data position does not fit these 3 names: its order should be a permutation of 0..2, got [0, 1, 5]
         """
-        n = len(self.encoded)
-        epoch, position, order = _saved_count(state, "epoch"), _saved_count(state, "position"), state.get("order")
-        if not (isinstance(order, list) and all(_is_count(i) for i in order) and sorted(order) == list(range(n))):
-            shown = repr(order) if len(repr(order)) <= 60 else repr(order)[:57] + "..."
-            raise DataError(f"the saved data position does not fit these {n} names: its order should be a "
-                            f"permutation of 0..{n - 1}, got {shown}")
-        if position > n:
-            raise DataError(f"the saved data position does not fit these {n} names: position {position} > {n}")
-        rng = np.random.default_rng()
-        try:  # on a scratch generator first, so a bad state changes nothing
-            rng.bit_generator.state = state.get("rng")
-        except (ValueError, TypeError, KeyError, OverflowError) as error:
-            raise DataError(f"the saved data position has a corrupt random state ({error})") from None
-        self.epoch, self.position = epoch, position
-        self.order = np.array(order, dtype=np.int64)
-        self.rng.bit_generator.state = rng.bit_generator.state
+        _load_shuffled_position(self, state, len(self.encoded), "names")
 
 
 class StreamBatches:
@@ -695,18 +701,4 @@ class ArrayBatches:
     def load_state_dict(self, state: dict):
         """Continue exactly where :meth:`state_dict` was taken; a state that does not fit these
         rows is a :class:`DataError` and changes nothing."""
-        n = len(self.X)
-        epoch, position, order = _saved_count(state, "epoch"), _saved_count(state, "position"), state.get("order")
-        if not (isinstance(order, list) and all(_is_count(i) for i in order) and sorted(order) == list(range(n))):
-            raise DataError(f"the saved data position does not fit these {n} rows: its order should be a "
-                            f"permutation of 0..{n - 1}, got {repr(order)[:60]}")
-        if position > n:
-            raise DataError(f"the saved data position does not fit these {n} rows: position {position} > {n}")
-        rng = np.random.default_rng()
-        try:  # on a scratch generator first, so a bad state changes nothing
-            rng.bit_generator.state = state.get("rng")
-        except (ValueError, TypeError, KeyError, OverflowError) as error:
-            raise DataError(f"the saved data position has a corrupt random state ({error})") from None
-        self.epoch, self.position = epoch, position
-        self.order = np.array(order, dtype=np.int64)
-        self.rng.bit_generator.state = rng.bit_generator.state
+        _load_shuffled_position(self, state, len(self.X), "rows")
