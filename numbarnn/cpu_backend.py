@@ -37,7 +37,7 @@ from typing import Optional
 import numpy as np
 
 from . import losses as _builtin_losses
-from .kernels import loops
+from .kernels import embedding, loops
 from .kernels.loops import compile_state
 from .optimizers import clip_flat, clip_gradients
 from .samplers import generation_kernel_args
@@ -66,10 +66,11 @@ class CpuBackend:
         # the built-in softmax cross-entropy) trains through one compiled call per step.
         self._workspace = {}  # (T, B) -> the compiled step's buffers: views of _workspace_buffer
         self._workspace_buffer = None
+        # With an embedding table the step folds it into the input weights (see _input_weights).
         self.compiled_step = (type(model) is SequenceModel and len(model.layers) == 1 and model.index_input
                               and model.output_size is not None and model.task == "lm"
-                              and model.embedding_size is None
                               and loss.forward_backward is _builtin_losses.softmax_cross_entropy)
+        self._folded = None  # an embedding model's (W_x @ W_emb.T, its gradient), (G*H, V)
         # Element-wise optimizers update the model's one flat buffer in a single call.
         self.flat_optimizer = (getattr(optimizer, "elementwise", False)
                                and getattr(optimizer, "flat_size", None) == model.flat_params.size
@@ -133,11 +134,31 @@ class CpuBackend:
         for s in range(S):
             states[s, 0] = 0.0 if initial is None else initial[s]
         p, g = model.params, model._grad_views
+        W_in, dW_in = self._input_weights()
         loss = loops.loops_for(cell).language_model_step(
-            x.reshape(T * B), y, weights, dtype.type(1.0 / B), p["W_x"], p["b_x"], p["W_h"], p["b_h"], p["W_y"],
-            p["b_y"], *work, g["W_x"], g["W_h"], g["b_x"], g["b_h"], g["W_y"], g["b_y"])
+            x.reshape(T * B), y, weights, dtype.type(1.0 / B), W_in, p["b_x"], p["W_h"], p["b_h"], p["W_y"],
+            p["b_y"], *work, dW_in, g["W_h"], g["b_x"], g["b_h"], g["W_y"], g["b_y"])
+        if model.embedding_size is not None:  # the chain rule through W_in = W_x @ W_emb.T
+            embedding.unfold_input_gradient(dW_in, p["W_x"], p["W_emb"], g["W_x"], g["W_emb"])
         final = layer._pack_state([states[s, T].copy() for s in range(S)])
         return float(loss), final, B
+
+    def _input_weights(self):
+        """``(W_in, dW_in)``, the (G*H, V) input weights of the one-hot loops and where their
+        gradient goes. Without an embedding: ``W_x`` and its gradient. With one, the table
+        folded in: an index's row of the table times ``W_x`` is a column of
+        ``W_x @ W_emb.T``, so the fused step and the compiled generation run as for one-hot
+        inputs (the fold costs one (G*H, E, V) product per call)."""
+        model = self.model
+        p, g = model.params, model._grad_views
+        if model.embedding_size is None:
+            return p["W_x"], g["W_x"]
+        if self._folded is None:
+            shape = (p["W_x"].shape[0], model.vocab_rows)
+            self._folded = (np.empty(shape, model.dtype), np.empty(shape, model.dtype))
+        W_in, dW_in = self._folded
+        embedding.fold_input_weights(p["W_x"], p["W_emb"], W_in)
+        return W_in, dW_in
 
     def _step_workspace(self, T, B):
         """The buffers of one compiled step for a ``(T, B)`` batch.
@@ -174,7 +195,7 @@ class CpuBackend:
         inputs, a per-step head)."""
         model = self.model
         return (type(model) is SequenceModel and len(model.layers) == 1 and model.output_size is not None
-                and model.index_input and model.embedding_size is None and model.task == "lm")
+                and model.index_input and model.task == "lm")
 
     def generate(self, prime, length, kernel_args, uniforms, stop_index):
         """The whole generation in one compiled call, or None without a loop for this model.
@@ -190,7 +211,8 @@ class CpuBackend:
         out = np.empty(length, np.int64)
         p = model.params
         n, used = loops.loops_for(cell).generate(
-            np.asarray(prime, np.int64), length, p["W_x"], p["b_x"], p["W_h"], p["b_h"], p["W_y"], p["b_y"], mode,
+            np.asarray(prime, np.int64), length, self._input_weights()[0], p["b_x"], p["W_h"], p["b_h"], p["W_y"],
+            p["b_y"], mode,
             temperature, k, p_keep, uniforms, -2 if stop_index is None else int(stop_index), out,
             np.zeros((cell.states, 2, 1, H), dtype), np.empty((1, 1, cell.cache_width * H), dtype),
             np.empty((1, 1, cell.gates * H), dtype), np.empty((1, cell.gates * H), dtype),

@@ -271,7 +271,9 @@ def test_a_regression_mask_with_trailing_zeros_is_padding_for_the_reverse_direct
 
 def test_the_default_model_keeps_the_fused_step_and_the_new_ones_take_the_general_path():
     assert numbarnn.make_trainer("lstm", vocab_size=5, hidden_size=3).backend.compiled_step
-    for options in (dict(vocab_size=5, embedding=2), dict(task="classify", vocab_size=5, num_classes=2),
+    # an embedding language model takes the fused step too, its table folded into the input weights
+    assert numbarnn.make_trainer("lstm", vocab_size=5, embedding=2, hidden_size=3).backend.can_generate()
+    for options in (dict(task="classify", vocab_size=5, num_classes=2),
                     dict(task="regress", input_size=2, output_size=1)):
         trainer = numbarnn.make_trainer("lstm", hidden_size=3, **options)
         assert not trainer.backend.compiled_step and not trainer.backend.can_generate()
@@ -458,3 +460,29 @@ def test_hostile_model_fields_are_checkpoint_errors(tmp_path, change, message):
         np.savez(f, **arrays, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_an_embedding_language_model_fused_step_equals_the_general_path(cell, monkeypatch):
+    """The fused step folds the table into the input weights (W_x @ W_emb.T) and turns that
+    gradient back into W_x's and W_emb's: the same losses, weights and generated text as the
+    general path (embedding gather, the layer loops, the loss, scatter-add), to rounding."""
+    x = np.array([[0, 1, 2, 3, 4], [4, 3, -1, -1, -1]])
+    y = np.array([[1, 2, 3, 4, 0], [2, 1, 0, 0, 0]])
+    mask = (x >= 0).astype(float)
+    runs = []
+    for fused in (True, False):
+        trainer = numbarnn.make_trainer(cell, vocab_size=5, embedding=3, hidden_size=4, optimizer="adam", lr=0.05,
+                                        dtype="float64", seed=2)
+        assert trainer.backend.compiled_step
+        trainer.backend.compiled_step = fused
+        if not fused:
+            monkeypatch.setattr(trainer.backend, "generate", lambda *args: None)  # step the model instead
+        losses = [trainer.train_step(x, y, mask=mask) for _ in range(4)]
+        losses.append(trainer.train_step(x, y, state=trainer.state))
+        trainer.rng = np.random.default_rng(5)
+        text = trainer.generate(prime=[0, 1], length=12)
+        runs.append((losses, trainer.model.flat_params.copy(), text))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-12)
+    np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-10, atol=1e-13)
+    assert runs[0][2] == runs[1][2]

@@ -24,9 +24,11 @@ out2d, dout2d (N, E); one float dtype.
 >>> dW.tolist()
 [[1.0, 1.0], [0.0, 0.0], [2.0, 2.0]]
 """
+import numpy as np
+
 from ._jit import jit
 
-__all__ = ["embedding_forward", "embedding_backward"]
+__all__ = ["embedding_forward", "embedding_backward", "fold_input_weights", "unfold_input_gradient"]
 
 
 @jit
@@ -55,3 +57,36 @@ def embedding_backward(idx, dout2d, dW):
         if i >= 0:
             for e in range(E):
                 dW[i, e] += dout2d[n, e]
+
+
+@jit
+def fold_input_weights(W_x, W_emb, W_in):
+    """``W_in = W_x @ W_emb.T``: the input projection of a one-hot index through the table.
+
+    W_x (G*H, E), W_emb (V, E) -> W_in (G*H, V). Column v of ``W_in`` is what the layer's
+    input projection makes of row v of the table, so the one-hot loops run an embedding
+    model unchanged. (In numba, so the product runs on the BLAS the loops use: numpy's own
+    BLAS threads, spinning after a call, would steal the core the loops run on.)
+
+    >>> import numpy as np
+    >>> W_x, W_emb, W_in = np.ones((4, 2)), np.arange(6.0).reshape(3, 2), np.empty((4, 3))
+    >>> fold_input_weights(W_x, W_emb, W_in)
+    >>> W_in[0].tolist()
+    [1.0, 5.0, 9.0]
+    """
+    W_in[...] = np.dot(W_x, W_emb.T)
+
+
+@jit
+def unfold_input_gradient(dW_in, W_x, W_emb, dW_x, dW_emb):
+    """The chain rule through :func:`fold_input_weights`: ``dW_x = dW_in @ W_emb`` and
+    ``dW_emb = dW_in.T @ W_x``. dW_in (G*H, V); W_x, dW_x (G*H, E); W_emb, dW_emb (V, E).
+
+    >>> import numpy as np
+    >>> dW_x, dW_emb = np.empty((4, 2)), np.empty((3, 2))
+    >>> unfold_input_gradient(np.ones((4, 3)), np.ones((4, 2)), np.arange(6.0).reshape(3, 2), dW_x, dW_emb)
+    >>> dW_x[0].tolist(), dW_emb[0].tolist()
+    ([6.0, 9.0], [4.0, 4.0])
+    """
+    dW_x[...] = np.dot(dW_in, W_emb)
+    dW_emb[...] = np.dot(dW_in.T, W_x)
