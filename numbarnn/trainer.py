@@ -92,13 +92,20 @@ def make_model(cell="lstm", *, input_size: Optional[int] = None, vocab_size: Opt
     return model
 
 
+def _checked_mask(mask, T, B, dtype=np.float64) -> np.ndarray:
+    """``mask`` as a ``(B, T)`` array (a ``(T,)`` mask is one sequence's), else a ValueError
+    naming the shape given."""
+    array = np.asarray(mask, dtype=dtype)
+    array = array[None, :] if array.ndim == 1 else array
+    if array.shape != (B, T):
+        raise ValueError(f"mask has shape {np.shape(mask)}, expected {(B, T)} like the inputs")
+    return array
+
+
 def _lengths_from_mask(mask, T, B) -> np.ndarray:
     """A classification mask ``(B, T)`` (nonzero over each sequence's real steps, then zeros)
     as lengths ``(B,)``; a mask with a gap, or a sequence with no real step, is a ValueError."""
-    mask = np.asarray(mask)
-    mask = mask[None, :] if mask.ndim == 1 else mask
-    if mask.shape != (B, T):
-        raise ValueError(f"mask has shape {mask.shape}, expected {(B, T)} like the inputs")
+    mask = _checked_mask(mask, T, B, dtype=None)
     real = mask != 0
     lengths = real.sum(axis=1)
     gaps = (real != (np.arange(T)[None, :] < lengths[:, None])).any(axis=1) | (lengths == 0)
@@ -256,10 +263,7 @@ class Trainer:
             if mask is None:
                 mask = real
             else:
-                mask = np.asarray(mask, dtype=np.float64)
-                mask = mask[None, :] if mask.ndim == 1 else mask
-                if mask.shape != (B, T):
-                    raise ValueError(f"mask has shape {mask.shape}, expected {(B, T)} like the inputs")
+                mask = _checked_mask(mask, T, B)
                 mask = mask * real
         x, y, weights = self._prepare_steps(x, targets, mask)
         if task == "lm":
@@ -291,11 +295,7 @@ class Trainer:
         if mask is None:
             weights = None
         else:
-            weights = np.asarray(mask, dtype=np.float64)
-            weights = weights[None, :] if weights.ndim == 1 else weights
-            if weights.shape != (B, T):
-                raise ValueError(f"mask has shape {np.shape(mask)}, expected {(B, T)} like the inputs")
-            weights = np.ascontiguousarray(weights.T)
+            weights = np.ascontiguousarray(_checked_mask(mask, T, B).T)
         if self.loss.targets_kind == "indices":
             y = np.asarray(targets)
             y = y[None, :] if y.ndim == 1 else y
