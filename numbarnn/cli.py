@@ -11,7 +11,8 @@
 Each subcommand is added by one ``add_<name>_command(subparsers)`` function listed in
 :data:`COMMANDS`; it builds its subparser and sets ``func`` to a function
 ``run(args) -> int``. ``train`` and ``sample`` plug in the same way. Usage errors exit
-with code 2 (argparse), registry and plugin errors with 1.
+with code 2 (argparse), registry and plugin errors with 1; a closed stdout (``| head``) ends
+a command quietly with 141.
 """
 from __future__ import annotations
 
@@ -1055,7 +1056,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ...     status = main(["list", "widgets"])
     >>> status, "invalid choice: 'widgets'" in err.getvalue()
     (2, True)
+
+    When stdout is closed early (``numbarnn sample CKPT | head -n 2``) it stops there, without
+    a traceback, and returns :data:`EXIT_STDOUT_CLOSED`.
     """
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # output that fit in the buffer meets the closed pipe here, not at exit
+    except BrokenPipeError:
+        return _stdout_closed()
+    return status
+
+
+EXIT_STDOUT_CLOSED = 141
+"""The exit status when the reader of stdout went away (``| head``): 128 + SIGPIPE, the
+status a shell shows for a command that SIGPIPE ended."""
+
+
+def _stdout_closed() -> int:
+    """What Python's documentation advises for a closed stdout (its "Note on SIGPIPE"): point
+    stdout at devnull, so the interpreter's last flush at exit cannot fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (a test's StringIO): nothing to flush at exit
+        pass
+    return EXIT_STDOUT_CLOSED
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
