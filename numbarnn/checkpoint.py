@@ -27,7 +27,8 @@ def load_checkpoint(path, batches=None, device=None):
     If ``batches`` is given, its data position is restored too (resume is exact).
     ``device`` ("cpu" or "cuda") is where the trainer runs; None means the device it was
     saved from (a checkpoint from a GPU run on a machine without one is a clear error that
-    names ``device="cpu"`` as the way out). A run moves between devices exactly: weights,
+    names ``device="cpu"`` as the way out, raised as soon as the file is read, before a trainer
+    is built). A run moves between devices exactly: weights,
     optimizer state, random state, carried state, early stopping and the learning-rate
     schedule (``trainer.schedule``, None when the run had none) as saved.
 
@@ -39,6 +40,13 @@ def load_checkpoint(path, batches=None, device=None):
     True
     """
     meta, arrays = read_checkpoint(path)
+    # Where it will run, checked before anything is built (read_checkpoint checked config.device).
+    saved_on = meta["config"].get("device", "cpu")
+    target = saved_on if device is None else device
+    if target != "cpu":
+        why = (f"{path} was saved from a {saved_on.upper()} run; load it with device='cpu' (numbarnn.load(path, "
+               "device='cpu'), or --device cpu) to continue on the CPU. ") if device is None else ""
+        require_device(target, why=why)
     registry = get_registry()
     specs = {}
     for kind in KINDS:
@@ -114,12 +122,7 @@ def load_checkpoint(path, batches=None, device=None):
             raise CheckpointError(f"{path}: the saved data position does not fit this data: {error}") from None
     trainer.checkpoint_meta = meta
     schedule = _load_schedule(path, meta.get("schedule"), registry)
-    saved_on = cfg.get("device", "cpu")
-    target = saved_on if device is None else device
     if target != "cpu":
-        why = (f"{path} was saved from a {saved_on.upper()} run; load it with device='cpu' (numbarnn.load(path, "
-               "device='cpu'), or --device cpu) to continue on the CPU. ") if device is None else ""
-        require_device(target, why=why)
         trainer = trainer.to(target)
     trainer.schedule = schedule  # set last: a trainer moved to another device is a new object
     return trainer

@@ -354,3 +354,29 @@ def test_a_gpu_checkpoint_without_a_gpu_is_a_clear_error_and_device_cpu_loads_it
     assert loaded.device == "cpu" and loaded.step == 1 and "device" not in loaded.config
     np.testing.assert_array_equal(loaded.model.flat_params, trainer.model.flat_params)
     assert read_checkpoint(loaded.save(tmp_path / "cpu.ckpt"))[0]["config"]["device"] == "cpu"
+
+
+def test_a_missing_device_is_refused_before_the_trainer_is_built(tmp_path, monkeypatch, saved):
+    """load_checkpoint checks the device right after reading the file: asking for CUDA where
+    there is none fails fast, with the same error as before, and builds no trainer."""
+    from numbarnn.cuda import CudaUnavailableError
+    from numbarnn.trainer import Trainer
+
+    path = saved[0]
+    trainer = numbarnn.make_trainer("lstm", vocab_size=5, hidden_size=3, seed=0)
+    with monkeypatch.context() as patch:  # as a CUDA trainer records itself
+        patch.setattr(Trainer, "device", property(lambda self: "cuda"))
+        gpu_path = trainer.save(tmp_path / "gpu.ckpt")
+    monkeypatch.setattr("numbarnn.cuda.unavailable_reason", lambda: ("gpu", "device='cuda': no GPU here"))
+
+    def not_now(*args, **kwargs):
+        raise AssertionError("the trainer was built before the device was checked")
+
+    monkeypatch.setattr("numbarnn.checkpoint.make_trainer", not_now)
+    with pytest.raises(CudaUnavailableError, match="no GPU here") as error:
+        load_checkpoint(path, device="cuda")
+    assert error.value.missing == "gpu"
+    with pytest.raises(CudaUnavailableError, match="saved from a CUDA run.*device='cpu'.*no GPU here"):
+        load_checkpoint(gpu_path)
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda', got 'gpu'"):
+        load_checkpoint(path, device="gpu")
