@@ -938,10 +938,14 @@ def run_sample(args) -> int:
             return _usage_error(parser, f"{args.checkpoint} has no vocabulary to sample text with")
         names = trainer.config.get("mode") == "names"
         length = args.length or (50 if names else 300)
-        # Per character: a uniform draw, an index, a list entry and the text (its copy kept
-        # until printing), for every beam.
-        problem = _memory_problem(f"--length {length} --n {args.n}",
-                                  length * (28 * (args.beam_width or 1) + 4 * args.n))
+        # Per token, for every beam: a uniform draw, an index and a list entry (24 bytes); and
+        # its text, in every beam and every sample kept until printing: 4 bytes a character, a
+        # character model's token one, a word model's its vocabulary's mean length and a space.
+        words = trainer.vocab.kind == "words"
+        chars = 1 + sum(map(len, trainer.vocab.tokens)) / len(trainer.vocab) if words else 1
+        beams = args.beam_width or 1
+        problem = _memory_problem(f"--n {args.n} samples of --length {length} {'words' if words else 'characters'}",
+                                  int(length * (24 * beams + 4 * chars * (beams + args.n))))
         if problem:
             return _usage_error(parser, problem + "; lower --length")
         prime = fold_prime(args.prime, trainer.vocab)

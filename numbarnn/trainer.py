@@ -661,7 +661,8 @@ def make_trainer(cell="lstm", loss=None, optimizer="adam", sampler="categorical"
             raise ValueError(f"vocab is for generating text (task='lm'); for task={task!r} encode the text with "
                              "vocab.encode and give vocab_size=len(vocab)")
         if vocab_size is not None and vocab_size != len(vocab):
-            raise ValueError(f"vocab_size={vocab_size} but the vocabulary has {len(vocab)} characters")
+            unit = "tokens" if getattr(vocab, "kind", "chars") == "words" else "characters"  # a word vocabulary
+            raise ValueError(f"vocab_size={vocab_size} but the vocabulary has {len(vocab)} {unit}")
         vocab_size = len(vocab)
     if task == "lm":
         if input_size is not None:
