@@ -365,9 +365,9 @@ def _memory_problem(what: str, needed: int) -> Optional[str]:
 
 def train_memory(cell, vocab_size: int, hidden: int, layers: int, batch: int, steps: int, itemsize: int,
                  embedding: Optional[int] = None) -> int:
-    """Estimated bytes to train: the weights six times over (weights, gradients, two optimizer
-    slots, ``fit``'s copies of the last good and the best weights) plus one step's buffers for
-    ``batch`` sequences of ``steps`` tokens. With an ``embedding`` E, the first layer reads E
+    """Estimated bytes to train: the weights eight times over (weights, gradients, two optimizer
+    slots, ``fit``'s copies of the last good weights and optimizer slots and of the best
+    weights) plus one step's buffers for ``batch`` sequences of ``steps`` tokens. With an ``embedding`` E, the first layer reads E
     columns instead of ``vocab_size`` and the (V, E) table and its outputs are added.
 
     >>> from numbarnn.cells import LSTM
@@ -385,7 +385,7 @@ def train_memory(cell, vocab_size: int, hidden: int, layers: int, batch: int, st
     if embedding is not None:
         weights += V * embedding
         step += 2 * T * B * embedding  # the embedded inputs and their gradient
-    return itemsize * (6 * weights + step)
+    return itemsize * (8 * weights + step)
 
 
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"%PDF", b"%!PS", b"<?xml")  # what matplotlib's savefig writes

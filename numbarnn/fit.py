@@ -271,15 +271,24 @@ class ProgressBar(Callback):
 
 
 class NonFiniteGuard(Callback):
-    """Keeps the weights of the last good step (a snapshot before each step); when a step's
-    loss or weights are not finite, puts them back, undoes the step counter (the undone update
-    is not a step: history, checkpoints) and stops with ``"non-finite"``."""
+    """Keeps the weights and the optimizer's state of the last good step (a snapshot before
+    each step); when a step's loss or weights are not finite, puts them back, undoes the step
+    counter (the undone update is not a step: history, checkpoints) and stops with
+    ``"non-finite"``.
+
+    Weights that overflow come from an update that did happen: it also moved the optimizer's
+    moments and step count, which would no longer match the weights put back (a checkpoint, or
+    a further ``fit`` with a lower rate, would carry the bad step in them). A loss or gradient
+    that is not finite stops ``train_step`` before any update, and restoring changes nothing."""
 
     def on_step_start(self, state):
-        self.snapshot, self.good_step = state.trainer.snapshot_params(), state.trainer.step
+        trainer = state.trainer
+        self.snapshot, self.good_step = trainer.snapshot_params(), trainer.step
+        self.optimizer_state = trainer.optimizer.state_dict()  # copies: a small part of a step's time
 
     def on_non_finite(self, state, error):
         state.trainer.restore_params(self.snapshot)
+        state.trainer.optimizer.load_state_dict(self.optimizer_state)
         state.trainer.step = self.good_step
         state.stop(f"stopped: {error}; restored the weights of the last good step "
                    "(try a lower --lr or a smaller --clip)", "non-finite")

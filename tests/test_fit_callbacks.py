@@ -269,3 +269,45 @@ def test_validation_speaks_of_sequences_for_a_classifier_and_gives_no_perplexity
     out = capsys.readouterr().out
     assert "-- step 2: validation loss" in out and "per sequence" in out and "perplexity" not in out
     assert summary["val_loss"] is not None and summary["val_perplexity"] is None
+
+
+def optimizer_state(trainer):
+    """The optimizer's state dict (its step count, options and slots as host arrays)."""
+    return trainer.optimizer.state_dict()
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+
+
+def test_weights_that_overflow_put_back_the_optimizers_state_with_them():
+    """The update that overflows the weights also moved Adam's moments and step count; the guard
+    puts those back with the weights, so the trainer is whole at its last good step: its
+    checkpoint, or a further fit with a lower rate, carries nothing of the undone update."""
+    trainer, batches = names_trainer(dtype="float32")
+    trainer.fit(batches, steps=3, progress=False, sample_every=0)
+    good_params, good_state = params(trainer), optimizer_state(trainer)
+    assert good_state["step"] == 3 and np.any(good_state["exp_avg.W_h"])
+    trainer.optimizer.lr = 1e39  # the next update overflows float32 weights; loss and gradient are finite
+    good_state["lr"] = 1e39
+    summary = trainer.fit(batches, steps=3, progress=False, sample_every=0)
+    assert summary["stopped"] == "non-finite" and "weights stopped being finite at step 4" in summary["reason"]
+    assert trainer.step == 3 and trainer.optimizer.step_count == 3
+    assert_bit_equal(params(trainer), good_params)
+    assert_same_state(optimizer_state(trainer), good_state)
+
+
+def test_a_non_finite_loss_stops_the_step_before_the_optimizer_moves():
+    """A loss (or gradient) that is not finite raises in train_step before any update: the
+    optimizer's state is untouched, so there the guard has nothing to undo."""
+    trainer, batches = names_trainer()
+    trainer.fit(batches, steps=2, progress=False, sample_every=0)
+    before = optimizer_state(trainer)
+    trainer.model.params["W_y"][0, 0] = np.inf  # the next loss is not finite
+    inputs, targets, mask, _ = batches.next_batch()
+    with pytest.raises(T.NonFiniteLossError, match="the loss is (nan|inf)"):
+        trainer.train_step(inputs, targets, mask)
+    assert trainer.step == 2
+    assert_same_state(optimizer_state(trainer), before)
