@@ -7,7 +7,8 @@ In one run it
 
 1. compares outputs and gradients of every registered cell with a CUDA pair against the
    CPU kernels in float64, and prints the relative error per cell (float64 and float32
-   on the device, both against CPU float64);
+   on the device, both against CPU float64); and the same for layer stacks: bidirectional
+   layers over padded sequences, an embedding, the classify and regress heads;
 2. times an LSTM training step (forward, BPTT, clip, Adam) at hidden 1024, batch 64,
    T 100, float32, for each loop strategy, against PyTorch's cuDNN LSTM doing the same
    step on the same GPU; and the same at batch 1 and 4;
@@ -115,6 +116,45 @@ def check_cells(sizes):
                 continue
             grad_err = max(rel_err(grads_g[k], grads_c[k]) for k in grads_c)
             row("accuracy", label, f"{rel_err(out_g, out_c):.1e} / {grad_err:.1e}")
+
+
+MODELS = (  # the layer stacks beyond the plain language model (issue 15)
+    ("lstm", dict(task="classify", embedding=16, num_classes=10, bidirectional=True, layers=2)),
+    ("gru", dict(task="regress", input_size=8, output_size=3, bidirectional=True, layers=2)),
+    ("lstm", dict(embedding=16, layers=2)),
+)
+
+
+def check_models(sizes):
+    """Bidirectional layers over padded sequences, embeddings and the two heads against the CPU."""
+    from numbarnn.cuda.model import CudaSequenceModel
+
+    V, H, T, B = sizes
+    rng = np.random.default_rng(2)
+    for cell, options in MODELS:
+        label = f"{cell} {' '.join(f'{k}={v}' for k, v in options.items())} float64 (outputs / gradients)"
+        if cell not in numbarnn.list_cells() or not numbarnn.get_cell(cell).cuda_pointwise:
+            row("accuracy", label, "cell not installed or CPU only")
+            continue
+        try:
+            extra = {} if "input_size" in options else {"vocab_size": V}
+            cpu = numbarnn.make_model(cell, hidden_size=H, dtype="float64", seed=0, **extra, **options)
+            x = rng.integers(-1, V, (T, B)) if cpu.index_input else rng.normal(size=(T, B, cpu.input_size))
+            lengths = rng.integers(1, T + 1, B)
+            lengths[0] = T
+            kw = {} if cpu.task == "lm" else {"lengths": lengths}
+            out_c, _ = cpu.forward(x, **kw)
+            d = rng.normal(size=out_c.shape)
+            grads_c = cpu.backward(d)
+            gpu = CudaSequenceModel(cpu)
+            out_g, _ = gpu.forward(x, **kw)
+            grads_g = gpu.backward(d)
+        except Exception as error:  # noqa: BLE001 - report, go on
+            traceback.print_exc()
+            row("accuracy", label, f"failed: {type(error).__name__}: {error}"[:160])
+            continue
+        grad_err = max(rel_err(grads_g[k], grads_c[k]) for k in grads_c)
+        row("accuracy", label, f"{rel_err(out_g, out_c):.1e} / {grad_err:.1e}")
 
 
 def median_time(fn, repeats, sync):
@@ -270,6 +310,7 @@ def main():
 
     print("\n[1/3] outputs and gradients against CPU float64", flush=True)
     check_cells((7, 6, 3, 2) if ARGS.quick else (65, 128, 20, 8))
+    check_models((7, 3, 3, 2) if ARGS.quick else (65, 128, 20, 8))
 
     print("\n[2/3] training step timings", flush=True)
     repeats = ARGS.repeats or (1 if ARGS.quick else 5)

@@ -337,8 +337,7 @@ class Trainer:
         the gradient norm is not finite.
         """
         x, y, weights, lengths = self._prepare(inputs, targets, mask, lengths)
-        extra = {} if lengths is None else {"lengths": lengths}  # only the CPU backend runs these tasks
-        loss, norm, final, B = self.backend.gradients(x, y, weights, state, self.rng, **extra)
+        loss, norm, final, B = self.backend.gradients(x, y, weights, state, self.rng, lengths=lengths)
         self.last_grad_norm = norm
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise NonFiniteLossError(f"the loss is {loss} and the gradient norm {norm} at step {self.step + 1} "
@@ -353,7 +352,7 @@ class Trainer:
         weighted steps (tokens), or of sequences for "classify". Arguments as :meth:`train_step`;
         :meth:`score` gives the mean loss and a classifier's accuracy."""
         x, y, weights, lengths = self._prepare(inputs, targets, mask, lengths)
-        loss, final = self.backend.evaluate(x, y, weights, state, **({} if lengths is None else {"lengths": lengths}))
+        loss, final = self.backend.evaluate(x, y, weights, state, lengths=lengths)
         return loss, float(weights.sum()), final
 
     def predict(self, inputs, lengths=None, state=None):
@@ -545,6 +544,15 @@ class Trainer:
     def restore_params(self, snapshot) -> None:
         """Put back the weights :meth:`snapshot_params` copied (or a dict of host arrays)."""
         self.backend.restore_params(snapshot)
+
+    def snapshot_optimizer(self):
+        """A copy of the optimizer's state (slots, step count, options), kept on the device,
+        for :meth:`restore_optimizer` (the non-finite guard takes one before every step)."""
+        return self.backend.snapshot_optimizer()
+
+    def restore_optimizer(self, snapshot) -> None:
+        """Put back the optimizer's state :meth:`snapshot_optimizer` copied."""
+        self.backend.restore_optimizer(snapshot)
 
     def params_finite(self) -> bool:
         """True when no weight is NaN or infinite (checked on the device)."""

@@ -406,21 +406,6 @@ def test_bad_batches_are_clear_errors():
         emb.model.forward(np.array([[7]]))
 
 
-def test_the_cuda_backend_refuses_what_it_does_not_run():
-    backend = pytest.importorskip("numbarnn.cuda.backend")
-    from numbarnn.cuda import UnsupportedOnCuda
-
-    backend.CudaBackend.check_model(numbarnn.make_model("lstm", vocab_size=4, hidden_size=2))  # an lm: fine
-    for options, named in ((dict(vocab_size=4, embedding=2), "embedding"),
-                           (dict(task="classify", vocab_size=4, num_classes=2), "task='classify'"),
-                           (dict(task="regress", input_size=2, output_size=1, bidirectional=True), "bidirectional")):
-        model = numbarnn.make_model("lstm", hidden_size=2, **options)
-        with pytest.raises(UnsupportedOnCuda, match=named):
-            backend.CudaBackend.check_supported(model, numbarnn.get_loss("mse"), None, None, "value")
-        with pytest.raises(UnsupportedOnCuda, match=named):
-            backend.CudaBackend.model_from(model)
-
-
 # ---- checkpoints --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("options", [

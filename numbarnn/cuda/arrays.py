@@ -1,4 +1,4 @@
-"""Small helpers on device arrays: fill, copy, multiply, transpose, and copies of recurrent states.
+"""Small helpers on device arrays: fill, copy, multiply, add, transpose, and copies of recurrent states.
 
 Grid-stride kernels of one thread per element (``config.threads`` threads a block, at
 most ``config.max_blocks`` blocks), device to device: nothing here copies to the host.
@@ -98,6 +98,30 @@ def multiply(a1d, b1d, out1d, stream=0):
     if not a1d.shape == b1d.shape == out1d.shape:
         raise ValueError(f"multiply: shapes differ, {a1d.shape}, {b1d.shape} and {out1d.shape}")
     _multiply_kernel[grid1d(out1d.shape[0]), config.threads, stream](a1d, b1d, out1d)
+
+
+@cuda.jit
+def _add_kernel(a, out):
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        out[i] += a[i]
+
+
+def add(a1d, out1d, stream=0):
+    """out1d[:] += a1d, element by element (the two directions' input gradients, summed).
+
+    1-D (or flattened contiguous) device arrays of one shape and dtype.
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from numbarnn.cuda.arrays import add
+    >>> out = cuda.to_device(np.arange(3.0))
+    >>> add(cuda.to_device(np.full(3, 0.5)), out)
+    >>> out.copy_to_host().tolist()
+    [0.5, 1.5, 2.5]
+    """
+    if a1d.shape != out1d.shape:
+        raise ValueError(f"add: shapes differ, {a1d.shape} and {out1d.shape}")
+    _add_kernel[grid1d(out1d.shape[0]), config.threads, stream](a1d, out1d)
 
 
 @cuda.jit

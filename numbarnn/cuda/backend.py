@@ -8,7 +8,9 @@ copies the batch in (one int64 buffer: inputs, targets and the index segments of
 inputs; plus the mask when it is not all ones) and 16 bytes out (the loss and the squared
 gradient norm, which the trainer checks before it asks for the update).
 
-On the device: the built-in cells (and any plugin cell with a CUDA pair, see
+On the device: every model :class:`~numbarnn.sequence_model.SequenceModel` builds (stacked,
+bidirectional, embedded or dense inputs, the lm, classify and regress tasks), the
+built-in cells (and any plugin cell with a CUDA pair, see
 :mod:`numbarnn.cuda.cells`), the losses ``softmax_cross_entropy`` and ``mse``, the
 optimizers whose class names a ``cuda_update`` (``sgd``, ``momentum``, ``adagrad``,
 ``rmsprop``, ``adam``, ``adamw``), clipping by value or norm, and generation with the samplers whose
@@ -43,7 +45,6 @@ from numba import cuda
 from .. import optimizers as _optimizers
 from ..sequence_model import START_INPUT, SequenceModel
 from . import arrays as darrays
-from . import loops
 from . import losses as dlosses
 from . import optim as doptim
 from . import sampling as dsampling
@@ -127,6 +128,22 @@ class CudaOptimizer:
         self.step_count += 1
         self._update(self.model.flat, self.model.grad_flat, self.state, self.cpu.options, self.step_count)
 
+    def snapshot(self):
+        """``(step, options, {slot: device copy})``, for :meth:`restore`; copies on the device only."""
+        copies = {}
+        for slot, array in self.state.items():
+            copies[slot] = cuda.device_array(array.shape, array.dtype)
+            darrays.copy_flat(array, copies[slot])
+        return self.step_count, dict(self.cpu.options), copies
+
+    def restore(self, snapshot) -> None:
+        """Put back what :meth:`snapshot` returned."""
+        step, options, copies = snapshot
+        for slot, array in copies.items():
+            darrays.copy_flat(array, self.state[slot])
+        self.step_count = self.cpu.step_count = step
+        self.cpu.options.update(options)
+
     def state_dict(self) -> dict:
         """The CPU optimizer's format: ``step``, the options, ``"<slot>.<param>"`` host arrays."""
         out = {"step": self.step_count}
@@ -161,7 +178,6 @@ class CudaBackend:
     @staticmethod
     def check_supported(model, loss, optimizer, clip, clip_mode) -> None:
         """Every component at once, before anything is allocated on the device."""
-        CudaBackend.check_model(model)
         require()
         resolve(model.cell)  # a cell without CUDA kernels: a clear error
         check_loss(loss)
@@ -172,25 +188,8 @@ class CudaBackend:
             _optimizers.check_real("gradient", "clipping", "clip", clip, low=0.0, low_open=True)
 
     @staticmethod
-    def check_model(model) -> None:
-        """The model's own features: the device runs language models (one-hot integer inputs,
-        per-step logits) of unidirectional layers; embeddings, bidirectional layers and the
-        classify and regress tasks are CPU-only for now, an
-        :class:`~numbarnn.cuda.UnsupportedOnCuda` error naming the option."""
-        from . import UnsupportedOnCuda
-
-        refused = [label for label, used in (
-            (f"task={getattr(model, 'task', 'lm')!r}", getattr(model, "task", "lm") != "lm"),
-            ("embedding", getattr(model, "embedding_size", None) is not None),
-            ("bidirectional=True", getattr(model, "bidirectional", False))) if used]
-        if refused:
-            raise UnsupportedOnCuda(f"{', '.join(refused)} run on the CPU only for now (device='cpu'); the CUDA "
-                                    "backend trains unidirectional language models")
-
-    @staticmethod
     def model_from(model: SequenceModel) -> CudaSequenceModel:
         """``model`` (a CPU :class:`SequenceModel`) with its weights copied to the device."""
-        CudaBackend.check_model(model)
         require()
         return CudaSequenceModel(model)
 
@@ -205,21 +204,12 @@ class CudaBackend:
         self._host = None  # a CPU model for host-side work (beam search, plugin samplers, moves)
 
     # -- a training step -------------------------------------------------------------------------
-    def _device_loss(self, x, y, weights, state, rng=None):
+    def _device_loss(self, x, y, weights, state, rng=None, lengths=None):
         """Uploads the checked batch, runs forward (dropout between layers with a generator,
         as the CPU trains) and the loss kernel (gradient included)."""
         model = self.model
-        T, B = x.shape
-        N = T * B
-        dense_targets = self.loss.targets_kind != "indices"
-        buf = model.buffers(T, B, True)
-        ints = np.empty(3 * N + model.input_size + 1, np.int64)
-        ints[0:N] = x.reshape(N)
-        ints[N:2 * N] = 0 if dense_targets else y
-        order, starts = loops.index_segments(x.reshape(N), model.input_size)
-        ints[2 * N:3 * N] = order
-        ints[3 * N:] = starts
-        buf["ints"].copy_to_device(ints)
+        T, B = x.shape[:2]
+        buf = model.upload_batch(x, model.index_input, targets=y, lengths=lengths)
         if bool((weights == 1).all()):
             if not buf["mask_is_ones"]:
                 darrays.fill(buf["mask"], 1)
@@ -227,13 +217,10 @@ class CudaBackend:
         else:
             buf["mask"].copy_to_device(weights)
             buf["mask_is_ones"] = False
-        if dense_targets:
-            if "y_dense" not in buf:
-                buf["y_dense"] = cuda.device_array((N, model.output_size), model.dtype)
-            buf["y_dense"].copy_to_device(y)
-        model.forward_device(buf, T, B, True, state, loop=self.loop, train=rng is not None, rng=rng)
+        model.forward_device(buf, T, B, model.index_input, state, loop=self.loop, train=rng is not None, rng=rng,
+                             with_lengths=lengths is not None)
         scale = model.dtype.type(1.0 / B) if B > 1 else None
-        if dense_targets:
+        if self.loss.targets_kind != "indices":
             dlosses.squared_error(buf["logits"], buf["y_dense"], buf["mask"], buf["dlogits"], buf["row_loss"],
                                   buf["scalars"], 0, scale=scale, partials=buf["partials"])
         else:
@@ -242,11 +229,12 @@ class CudaBackend:
                                           partials=buf["partials"])
         return buf, T, B
 
-    def gradients(self, x, y, weights, state, rng):
+    def gradients(self, x, y, weights, state, rng, lengths=None):
         """Forward, loss, backward and clipping on the device; returns ``(loss summed over the
-        batch, gradient norm before clipping, final state (a DeviceState), B)``."""
+        batch, gradient norm before clipping, final state (a DeviceState), B)``. ``lengths``
+        (B,) as on the CPU."""
         model = self.model
-        buf, T, B = self._device_loss(x, y, weights, state, rng)
+        buf, T, B = self._device_loss(x, y, weights, state, rng, lengths)
         model.backward_device(loop=self.loop)
         g, scalars = model.grad_flat, buf["scalars"]
         doptim.sum_of_squares(g, scalars, 1, partials=buf["partials"])
@@ -257,16 +245,16 @@ class CudaBackend:
                 doptim.clip_by_value(g, self.clip)
             else:
                 doptim.clip_by_norm(g, scalars[1:2], self.clip)
-        return loss, norm, model.final_state(buf, T, B), B
+        return loss, norm, model.final_state(buf, T, B, lengths is not None), B
 
     def update(self) -> None:
         """The optimizer step with the last :meth:`gradients`, on the device."""
         self.optimizer.step()
 
-    def evaluate(self, x, y, weights, state):
+    def evaluate(self, x, y, weights, state, lengths=None):
         """``(loss summed over the batch, final state)``; nothing is updated."""
-        buf, T, B = self._device_loss(x, y, weights, state)
-        return float(buf["scalars"].copy_to_host()[0]), self.model.final_state(buf, T, B)
+        buf, T, B = self._device_loss(x, y, weights, state, lengths=lengths)
+        return float(buf["scalars"].copy_to_host()[0]), self.model.final_state(buf, T, B, lengths is not None)
 
     # -- generation ------------------------------------------------------------------------------
     def generate(self, prime, length, kernel_args, uniforms, stop_index):
@@ -274,7 +262,7 @@ class CudaBackend:
         there); returns ``(indices, draws used)``. The same indices as the CPU's."""
         model = self.model
         V = model.output_size
-        if V is None:
+        if V is None or model.task != "lm":
             return None
         draws = kernel_args[0] != dsampling.GREEDY
         d_uniforms = cuda.to_device(uniforms)
@@ -284,14 +272,14 @@ class CudaBackend:
         out = cuda.device_array(length, np.int64)
         first = np.array(prime, np.int64)[:, None] if prime else np.array([[START_INPUT]], np.int64)
         P = first.shape[0]
-        pbuf = model.upload_inputs(first, True)
-        model.forward_device(pbuf, P, 1, True, None, loop=self.loop)
+        pbuf = model.upload_batch(first, True)
+        model.forward_device(pbuf, P, 1, True, None, loop=self.loop)  # folds an embedding once
         step_buf = model.buffers(1, 1, True)  # may be pbuf itself when P == 1
         next_input = step_buf["x"]  # each sampled index is the next step's input, on the device
         dsampling.sample(pbuf["logits"], P - 1, kernel_args, d_uniforms, 0, probs, filtered, order, out, next_input)
         model.carry_state(pbuf, P, step_buf)
         for i in range(1, length):
-            model.forward_device(step_buf, 1, 1, True, _KEEP_STATE, loop=self.loop)
+            model.forward_device(step_buf, 1, 1, True, _KEEP_STATE, loop=self.loop, fold=False)
             dsampling.sample(step_buf["logits"], 0, kernel_args, d_uniforms, i, probs, filtered, order, out,
                              next_input)
             model.carry_state(step_buf, 1, step_buf)
@@ -310,7 +298,8 @@ class CudaBackend:
         if self._host is None:
             self._host = SequenceModel(source.cell, source.input_size, source.hidden_size, source.output_size,
                                        layers=len(source.layers), dropout=source.dropout, dtype=source.dtype,
-                                       index_input=source.index_input)
+                                       index_input=source.index_input, embedding=source.embedding_size,
+                                       bidirectional=source.bidirectional, task=source.task)
         for name, value in self.model.params_to_host().items():
             self._host.params[name][...] = value
         return self._host
@@ -332,6 +321,15 @@ class CudaBackend:
         copy = cuda.device_array(self.model.size, self.model.dtype)
         darrays.copy_flat(self.model.flat, copy)
         return copy
+
+    def snapshot_optimizer(self):
+        """A device copy of the optimizer's slots with its step count and options (nothing
+        comes to the host: the non-finite guard takes one every step)."""
+        return self.optimizer.snapshot()
+
+    def restore_optimizer(self, snapshot) -> None:
+        """Put back what :meth:`snapshot_optimizer` returned."""
+        self.optimizer.restore(snapshot)
 
     def restore_params(self, snapshot) -> None:
         """Put back what :meth:`snapshot_params` returned (or a dict of host arrays)."""
