@@ -7,11 +7,11 @@ the optimizer update. :class:`~numbarnn.trainer.Trainer` is the same on every de
 calls a backend through these methods (:mod:`numbarnn.cuda.backend` has the same ones):
 
 - ``gradients(x, y, weights, state, rng) -> (loss_sum, grad_norm, final_state, B)``:
-  forward, loss, backward and clipping for a checked time-major batch; no update. The CPU
-  backend also takes ``lengths=`` (B,) for the models that need them (classifiers,
-  bidirectional layers; see ``SequenceModel.forward``); the trainer passes it only then.
+  forward, loss, backward and clipping for a checked time-major batch; no update. Also
+  ``lengths=`` (B,) or None, for the models that need them (classifiers, bidirectional
+  layers over padded sequences; see ``SequenceModel.forward``).
 - ``update()``: the optimizer step with the gradients of the last ``gradients`` call.
-- ``evaluate(x, y, weights, state) -> (loss_sum, final_state)``: no gradients.
+- ``evaluate(x, y, weights, state, lengths=None) -> (loss_sum, final_state)``: no gradients.
 - ``generate(prime, length, kernel_args, uniforms, stop_index) -> (indices, draws_used)``
   in one compiled call, or None when this model or sampler has no such kernel (the
   trainer then steps :meth:`host_model` itself).
@@ -236,6 +236,14 @@ class CpuBackend:
     def snapshot_params(self):
         """A copy of every weight (one flat array), for :meth:`restore_params`."""
         return self.model.flat_params.copy()
+
+    def snapshot_optimizer(self):
+        """The optimizer's state (copies), for :meth:`restore_optimizer`."""
+        return self.optimizer.state_dict()
+
+    def restore_optimizer(self, snapshot) -> None:
+        """Put back what :meth:`snapshot_optimizer` returned."""
+        self.optimizer.load_state_dict(snapshot)
 
     def restore_params(self, snapshot) -> None:
         """Put back the weights :meth:`snapshot_params` copied (or a dict of arrays)."""

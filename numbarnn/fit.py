@@ -284,11 +284,11 @@ class NonFiniteGuard(Callback):
     def on_step_start(self, state):
         trainer = state.trainer
         self.snapshot, self.good_step = trainer.snapshot_params(), trainer.step
-        self.optimizer_state = trainer.optimizer.state_dict()  # copies: a small part of a step's time
+        self.optimizer_state = trainer.snapshot_optimizer()  # copies, on the device: a small part of a step
 
     def on_non_finite(self, state, error):
         state.trainer.restore_params(self.snapshot)
-        state.trainer.optimizer.load_state_dict(self.optimizer_state)
+        state.trainer.restore_optimizer(self.optimizer_state)
         state.trainer.step = self.good_step
         state.stop(f"stopped: {error}; restored the weights of the last good step "
                    "(try a lower --lr or a smaller --clip)", "non-finite")
