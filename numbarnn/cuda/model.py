@@ -31,9 +31,11 @@ _KEEP_STATE = object()
 class DeviceState:
     """A recurrent state kept on the device, ``(L*S, B, H)``: the S state arrays of layer 0,
     then those of layer 1, ... (the order of
-    :meth:`~numbarnn.sequence_model.SequenceModel.state_arrays`). ``to_host()`` gives the
-    CPU form: for one layer an array for one-state cells, a tuple such as ``(h, c)`` for the
-    LSTM; for L stacked layers a list of L such layer states.
+    :meth:`~numbarnn.sequence_model.SequenceModel.state_arrays`; a bidirectional layer
+    counts as two, its forward direction then its reverse one, PyTorch's ``layers *
+    directions``). ``to_host()`` gives the CPU form: for one layer an array for one-state
+    cells, a tuple such as ``(h, c)`` for the LSTM; for L stacked layers a list of L such
+    layer states.
 
     ``array`` is the (L*S, B, H) device array, ``states`` is S and ``layers`` L.
 
