@@ -24,6 +24,10 @@ from .matmul import gemm
 __all__ = ["CudaSequenceModel", "DeviceParams", "DeviceState"]
 
 
+#: Batch shapes whose device buffers a model keeps (the least recently used go first), as the
+#: CPU backend's :data:`~numbarnn.cpu_backend.WORKSPACE_SHAPES`.
+BUFFER_SHAPES = 8
+
 # Marker for forward_device: the states buffer already holds the initial state (generation).
 _KEEP_STATE = object()
 
@@ -296,7 +300,7 @@ class CudaSequenceModel:
     # -- device buffers, one set per (T, B, input kind) --------------------------------------
     def buffers(self, T: int, B: int, is_index: bool) -> dict:
         """The device arrays of a batch of T steps and B sequences, integer or dense inputs,
-        by name, allocated once per shape: the inputs (``x``, and ``ints`` with the targets
+        by name, allocated once per shape (the last :data:`BUFFER_SHAPES` shapes are kept): the inputs (``x``, and ``ints`` with the targets
         ``y`` and the index segments), ``seq`` (each sequence's length, then the reverse
         order of bidirectional layers), the head's (``logits``, ``probs``, ``dlogits``,
         ``mask``, ...; one row per sequence for a classifier), and ``slots``, one dict per
@@ -305,9 +309,12 @@ class CudaSequenceModel:
         layer's (T, B, 2H) output and its gradient) and ``gates`` (a (T, B, G*H) scratch).
         Dropout's masks come with the first forward that drops (:meth:`forward_device`)."""
         key = (T, B, is_index)
-        buf = self._buffers.get(key)
+        buf = self._buffers.pop(key, None)
         if buf is not None:
+            self._buffers[key] = buf  # the most recently used last
             return buf
+        while len(self._buffers) >= BUFFER_SHAPES:  # names batches come in many lengths: keep the device bounded
+            del self._buffers[next(iter(self._buffers))]
         dt, N, V, D, H = self.dtype, T * B, self.output_size, self.directions, self.hidden_size
         rows = B if self.task == "classify" else N  # the loss's rows
         buf = {

@@ -117,3 +117,15 @@ def test_an_embedding_language_model_trains_and_generates_as_on_the_cpu():
     # generation folds the table once, then feeds each sampled index back on the device
     assert gpu.generate_indices([1, 2], 6, gpu.sampler, seed=4) == cpu.generate_indices([1, 2], 6, cpu.sampler,
                                                                                            seed=4)
+
+
+def test_the_device_keeps_the_buffers_of_the_last_shapes_only():
+    from numbarnn.cuda.model import BUFFER_SHAPES
+
+    gpu = CudaSequenceModel(numbarnn.make_model("rnn", vocab_size=3, hidden_size=2, dtype="float64", seed=0))
+    first = gpu.buffers(1, 1, True)
+    for T in range(2, BUFFER_SHAPES + 4):  # names batches: one shape per longest name
+        gpu.buffers(T, 2, True)
+        assert gpu.buffers(1, 1, True) is first  # in use again: kept
+    assert len(gpu._buffers) == BUFFER_SHAPES
+    assert (2, 2, True) not in gpu._buffers and (BUFFER_SHAPES + 3, 2, True) in gpu._buffers
