@@ -7,6 +7,9 @@ trains it, and :func:`numbarnn.make_model` builds it from registry names.
 """
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
@@ -86,6 +89,42 @@ def checked_lengths(lengths, T: int, B: int) -> np.ndarray:
     return array.astype(np.int64)
 
 
+#: A direction's multiply-adds (``T*B*G*H*(H+X)``) from which its own thread pays: waking the worker
+#: and waiting for it cost about 0.1 ms a layer, which made an H8 B4 T6 step 1.5x slower.
+_CONCURRENT_WORK = 1 << 23
+
+_BLAS = {}  # "libraries": threadpoolctl's controllers of the loaded BLAS libraries, found once
+_BLAS_LOCK = threading.Lock()
+
+
+def _blas_single_threaded() -> bool:
+    """Whether there are two CPUs for two directions and every loaded BLAS library (numba's
+    ``np.dot`` calls SciPy's) runs one thread per call; False when that cannot be told."""
+    libraries = _BLAS.get("libraries")
+    if libraries is None:
+        with _BLAS_LOCK:
+            if "libraries" not in _BLAS:
+                _BLAS["libraries"] = _find_blas()
+        libraries = _BLAS["libraries"]
+    try:
+        return bool(libraries) and all(library.get_num_threads() == 1 for library in libraries)
+    except Exception:  # a library that cannot say: do not guess
+        return False
+
+
+def _find_blas() -> list:
+    """The BLAS controllers, or [] (one CPU, or no threadpoolctl answer): then directions run in turn."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cpus < 2:
+        return []
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401 -- the library numba's np.dot calls, loaded first
+        from threadpoolctl import ThreadpoolController
+        return ThreadpoolController().select(user_api="blas").lib_controllers
+    except Exception:
+        return []
+
+
 def _reorder(array, order):
     """``array`` (T, B, ...) with each column's steps taken in ``order`` (T, B)."""
     return np.ascontiguousarray(array[order, np.arange(order.shape[1])])
@@ -129,6 +168,11 @@ class SequenceModel:
     >>> logits.shape, len(state), list(model.params)[:2], model.params["W_y"].shape
     ((2, 3), 2, ['W_emb', 'W_x'], (3, 8))
     """
+
+    #: Run a bidirectional layer's two directions at the same time when BLAS runs one thread per
+    #: call (``numbarnn.set_threads(1)``), the reverse one in a worker thread the model owns
+    #: (False: always one after the other, in the calling thread).
+    concurrent_directions = True
 
     def __init__(self, cell, input_size: int, hidden_size: int, output_size: Optional[int], *,
                  layers: int = 1, dropout: float = 0.0, dtype="float32", seed: Optional[int] = None,
@@ -195,6 +239,7 @@ class SequenceModel:
         self._flatten()
         self._hidden = None
         self._dropout_masks = []
+        self._pool = None
 
     def _flatten(self):
         """Move every parameter into one contiguous buffer and keep views of it.
@@ -308,8 +353,8 @@ class SequenceModel:
         slot_states = self._per_layer(state)
         columns = np.arange(B)
         for i, directions in enumerate(self.stack):
-            outputs = []
-            for d, recurrent in enumerate(directions):
+            def run(d):  # called before the loop moves on: h and i are this layer's
+                recurrent = directions[d]
                 if d == 0:
                     out, final = recurrent.forward(h, slot_states[i * self.directions])
                 else:  # the reverse direction runs over each sequence reversed within its length
@@ -319,8 +364,11 @@ class SequenceModel:
                 if lengths is not None:  # the state at the last real step, as PyTorch's packed h_n
                     states = recurrent.context[2]
                     final = recurrent._pack_state([states[s, lengths, columns] for s in range(self.cell.states)])
-                outputs.append(out)
-                finals.append(final)
+                return out, final
+
+            results = self._each_direction(run, self._work(T, B, directions[0].input_size))
+            outputs = [out for out, _ in results]
+            finals.extend(final for _, final in results)
             h = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
             mask = None
             if drop and i < len(self.stack) - 1:
@@ -347,6 +395,52 @@ class SequenceModel:
         heads.linear_forward(h.reshape(T * B, H), self.params["W_y"], self.params["b_y"],
                              logits.reshape(T * B, self.output_size))
         return logits, final
+
+    def _each_direction(self, run, work: int = 0) -> list:
+        """``[run(0)]``, or ``[run(0), run(1)]`` for a bidirectional layer: when BLAS runs one thread
+        per call, the reverse direction in the model's worker thread while this thread runs the
+        forward one. The two are independent (each its own weights, gradients, states and
+        outputs) and their time loops release the GIL, so they run on two cores; the results are
+        the same bits as one after the other. With a multi-threaded BLAS they run in turn: two
+        directions each calling a 2-thread OpenBLAS on 2 cores were slower than one after the
+        other, and OpenBLAS's thread count is process-wide (and changes its results' last bits),
+        so it is not changed here; ``numbarnn.set_threads(1)`` does it for the whole process.
+        ``work`` is a direction's multiply-adds; below ``_CONCURRENT_WORK`` waking the worker
+        costs more than it saves."""
+        if self.directions == 1:
+            return [run(0)]
+        worthwhile = work >= _CONCURRENT_WORK and _blas_single_threaded()
+        pool = self._direction_pool() if worthwhile else None
+        try:
+            reverse = pool.submit(run, 1) if pool is not None else None
+        except RuntimeError:  # no thread could be started (or the interpreter is exiting)
+            reverse = None
+        if reverse is None:
+            return [run(0), run(1)]
+        try:
+            forward = run(0)
+        except BaseException:
+            reverse.exception()  # let the worker finish writing into this model before raising
+            raise
+        return [forward, reverse.result()]
+
+    def _work(self, T: int, B: int, width: int) -> int:
+        """Multiply-adds of one direction of a layer over ``width``-wide inputs (``T*B*G*H*(H+X)``)."""
+        G, H = self.cell.gates, self.hidden_size
+        return T * B * G * H * (H + width)
+
+    def _direction_pool(self):
+        """The one-thread pool that runs reverse directions, made on first use; None when
+        ``concurrent_directions`` is off or threads cannot be made."""
+        if not self.concurrent_directions:
+            return None
+        if self._pool is None:
+            try:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="numbarnn-reverse")
+            except RuntimeError:
+                self.concurrent_directions = False
+                return None
+        return self._pool
 
     def backward(self, d_outputs, d_final_state=None) -> dict:
         """Gradients of every parameter (new arrays): ``grads["d" + name]`` belongs to
@@ -384,17 +478,21 @@ class SequenceModel:
                                   grads["W_y"], grads["b_y"], d_hidden.reshape(T * B, DH))
         d_finals = self._per_layer(d_final_state)
         for i in range(len(self.stack) - 1, -1, -1):
-            d_input = None
-            for d, recurrent in enumerate(self.stack[i]):
+            def run(d):
+                recurrent = self.stack[i][d]
                 d_out = d_hidden if D == 1 else d_hidden[:, :, d * H:(d + 1) * H]
                 if d == 1:
                     d_out = _reorder(d_out, self._order)
                 x, is_index, states, cache = recurrent.context
                 out = {name: grads[direction_param_name(name, i, d == 1)] for name in PARAM_NAMES}
                 dx = recurrent.bptt(x, is_index, states, cache, d_out, d_finals[i * D + d], out=out)["dx"]
+                if dx is not None and d == 1:
+                    dx = _reorder(dx, self._order)
+                return dx
+
+            d_input = None  # the forward direction's dx plus the reverse one's, in that order as always
+            for dx in self._each_direction(run, self._work(T, B, self.stack[i][0].input_size)):
                 if dx is not None:
-                    if d == 1:
-                        dx = _reorder(dx, self._order)
                     d_input = dx if d_input is None else d_input + dx
             if i > 0:
                 d_hidden = d_input

@@ -471,3 +471,189 @@ def test_an_embedding_language_model_fused_step_equals_the_general_path(cell, mo
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-12)
     np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-10, atol=1e-13)
     assert runs[0][2] == runs[1][2]
+
+
+# ---- a bidirectional layer's two directions at the same time ---------------------------------------
+
+@pytest.fixture
+def one_blas_thread(monkeypatch):
+    """BLAS at one thread per call, where a bidirectional layer runs its directions at the same
+    time, and no lower bound on the size of the layers that do (the tests' layers are tiny)."""
+    import scipy.linalg.cython_blas  # noqa: F401 -- the BLAS numba calls, loaded before it is limited
+    from threadpoolctl import threadpool_limits
+
+    import numbarnn.sequence_model as sm
+
+    monkeypatch.setattr(sm, "_CONCURRENT_WORK", 0)
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def forward_backward(model, x, lengths=None, seed=0):
+    """Outputs, final states and gradients (copies) of one training forward (dropout on) and backward."""
+    outputs, state = model.forward(x, train=True, rng=np.random.default_rng(seed), lengths=lengths)
+    model.backward_into_buffer(np.random.default_rng(seed + 1).normal(size=outputs.shape).astype(model.dtype))
+    return [outputs.copy(), *[s.copy() for s in model.state_arrays(state)], model.flat_grads.copy()]
+
+
+BIDIRECTIONAL_CASES = {  # dense inputs (dx flows into the input) and embedded indices with lengths
+    "dense": (dict(input_size=5, output_size=3, index_input=False, task="regress"),
+              lambda rng, T, B: (rng.normal(size=(T, B, 5)), None)),
+    "embedded": (dict(input_size=6, output_size=3, embedding=4, task="classify"),
+                 lambda rng, T, B: (rng.integers(-1, 6, (T, B)), rng.integers(1, T + 1, B))),
+}
+
+
+def bidirectional_model(cell, case, dtype="float64", concurrent=True, seed=1):
+    options = dict(BIDIRECTIONAL_CASES[case][0])
+    model = SequenceModel(cell, options.pop("input_size"), 6, options.pop("output_size"), layers=2, dropout=0.25,
+                          bidirectional=True, dtype=dtype, seed=seed, **options)
+    model.concurrent_directions = concurrent
+    return model
+
+
+def spy_on_directions(model, monkeypatch) -> list:
+    """(direction, thread) of every RecurrentModel.forward the model's layers run from now on."""
+    import threading
+
+    seen = []
+    for directions in model.stack:
+        for d, recurrent in enumerate(directions):
+            def spy(*args, _forward=recurrent.forward, _d=d, **kwargs):
+                seen.append((_d, threading.current_thread()))
+                return _forward(*args, **kwargs)
+            monkeypatch.setattr(recurrent, "forward", spy)
+    return seen
+
+
+@pytest.mark.parametrize("case", BIDIRECTIONAL_CASES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_concurrent_directions_give_the_bits_of_one_after_the_other(cell, dtype, case, one_blas_thread):
+    """The reverse direction runs in the model's worker thread: outputs, final states and every
+    gradient are the same bits as running the directions in turn, step after step."""
+    x, lengths = BIDIRECTIONAL_CASES[case][1](np.random.default_rng(0), 7, 3)
+    threaded, sequential = bidirectional_model(cell, case, dtype), bidirectional_model(cell, case, dtype, False)
+    for step in range(2):
+        for ours, theirs in zip(forward_backward(threaded, x, lengths, step),
+                                forward_backward(sequential, x, lengths, step)):
+            np.testing.assert_array_equal(ours, theirs)
+        for model in (threaded, sequential):
+            model.flat_params -= 0.1 * model.flat_grads
+    assert threaded._pool is not None and sequential._pool is None
+
+
+def test_the_reverse_direction_runs_in_one_persistent_worker_thread(monkeypatch, one_blas_thread):
+    import threading
+
+    model = bidirectional_model("lstm", "dense")
+    seen = spy_on_directions(model, monkeypatch)
+    x = np.zeros((4, 2, 5))
+    for _ in range(3):
+        forward_backward(model, x)
+    forward_threads = {thread for d, thread in seen if d == 0}
+    reverse_threads = {thread for d, thread in seen if d == 1}
+    assert forward_threads == {threading.current_thread()}
+    assert len(reverse_threads) == 1 and reverse_threads != forward_threads  # one worker, kept between steps
+    one_way = SequenceModel("lstm", 5, 6, 3, index_input=False, task="regress", seed=0)
+    forward_backward(one_way, x)
+    assert one_way._pool is None  # a unidirectional model makes no thread at all
+
+
+def test_with_a_multithreaded_blas_the_directions_run_in_turn(monkeypatch):
+    """Two directions each on a multi-threaded OpenBLAS were slower than in turn: no worker then."""
+    import threading
+
+    import scipy.linalg.cython_blas  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        model = bidirectional_model("lstm", "dense")
+        seen = spy_on_directions(model, monkeypatch)
+        forward_backward(model, np.zeros((4, 2, 5)))
+    assert {thread for _, thread in seen} == {threading.current_thread()} and model._pool is None
+
+
+def test_small_layers_run_their_directions_in_turn(monkeypatch):
+    """Below _CONCURRENT_WORK multiply-adds a direction, waking the worker costs more than it saves."""
+    import threading
+
+    import scipy.linalg.cython_blas  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    import numbarnn.sequence_model as sm
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        small = bidirectional_model("lstm", "dense")
+        seen = spy_on_directions(small, monkeypatch)
+        forward_backward(small, np.zeros((4, 2, 5)))
+        assert {thread for _, thread in seen} == {threading.current_thread()} and small._pool is None
+        assert small._work(4, 2, 5) < sm._CONCURRENT_WORK
+        large = SequenceModel("lstm", 32, 128, 2, bidirectional=True, index_input=False, task="regress", seed=0)
+        assert large._work(16, 32, 32) >= sm._CONCURRENT_WORK
+        forward_backward(large, np.zeros((16, 32, 32), np.float32))
+        assert large._pool is not None
+
+
+@pytest.mark.parametrize("failure", ["submit", "pool"])
+def test_without_threads_the_directions_run_in_turn(monkeypatch, failure, one_blas_thread):
+    """A platform (or an exiting interpreter) that cannot start a thread: the same results, in this thread."""
+    import numbarnn.sequence_model as sm
+
+    class NoThreads:
+        def __init__(self, *args, **kwargs):
+            if failure == "pool":
+                raise RuntimeError("can't start new thread")
+
+        def submit(self, *args, **kwargs):
+            raise RuntimeError("can't start new thread")
+
+    x, lengths = BIDIRECTIONAL_CASES["embedded"][1](np.random.default_rng(0), 5, 2)
+    expected = forward_backward(bidirectional_model("gru", "embedded", concurrent=False), x, lengths)
+    monkeypatch.setattr(sm, "ThreadPoolExecutor", NoThreads)
+    model = bidirectional_model("gru", "embedded")
+    for ours, theirs in zip(forward_backward(model, x, lengths), expected):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_an_error_in_the_reverse_direction_reaches_the_caller(one_blas_thread):
+    model = bidirectional_model("lstm", "dense")
+    x = np.zeros((4, 2, 5))
+    state = model.zero_state(2)
+    state[1] = (np.zeros((3, 6)), np.zeros((2, 6)))  # layer 0's reverse direction: a wrong batch
+    with pytest.raises(ValueError, match=r"initial state 'h' has shape \(3, 6\), expected \(2, 6\)"):
+        model.forward(x, state)
+    forward_backward(model, x)  # and the model still works
+
+
+def test_models_trained_from_several_threads_at_once_match_one_thread(one_blas_thread):
+    """Each thread trains its own bidirectional model (each with its own worker): the same bits as alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, lengths = BIDIRECTIONAL_CASES["dense"][1](np.random.default_rng(0), 6, 3)
+
+    def train(seed):
+        model = bidirectional_model("lstm", "dense", "float32", seed=seed)
+        results = []
+        for step in range(3):
+            results.append(forward_backward(model, x, lengths, step))
+            model.flat_params -= 0.1 * model.flat_grads
+        return results, model._pool is not None
+
+    expected = [train(seed) for seed in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as callers:
+        got = list(callers.map(train, range(4)))
+    for (ours, threaded), (theirs, _) in zip(got, expected):
+        assert threaded
+        for step_ours, step_theirs in zip(ours, theirs):
+            for a, b in zip(step_ours, step_theirs):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_the_loops_a_direction_runs_release_the_gil():
+    from numbarnn.kernels.loops import loops_for
+
+    for name in CELLS:
+        loops = loops_for(numbarnn.get_cell(name))
+        for kernel in (loops.forward_dense, loops.forward_indices, loops.backward_dense, loops.backward_indices):
+            assert kernel.targetoptions.get("nogil") is True, (name, kernel)

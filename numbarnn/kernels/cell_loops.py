@@ -110,7 +110,7 @@ def sequence_backward(W_h, states, cache, d_outputs, dstate, dstate_prev,
 
 # ---- one call per layer and direction ---------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def forward_indices(idx, W_x, b_x, W_h, b_h, xz, states, cache, hz):
     """project_indices then sequence_forward; idx (T*B,) integer inputs, xz (T, B, G*H).
 
@@ -139,7 +139,7 @@ def forward_indices(idx, W_x, b_x, W_h, b_h, xz, states, cache, hz):
     project_indices(idx, W_x, b_x, xz.reshape(T * B, GH))
     sequence_forward(xz, W_h, b_h, states, cache, hz)
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def forward_dense(x2d, W_x, b_x, W_h, b_h, xz, states, cache, hz):
     """project_dense then sequence_forward; x2d (T*B, X).
 
@@ -167,7 +167,7 @@ def forward_dense(x2d, W_x, b_x, W_h, b_h, xz, states, cache, hz):
     project_dense(x2d, W_x, b_x, xz.reshape(T * B, GH))
     sequence_forward(xz, W_h, b_h, states, cache, hz)
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def backward_indices(idx, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz, dh_recurrent,
                      dW_x, dW_h, db_x, db_h):
     """sequence_backward then the hoisted weight gradients, for integer inputs.
@@ -203,7 +203,7 @@ def backward_indices(idx, W_h, states, cache, d_outputs, dstate, dstate_prev, dx
     recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h)
     input_weight_gradients_indices(dxz.reshape(T * B, GH), idx, dW_x, db_x)
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def backward_dense(x2d, W_x, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz, dh_recurrent,
                    dW_x, dW_h, db_x, db_h, dx2d):
     """sequence_backward then the hoisted weight gradients and dx, for dense inputs.

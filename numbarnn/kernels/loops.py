@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import types
 import warnings
 from pathlib import Path
@@ -185,6 +186,7 @@ def column_sums(a2d, out):
 # ---- per-cell loops, compiled and cached on disk -----------------------------------------------
 
 _CELL_LOOPS = {}
+_BUILD_LOCK = threading.Lock()
 _TEMPLATE = Path(__file__).with_name("cell_loops.py")
 _MARK = "# CELL KERNELS"
 
@@ -303,6 +305,16 @@ def _write_private(path: Path, text: str) -> None:
         raise
 
 
+def _without_numba_cache(source: str) -> str:
+    r"""The template's ``@njit(cache=True, ...)`` decorators without ``cache=True``, other options kept
+    (``nogil=True`` on the entry points): the caller caches the generated module itself.
+
+    >>> _without_numba_cache("@njit(cache=True)\n@njit(cache=True, nogil=True)")
+    '@njit\n@njit(nogil=True)'
+    """
+    return source.replace("@njit(cache=True)", "@njit").replace("@njit(cache=True, ", "@njit(")
+
+
 def _module_from_source(name: str, source: str, filename: str):
     """Execute ``source`` (text numbarnn generated and holds in memory) as module ``name``.
 
@@ -313,7 +325,7 @@ def _module_from_source(name: str, source: str, filename: str):
     # Tracebacks and inspect.getsource show this text, not whatever the file holds now.
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     sys.modules[name] = module
-    exec(compile(source.replace("@njit(cache=True)", "@njit"), filename, "exec"), module.__dict__)
+    exec(compile(_without_numba_cache(source), filename, "exec"), module.__dict__)
     return module
 
 
@@ -364,6 +376,14 @@ def loops_for(cell):
         # keep it importable even if someone pruned sys.modules.
         sys.modules.setdefault(module.__name__, module)
         return module
+    with _BUILD_LOCK:  # two threads (a bidirectional layer's directions) may ask first at once: build once
+        if key not in _CELL_LOOPS:
+            _CELL_LOOPS[key] = _build_loops(cell)
+    return _CELL_LOOPS[key]
+
+
+def _build_loops(cell):
+    """The module :func:`loops_for` returns, built: on disk when the cell's kernels are importable."""
     forward, backward = _importable(cell.forward), _importable(cell.backward)
     module = None
     if forward and backward:
@@ -371,15 +391,14 @@ def loops_for(cell):
             module = _disk_cached_module(cell, forward, backward)
         except OSError as error:  # no private cache directory: compile in memory below
             warnings.warn(f"numbarnn: {error}; compiling the {cell.name} loops in memory for this process",
-                          UnsafeCacheWarning, stacklevel=2)
+                          UnsafeCacheWarning, stacklevel=3)  # loops_for's caller
             module = None
     if module is None:
         module = types.ModuleType(f"numbarnn_loops_{cell.name}_in_memory")
-        source = _TEMPLATE.read_text().replace("@njit(cache=True)", "@njit")
+        source = _without_numba_cache(_TEMPLATE.read_text())
         namespace = module.__dict__
         exec(compile(source, str(_TEMPLATE), "exec"), namespace)
         namespace["cell_forward"], namespace["cell_backward"] = cell.forward, cell.backward
-    _CELL_LOOPS[key] = module
     return module
 
 
