@@ -12,6 +12,7 @@ Cases (sizes in FULL and QUICK below; each target is printed next to its ratio):
     digits    scikit-learn's digits, 8 rows of 8 pixels, LSTM H64 B64,   >= 1.5x PyTorch per epoch
               classify, one call = one epoch, 15 epochs
     bilstm    bidirectional LSTM H256 B32 T50, regress X32 O8, f32     >= 1.0x PyTorch
+              (numbarnn: 1 BLAS thread, the two directions on the 2 cores)
     embedding LM with embedding V65 E64 H128 B32 T50 vs one-hot V65    embedding no slower per token
     start-up  fresh process, warm cache: import, make_trainer, step    <= 1.5 s beyond `python -c pass`;
               (and with a cold NUMBA_CACHE_DIR)                        cold: aim <= 20 s
@@ -619,13 +620,25 @@ def case_digits(sz, repeats, ctx):
 
 
 def case_bilstm(sz, repeats, ctx):
-    """One training step of a bidirectional LSTM regressor (dense inputs, a dense output per step, mse)."""
+    """One training step of a bidirectional LSTM regressor (dense inputs, a dense output per step, mse).
+
+    numbarnn runs the two directions at the same time when BLAS runs one thread per call: its
+    row uses the 2 cores that way (BLAS limited to 1 thread around its step, as
+    ``numbarnn.set_threads(1)`` would for a whole process); "numbarnn in turn" is the same step
+    with the suite's 2 BLAS threads, the directions one after the other (the default there)."""
+    from threadpoolctl import ThreadpoolController
     H, B, T, X_size, O = sz["H"], sz["B"], sz["T"], sz["X"], sz["O"]
     rng = np.random.default_rng(0)
     inputs = rng.normal(size=(B, T, X_size)).astype(np.float32)
     targets = rng.normal(size=(B, T, O)).astype(np.float32)
-    trainer = stack_trainer(task="regress", input_size=X_size, output_size=O, hidden_size=H, bidirectional=True)
-    runs = {"numbarnn": lambda: trainer.train_step(inputs, targets)}
+    options = dict(task="regress", input_size=X_size, output_size=O, hidden_size=H, bidirectional=True)
+    trainer, in_turn = stack_trainer(**options), stack_trainer(**options)
+    blas = ThreadpoolController().select(user_api="blas")
+
+    def concurrent_step():
+        with blas.limit(limits=1):
+            return trainer.train_step(inputs, targets)
+    runs = {"numbarnn": concurrent_step, "numbarnn in turn": lambda: in_turn.train_step(inputs, targets)}
     if torch is not None:
         (_, rnn, head), params, opt = torch_stack(trainer, 1e-3)
         x_t, y_t = torch.from_numpy(inputs), torch.from_numpy(targets)
@@ -639,7 +652,9 @@ def case_bilstm(sz, repeats, ctx):
     ok, note = parity_note(results, 2e-3)
     ctx["ok"] &= ok
     return time_rows("bilstm", f"H{H} B{B} T{T}", times, targets={"pytorch": (">= 1.0x", 1.0)},
-                     notes={"numbarnn": f"regress X{X_size} O{O}, Adam, clip-norm 5; {note}"})
+                     notes={"numbarnn": f"regress X{X_size} O{O}, Adam, clip-norm 5; 1 BLAS thread, the directions "
+                                        f"at the same time; {note}",
+                            "numbarnn in turn": "2 BLAS threads, the directions one after the other"})
 
 
 def case_embedding(sz, repeats, ctx):
@@ -987,7 +1002,9 @@ Notes on method and fairness:
   (the datasets extra) as 8 steps of 8 pixels, nn.LSTM + nn.Linear on h_n[-1], cross_entropy (mean), lr 1e-2;
   one timed call is one epoch of minibatches in an order both share (batch slicing and tensor wrapping included),
   parity on the first two steps before timing, the test accuracy after training in the notes. bilstm: nn.LSTM
-  (bidirectional) + nn.Linear on every step, 0.5 * sum of squares / B (numbarnn's mse). embedding: nn.Embedding
+  (bidirectional) + nn.Linear on every step, 0.5 * sum of squares / B (numbarnn's mse); numbarnn's row limits
+  BLAS to 1 thread around its step so that the two directions run at the same time on the 2 cores ("numbarnn
+  in turn": 2 BLAS threads, the directions one after the other). embedding: nn.Embedding
   + nn.LSTM + nn.Linear vs the one-hot step of mid; the target compares numbarnn's two input paths per token.
 - timing: before each sample a gc.collect() and an idle gap of {gap:g} s (so the previous library's spinning
   BLAS/OpenMP worker threads park and do not steal a core); a sample repeats the call until it has lasted
