@@ -27,6 +27,10 @@ def set_threads(n: Optional[int]):
     import numba
     from threadpoolctl import threadpool_limits
 
+    try:  # the BLAS the kernels call (SciPy's): load it now, or a call before the first step misses it
+        import scipy.linalg.cython_blas  # noqa: F401
+    except ImportError:
+        pass
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     return threadpool_limits(limits=n)
 

@@ -24,6 +24,23 @@ def test_set_threads_caps_numba_and_blas():
             numbarnn.set_threads(bad)
 
 
+SCIPY_BLAS_FIRST = """
+import numbarnn
+from threadpoolctl import threadpool_info
+numbarnn.set_threads(1)  # before anything has loaded SciPy's BLAS, which the kernels call
+import scipy.linalg.cython_blas
+pools = [pool for pool in threadpool_info() if pool["user_api"] == "blas" and "scipy" in pool["filepath"]]
+print(bool(pools) and all(pool["num_threads"] == 1 for pool in pools))
+"""
+
+
+def test_set_threads_before_the_first_step_caps_the_kernels_blas_too():
+    pytest.importorskip("scipy")
+    out = subprocess.run([sys.executable, "-c", SCIPY_BLAS_FIRST], env=checkout.env(), capture_output=True,
+                         text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "True", out.stdout + out.stderr
+
+
 SECOND_TRAINER = """
 import numpy as np, numbarnn
 from numbarnn.kernels import loops
