@@ -320,16 +320,21 @@ class SequenceModel:
         per_slot = [[s] if self.cell.states == 1 else list(s) for s in self._per_layer(state)]
         return tuple(np.stack([slot[k] for slot in per_slot]) for k in range(self.cell.states))
 
-    def _embed(self, inputs):
+    def checked_embedding_input(self, inputs) -> np.ndarray:
+        """``inputs`` as (T, B) int64 indices in [-1, V) for the embedding table, or a
+        ValueError naming what is wrong (the kernels index unchecked)."""
         idx = np.asarray(inputs)
         if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
             raise ValueError(f"a model with an embedding takes (T, B) integer indices, got "
                              f"{'dtype ' + str(idx.dtype) if idx.ndim == 2 else 'shape ' + str(idx.shape)}")
         V = self.vocab_rows
-        if idx.size and (idx.min() < -1 or idx.max() >= V):  # the kernel indexes unchecked
+        if idx.size and (idx.min() < -1 or idx.max() >= V):
             bad = idx[(idx < -1) | (idx >= V)].ravel()[0]
             raise ValueError(f"input index {bad} is outside the vocabulary [0, {V}) (-1 means an all-zero input)")
-        idx = np.ascontiguousarray(idx, dtype=np.int64)
+        return np.ascontiguousarray(idx, dtype=np.int64)
+
+    def _embed(self, inputs):
+        idx = self.checked_embedding_input(inputs)
         T, B = idx.shape
         out = np.empty((T, B, self.embedding_size), self.dtype)
         embedding.embedding_forward(idx.reshape(T * B), self.params["W_emb"], out.reshape(T * B, -1))

@@ -661,15 +661,7 @@ class CudaSequenceModel:
         """Time-major inputs checked as the CPU model checks them: ``(x, is_index)``."""
         if self.embedding_size is None:
             return self._check_model.layer._checked_input(inputs)
-        x = np.asarray(inputs)
-        if x.ndim != 2 or not np.issubdtype(x.dtype, np.integer):
-            raise ValueError(f"a model with an embedding takes (T, B) integer indices, got "
-                             f"{'dtype ' + str(x.dtype) if x.ndim == 2 else 'shape ' + str(x.shape)}")
-        V = self.input_size
-        if x.size and (x.min() < -1 or x.max() >= V):  # the kernels index unchecked
-            bad = x[(x < -1) | (x >= V)].ravel()[0]
-            raise ValueError(f"input index {bad} is outside the vocabulary [0, {V}) (-1 means an all-zero input)")
-        return np.ascontiguousarray(x, np.int64), True
+        return self._check_model.checked_embedding_input(inputs), True
 
     def forward(self, inputs, state=None, loop=None, *, train: bool = False, rng=None, lengths=None):
         """Host in, host out, like :meth:`SequenceModel.forward`: ``(outputs, final)``, outputs

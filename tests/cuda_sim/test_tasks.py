@@ -56,6 +56,9 @@ def test_the_model_equals_the_cpu_forward_and_backward(cell, options):
         assert sorted(grads_gpu) == sorted(grads_cpu)
         for name, value in grads_cpu.items():
             np.testing.assert_allclose(grads_gpu[name], value, rtol=1e-9, atol=1e-12, err_msg=name)
+    if cpu.index_input:  # checked as on the CPU before anything reaches a kernel
+        with pytest.raises(ValueError, match=rf"input index 7 is outside the vocabulary \[0, {cpu.input_size}\)"):
+            gpu.forward(np.array([[0], [7]]))
 
 
 def pair(cell, loss, optimizer, **options):
