@@ -14,6 +14,7 @@ Grid-stride kernels of one thread per element, device to device, as
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import cuda
 
 from ._support import config, grid1d
@@ -23,7 +24,7 @@ __all__ = ["copy_steps", "reorder_steps", "last_step_features", "last_step_featu
 
 
 @cuda.jit
-def _copy_steps_kernel(src, dst):
+def _steps_kernel(src, order, reorder, dst):
     B = dst.shape[1]
     K = dst.shape[2]
     for p in range(cuda.grid(1), dst.shape[0] * B * K, cuda.gridsize(1)):
@@ -31,19 +32,10 @@ def _copy_steps_kernel(src, dst):
         r = p - t * B * K
         b = r // K
         k = r - b * K
-        dst[t, b, k] = src[t, b, k]
+        dst[t, b, k] = src[order[t, b] if reorder else t, b, k]
 
 
-@cuda.jit
-def _reorder_steps_kernel(src, order, dst):
-    B = dst.shape[1]
-    K = dst.shape[2]
-    for p in range(cuda.grid(1), dst.shape[0] * B * K, cuda.gridsize(1)):
-        t = p // (B * K)
-        r = p - t * B * K
-        b = r // K
-        k = r - b * K
-        dst[t, b, k] = src[order[t, b], b, k]
+_NO_ORDER = []  # a placeholder order for plain copies, made at the first one
 
 
 def _check_same(name, src, dst):
@@ -63,7 +55,9 @@ def copy_steps(src, dst, stream=0):
     [[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]
     """
     _check_same("copy_steps", src, dst)
-    _copy_steps_kernel[grid1d(dst.size), config.threads, stream](src, dst)
+    if not _NO_ORDER:
+        _NO_ORDER.append(cuda.device_array((1, 1), np.int64))
+    _steps_kernel[grid1d(dst.size), config.threads, stream](src, _NO_ORDER[0], False, dst)
 
 
 def reorder_steps(src, order, dst, stream=0):
@@ -84,7 +78,7 @@ def reorder_steps(src, order, dst, stream=0):
     _check_same("reorder_steps", src, dst)
     if tuple(order.shape) != tuple(dst.shape[:2]):
         raise ValueError(f"reorder_steps: order has shape {order.shape}, expected {dst.shape[:2]}")
-    _reorder_steps_kernel[grid1d(dst.size), config.threads, stream](src, order, dst)
+    _steps_kernel[grid1d(dst.size), config.threads, stream](src, order, True, dst)
 
 
 @cuda.jit
