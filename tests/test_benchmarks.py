@@ -40,3 +40,13 @@ def test_breakdown_smoke():
     for part in ("compiled step", "forward time loop", "BPTT time loop", "recurrent products alone, 1 BLAS",
                  "train_step from Python"):
         assert any(part in line and line.rstrip().endswith(("ms", "GFLOP/s)")) for line in result.stdout.splitlines()), part
+
+
+def test_embedding_pair_smoke():
+    """benchmarks/embedding_pair.py alternates the two models' steps and prints both medians and the ratio."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "embedding_pair.py"), "--steps", "2"],
+                            capture_output=True, text=True, timeout=300, env=checkout.env())
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines[:2]] == ["embedding", "one-hot"]
+    assert lines[-1].startswith("one-hot / embedding: ") and "(median of step pairs)" in lines[-1]
