@@ -844,6 +844,8 @@ def run_train(args) -> int:
                           validation=validation, eval_every=option["eval_every"], sample_every=args.sample_every,
                           patience=option["patience"] or None, progress=not args.no_progress, checkpoint=out,
                           checkpoint_every=args.checkpoint_every)
+    if summary["stopped"] == "output-closed":  # saved by fit; main ends quietly (EXIT_STDOUT_CLOSED)
+        raise BrokenPipeError("stdout closed during training")
     interrupted = summary["stopped"] == "interrupted"
     if not interrupted:  # fit saved (and said so) when Ctrl-C stopped it
         save_checkpoint(trainer, out, batches)

@@ -45,7 +45,8 @@ class Callback:
       weights are not finite (``error``: :class:`numbarnn.errors.NonFiniteLossError`);
       :class:`NonFiniteGuard` puts the weights back and stops the run.
     * ``on_interrupt(state)``: on Ctrl-C, wherever it struck; ``state.summary`` already
-      says ``"interrupted"`` and its reason is printed after these hooks.
+      says ``"interrupted"`` and its reason is printed after these hooks. Also when printing
+      met a closed stdout (``"output-closed"``; nothing more is printed).
     * ``on_fit_end(state)``: once, last, however ``fit`` ends (``state.error`` holds the
       exception when it ends with one), with ``state.summary`` complete.
 
@@ -145,7 +146,8 @@ def fit(trainer, batches, *, steps: Optional[int] = None, epochs: Optional[float
     the last good weights; ``checkpoint`` (if given) is saved every ``checkpoint_every``
     steps (if given) and on Ctrl-C, before returning.
     Returns a summary dict: ``stopped`` ("done", "early-stop", "non-finite",
-    "interrupted", or the kind a callback stopped with), ``reason``, ``steps``, ``loss``
+    "interrupted", "output-closed" (printing met a closed stdout: handled as Ctrl-C, silently),
+    or the kind a callback stopped with), ``reason``, ``steps``, ``loss``
     (smoothed), ``val_loss``, ``val_perplexity``.
 
     Each of those jobs is a callback (:class:`Callback`); ``callbacks`` adds the user's,
@@ -199,6 +201,12 @@ def fit(trainer, batches, *, steps: Optional[int] = None, epochs: Optional[float
             state.summary.update(stopped="interrupted", reason=f"interrupted at step {trainer.step}")
             run("on_interrupt", state)
             state.write(state.summary["reason"])
+        except BrokenPipeError:
+            # The reader of the printed lines went away (`numbarnn train | head`): stop as on
+            # Ctrl-C (the checkpoint is saved), printing nothing more.
+            state.write = lambda *args, **kwargs: None
+            state.summary.update(stopped="output-closed", reason=f"output closed at step {trainer.step}")
+            run("on_interrupt", state)
         state.summary.update(steps=trainer.step, loss=state.smoothed_loss)
     except BaseException as error:
         state.error = error

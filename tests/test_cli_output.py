@@ -54,3 +54,18 @@ def test_output_that_fits_the_buffer_meets_the_closed_pipe_at_the_last_flush(tmp
     process, err = start(tmp_path, "list")
     process.stdout.close()
     assert_ended_quietly(process, err)
+
+
+def test_train_piped_into_head_saves_its_checkpoint_and_ends_quietly(tmp_path):
+    # Samples every step (far more than the buffer holds): the pipe breaks in the middle of
+    # training, which stops as Ctrl-C stops it, with the checkpoint saved, not lost.
+    process, err = start(tmp_path, "train", "--hidden", "8", "--steps", "3000", "--sample-every", "1",
+                         "--no-progress", "--out", "run.ckpt", "--seed", "0")
+    first = process.stdout.readline()
+    process.stdout.close()
+    assert first.startswith(b"training a 1-layer lstm")
+    assert_ended_quietly(process, err)
+    from numbarnn.checkpoint import load_checkpoint
+
+    trainer = load_checkpoint(tmp_path / "run.ckpt")
+    assert 1 <= trainer.step < 3000  # it stopped early, where the pipe broke, and saved that step
