@@ -16,7 +16,8 @@ Implementations (the cell's equations are those of ``tests/own_cells_reference.p
   reference's own torch step functions, in float32), ``torch.optim.Adam``;
 * ``jax <cell>``: ``jax.lax.scan`` over a cell function, ``jax.value_and_grad``, the clip and
   a hand-written Adam (PyTorch's formula), all in one ``jax.jit`` function. JAX compiles the
-  cell whole, which makes it the strongest anchor. JAX is optional (``pip install jax``);
+  cell whole, which makes it the strongest anchor. JAX is optional (``pip install jax``, or
+  the ``bench`` extra: ``pip install ".[bench]"``);
 * ``numbarnn lstm``: the built-in LSTM's ``train_step``, the comparison the issue names
   (a plugin's time per gate against it); ``jax lstm`` runs the plain LSTM with numbarnn's
   own weights, to re-measure "numbarnn's LSTM is 2.0x JAX's" on this machine;
