@@ -434,6 +434,12 @@ class SequenceModel:
         G, H = self.cell.gates, self.hidden_size
         return T * B * G * H * (H + width)
 
+    def __getstate__(self):
+        # copy.deepcopy and pickle: a copy makes its own worker when it needs one (a thread pool cannot be copied)
+        state = self.__dict__.copy()
+        state["_pool"] = None
+        return state
+
     def _direction_pool(self):
         """The one-thread pool that runs reverse directions, made on first use; None when
         ``concurrent_directions`` is off or threads cannot be made."""

@@ -657,3 +657,16 @@ def test_the_loops_a_direction_runs_release_the_gil():
         loops = loops_for(numbarnn.get_cell(name))
         for kernel in (loops.forward_dense, loops.forward_indices, loops.backward_dense, loops.backward_indices):
             assert kernel.targetoptions.get("nogil") is True, (name, kernel)
+
+
+def test_a_model_with_a_direction_worker_can_be_copied_and_pickled():
+    import copy
+    import pickle
+
+    model = SequenceModel("lstm", 5, 6, 3, index_input=False, task="regress", bidirectional=True, seed=0)
+    model._direction_pool()  # as after a step that ran the two directions at the same time
+    assert model._pool is not None
+    x = np.random.default_rng(0).normal(size=(4, 2, 5))
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert twin._pool is None and model._pool is not None
+        np.testing.assert_array_equal(twin.forward(x)[0], model.forward(x)[0])
