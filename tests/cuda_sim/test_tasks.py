@@ -132,3 +132,21 @@ def test_the_device_keeps_the_buffers_of_the_last_shapes_only():
         assert gpu.buffers(1, 1, True) is first  # in use again: kept
     assert len(gpu._buffers) == BUFFER_SHAPES
     assert (2, 2, True) not in gpu._buffers and (BUFFER_SHAPES + 3, 2, True) in gpu._buffers
+
+
+def test_float32_stacks_on_the_device_stay_close_to_the_cpu():
+    # the new kernels (step reordering, last-step features, states at lengths) in float32 too
+    cpu = numbarnn.make_model("lstm", task="classify", vocab_size=6, embedding=3, num_classes=2, hidden_size=3,
+                              bidirectional=True, layers=2, dtype="float32", seed=4)
+    gpu = CudaSequenceModel(cpu)
+    rng = np.random.default_rng(5)
+    x, lengths = rng.integers(-1, 6, (4, 3)), np.array([4, 1, 2])
+    (out_cpu, final_cpu), (out_gpu, final_gpu) = cpu.forward(x, lengths=lengths), gpu.forward(x, lengths=lengths)
+    assert out_gpu.dtype == np.float32
+    np.testing.assert_allclose(out_gpu, out_cpu, rtol=1e-5, atol=1e-6)
+    for a, b in zip(flat(final_gpu), flat(final_cpu), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    d_outputs = rng.normal(size=out_cpu.shape).astype(np.float32)
+    grads_cpu, grads_gpu = cpu.backward(d_outputs), gpu.backward(d_outputs)
+    for name, value in grads_cpu.items():
+        np.testing.assert_allclose(grads_gpu[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
