@@ -233,12 +233,18 @@ class CpuBackend:
         """Copies of every parameter, keyed like ``model.params``."""
         return {name: value.copy() for name, value in self.model.params.items()}
 
-    def snapshot_params(self):
-        """A copy of every weight (one flat array), for :meth:`restore_params`."""
-        return self.model.flat_params.copy()
+    def snapshot_params(self, reuse=None):
+        """A copy of every weight (one flat array), for :meth:`restore_params`; written into
+        ``reuse`` when that is an earlier snapshot of this model."""
+        flat = self.model.flat_params
+        if isinstance(reuse, np.ndarray) and reuse.shape == flat.shape and reuse.dtype == flat.dtype:
+            reuse[...] = flat
+            return reuse
+        return flat.copy()
 
-    def snapshot_optimizer(self):
-        """The optimizer's state (copies), for :meth:`restore_optimizer`."""
+    def snapshot_optimizer(self, reuse=None):
+        """The optimizer's state (copies), for :meth:`restore_optimizer` (new host arrays:
+        cheap next to a step here, so ``reuse`` is not needed)."""
         return self.optimizer.state_dict()
 
     def restore_optimizer(self, snapshot) -> None:

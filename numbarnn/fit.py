@@ -291,8 +291,10 @@ class NonFiniteGuard(Callback):
 
     def on_step_start(self, state):
         trainer = state.trainer
-        self.snapshot, self.good_step = trainer.snapshot_params(), trainer.step
-        self.optimizer_state = trainer.snapshot_optimizer()  # copies, on the device: a small part of a step
+        # copies on the device, into last step's buffers: a small part of a step
+        self.snapshot = trainer.snapshot_params(reuse=getattr(self, "snapshot", None))
+        self.optimizer_state = trainer.snapshot_optimizer(reuse=getattr(self, "optimizer_state", None))
+        self.good_step = trainer.step
 
     def on_non_finite(self, state, error):
         state.trainer.restore_params(self.snapshot)

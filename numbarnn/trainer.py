@@ -537,18 +537,21 @@ class Trainer:
         """
         return save_checkpoint(self, path, batches)
 
-    def snapshot_params(self):
-        """A copy of every weight (one flat array, on the device), for :meth:`restore_params`."""
-        return self.backend.snapshot_params()
+    def snapshot_params(self, reuse=None):
+        """A copy of every weight (one flat array, on the device), for :meth:`restore_params`.
+        ``reuse``: an earlier snapshot of this trainer to overwrite instead of allocating a new
+        one (the non-finite guard takes one every step)."""
+        return self.backend.snapshot_params(reuse)
 
     def restore_params(self, snapshot) -> None:
         """Put back the weights :meth:`snapshot_params` copied (or a dict of host arrays)."""
         self.backend.restore_params(snapshot)
 
-    def snapshot_optimizer(self):
+    def snapshot_optimizer(self, reuse=None):
         """A copy of the optimizer's state (slots, step count, options), kept on the device,
-        for :meth:`restore_optimizer` (the non-finite guard takes one before every step)."""
-        return self.backend.snapshot_optimizer()
+        for :meth:`restore_optimizer` (the non-finite guard takes one before every step);
+        ``reuse`` as in :meth:`snapshot_params`."""
+        return self.backend.snapshot_optimizer(reuse)
 
     def restore_optimizer(self, snapshot) -> None:
         """Put back the optimizer's state :meth:`snapshot_optimizer` copied."""

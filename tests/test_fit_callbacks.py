@@ -311,3 +311,16 @@ def test_a_non_finite_loss_stops_the_step_before_the_optimizer_moves():
         trainer.train_step(inputs, targets, mask)
     assert trainer.step == 2
     assert_same_state(optimizer_state(trainer), before)
+
+
+def test_a_snapshot_can_be_taken_into_an_earlier_one():
+    # The non-finite guard snapshots before every step: into last step's buffer, not a new one.
+    trainer = numbarnn.make_trainer("rnn", vocab_size=3, hidden_size=2, dtype="float64", seed=0)
+    first = trainer.snapshot_params()
+    trainer.train_step(np.array([[0, 1, 2]]), np.array([[1, 2, 0]]))
+    again = trainer.snapshot_params(reuse=first)
+    assert again is first and np.array_equal(first, trainer.model.flat_params)
+    assert not np.shares_memory(first, trainer.model.flat_params)
+    other = numbarnn.make_trainer("rnn", vocab_size=4, hidden_size=2, dtype="float64", seed=0)
+    fresh = other.snapshot_params(reuse=first)  # another model's snapshot: not reused
+    assert fresh is not first and fresh.shape == other.model.flat_params.shape

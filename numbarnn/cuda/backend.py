@@ -56,6 +56,12 @@ from .model import _KEEP_STATE, CudaSequenceModel, DeviceState
 __all__ = ["CudaBackend", "CudaOptimizer"]
 
 
+def _same_device_array(candidate, like) -> bool:
+    """Whether ``candidate`` is a device array that can hold a copy of ``like`` (a snapshot to reuse)."""
+    return (candidate is not None and hasattr(candidate, "copy_to_host") and candidate is not like
+            and tuple(candidate.shape) == tuple(like.shape) and candidate.dtype == like.dtype)
+
+
 def _cuda_update(optimizer_class):
     """The update function the class names in ``cuda_update`` (``"module:function"``)."""
     module, _, name = optimizer_class.__dict__["cuda_update"].partition(":")
@@ -128,11 +134,14 @@ class CudaOptimizer:
         self.step_count += 1
         self._update(self.model.flat, self.model.grad_flat, self.state, self.cpu.options, self.step_count)
 
-    def snapshot(self):
-        """``(step, options, {slot: device copy})``, for :meth:`restore`; copies on the device only."""
+    def snapshot(self, reuse=None):
+        """``(step, options, {slot: device copy})``, for :meth:`restore`; copies on the device
+        only, into ``reuse``'s buffers when that is an earlier snapshot."""
+        earlier = reuse[2] if isinstance(reuse, tuple) and len(reuse) == 3 and isinstance(reuse[2], dict) else {}
         copies = {}
         for slot, array in self.state.items():
-            copies[slot] = cuda.device_array(array.shape, array.dtype)
+            copy = earlier.get(slot)
+            copies[slot] = copy if _same_device_array(copy, array) else cuda.device_array(array.shape, array.dtype)
             darrays.copy_flat(array, copies[slot])
         return self.step_count, dict(self.cpu.options), copies
 
@@ -316,16 +325,19 @@ class CudaBackend:
         """Copies of every parameter as NumPy arrays (:meth:`CudaSequenceModel.params_to_host`)."""
         return self.model.params_to_host()
 
-    def snapshot_params(self):
-        """A device copy of every parameter (for :meth:`restore_params`); copies nothing to the host."""
-        copy = cuda.device_array(self.model.size, self.model.dtype)
-        darrays.copy_flat(self.model.flat, copy)
+    def snapshot_params(self, reuse=None):
+        """A device copy of every parameter (for :meth:`restore_params`); copies nothing to the
+        host. Written into ``reuse`` when that is an earlier snapshot of this model (no new
+        device allocation: the non-finite guard takes one every step)."""
+        flat = self.model.flat
+        copy = reuse if _same_device_array(reuse, flat) else cuda.device_array(self.model.size, self.model.dtype)
+        darrays.copy_flat(flat, copy)
         return copy
 
-    def snapshot_optimizer(self):
+    def snapshot_optimizer(self, reuse=None):
         """A device copy of the optimizer's slots with its step count and options (nothing
-        comes to the host: the non-finite guard takes one every step)."""
-        return self.optimizer.snapshot()
+        comes to the host), into ``reuse``'s buffers when that is an earlier one."""
+        return self.optimizer.snapshot(reuse)
 
     def restore_optimizer(self, snapshot) -> None:
         """Put back what :meth:`snapshot_optimizer` returned."""

@@ -26,3 +26,15 @@ def test_weights_that_overflow_put_back_the_optimizers_state_on_the_device(small
     assert state.keys() == good_state.keys()
     for key in state:
         np.testing.assert_array_equal(state[key], good_state[key], err_msg=key)
+
+
+def test_the_guards_snapshots_reuse_their_device_buffers(small_blocks):
+    trainer = numbarnn.make_trainer("rnn", optimizer="adam", vocab_size=3, hidden_size=2, dtype="float64", seed=0,
+                                    device="cuda")
+    params, optimizer = trainer.snapshot_params(), trainer.snapshot_optimizer()
+    trainer.train_step(np.array([[0, 1, 2]]), np.array([[1, 2, 0]]))
+    assert trainer.snapshot_params(reuse=params) is params  # overwritten, not a new allocation
+    np.testing.assert_array_equal(params.copy_to_host(), trainer.model.flat.copy_to_host())
+    again = trainer.snapshot_optimizer(reuse=optimizer)
+    assert again[0] == 1 and all(again[2][slot] is optimizer[2][slot] for slot in optimizer[2])
+    np.testing.assert_array_equal(again[2]["exp_avg"].copy_to_host(), trainer.optimizer.state["exp_avg"].copy_to_host())
