@@ -314,14 +314,6 @@ class Trainer:
             return x, y, np.ones(T * B, model.dtype)
         return x, y, weights.reshape(T * B).astype(model.dtype)
 
-    def _loss_and_gradient(self, x, y, weights, state, train):
-        outputs, final = self.model.forward(x, state, train=train, rng=self.rng)
-        T, B, V = outputs.shape
-        d_outputs, scratch = np.empty_like(outputs), np.empty_like(outputs)
-        loss = self.loss.forward_backward(outputs.reshape(T * B, V), y, weights,
-                                          d_outputs.reshape(T * B, V), scratch.reshape(T * B, V))
-        return loss, d_outputs, final, B
-
     def train_step(self, inputs, targets, mask=None, state=None, *, lengths=None) -> float:
         """One forward, BPTT, clip and update. Returns the loss summed over time steps (over
         the sequence's one output, for classify) and averaged over the batch.
@@ -383,14 +375,13 @@ class Trainer:
         """``{"loss": mean loss, "count": n}`` over a batch (per sequence for "classify", per
         weighted step otherwise), with ``"accuracy"`` (the fraction of sequences whose most
         likely class is the target) for "classify". Arguments as :meth:`train_step`."""
-        loss, count, _ = self.evaluate(inputs, targets, mask, lengths=lengths)
+        x, y, weights, lengths = self._prepare(inputs, targets, mask, lengths)  # checked once, for both
+        loss, _ = self.backend.evaluate(x, y, weights, None, lengths=lengths)
+        count = float(weights.sum())
         result = {"loss": loss / max(count, 1.0), "count": count}
-        if self.task == "classify":
-            if lengths is None and mask is not None:
-                T = self._time_major_inputs(inputs).shape[0]
-                lengths = _lengths_from_mask(mask, T, len(np.atleast_1d(np.asarray(targets))))
-            predicted = self.predict(inputs, lengths).argmax(axis=1)
-            result["accuracy"] = float((predicted == np.atleast_1d(np.asarray(targets))).mean())
+        if self.task == "classify":  # the most likely class: the largest logit
+            logits, _ = self.backend.host_model().forward(x, **({} if lengths is None else {"lengths": lengths}))
+            result["accuracy"] = float((logits.argmax(axis=1) == y).mean())
         return result
 
     # -- generation ------------------------------------------------------------------------------
