@@ -410,7 +410,7 @@ def _check_vocab(path, meta, cfg) -> None:
     """``vocab`` and ``tokens``: a string of sorted distinct characters (``tokens`` absent or
     "chars"), or for ``tokens: "words"`` a list of distinct tokens, its length checked against
     the cap before any entry is looked at."""
-    from .data import MAX_WORD_CHARS, MAX_WORD_VOCAB, UNK, tokenize
+    from .data import MAX_WORD_VOCAB, DataError, check_word_tokens
 
     tokens = meta.get("tokens", "chars")
     if tokens not in ("chars", "words"):
@@ -428,16 +428,10 @@ def _check_vocab(path, meta, cfg) -> None:
         raise CheckpointError(f"{path}: corrupt checkpoint metadata: a word model's vocab should list "
                               f"config.vocab_size ({cfg['vocab_size']}) tokens, at most {MAX_WORD_VOCAB}; it lists "
                               f"{len(vocab)}")
-    for i, token in enumerate(vocab):
-        if not (isinstance(token, str) and 0 < len(token) <= MAX_WORD_CHARS and tokenize(token) == [token]):
-            raise CheckpointError(f"{path}: corrupt checkpoint metadata: vocab[{i}] should be one token (a string "
-                                  f"of 1 to {MAX_WORD_CHARS} characters that tokenizes to itself); got "
-                                  f"{_short(repr(token))}")
-    if len(set(vocab)) != len(vocab):
-        raise CheckpointError(f"{path}: corrupt checkpoint metadata: a word model's vocab lists a token twice")
-    if UNK not in vocab or "\n" not in vocab:
-        raise CheckpointError(f"{path}: corrupt checkpoint metadata: a word model's vocab should hold {UNK!r} and "
-                              "the newline")
+    try:
+        check_word_tokens(vocab, "vocab")
+    except DataError as error:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata: {error}") from None
 
 
 def _check_model_fields(path, cfg) -> None:

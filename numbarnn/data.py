@@ -348,15 +348,7 @@ class WordVocabulary:
         tokens = list(tokens)
         if len(tokens) > MAX_WORD_VOCAB:
             raise DataError(f"a word vocabulary holds at most {MAX_WORD_VOCAB} tokens, got {len(tokens)}")
-        bad = [t for t in tokens if not isinstance(t, str) or len(t) > MAX_WORD_CHARS or tokenize(t) != [t]]
-        if bad:
-            raise DataError(f"a word vocabulary holds tokens as tokenize() makes them (at most {MAX_WORD_CHARS} "
-                            f"characters); got {repr(bad[0])[:60]}")
-        if len(set(tokens)) != len(tokens):
-            raise DataError("a word vocabulary holds each token once; "
-                            f"{next(t for t in tokens if tokens.count(t) > 1)!r} is there twice")
-        if UNK not in tokens or NEWLINE not in tokens:
-            raise DataError("a word vocabulary holds '<unk>' and the newline")
+        check_word_tokens(tokens)
         self.tokens = tokens
         self.index = {t: i for i, t in enumerate(tokens)}
         self.unk = self.index[UNK]
@@ -482,6 +474,29 @@ def _saved_count(state: dict, key: str) -> int:
     if not _is_count(value):
         raise DataError(f"the saved data position's {key} should be an integer >= 0, got {value!r:.60}")
     return int(value)
+
+
+def check_word_tokens(tokens: list, label: str = "tokens") -> None:
+    """A word vocabulary's tokens in index order, as :class:`WordVocabulary` and a checkpoint's
+    ``vocab`` must hold them: each one token as :func:`tokenize` makes it (1 to
+    :data:`MAX_WORD_CHARS` characters), each once, ``<unk>`` and the newline among them. The
+    first problem is a :class:`DataError` (``label`` names the list in it).
+
+    >>> check_word_tokens([UNK, "\\n", "cat", "two words"])
+    Traceback (most recent call last):
+    ...
+    numbarnn.data.DataError: tokens[3] should be one token (a string of 1 to 100 characters that tokenize() gives back as itself); got 'two words'
+    """
+    seen = set()
+    for i, token in enumerate(tokens):
+        if not (isinstance(token, str) and 0 < len(token) <= MAX_WORD_CHARS and tokenize(token) == [token]):
+            raise DataError(f"{label}[{i}] should be one token (a string of 1 to {MAX_WORD_CHARS} characters that "
+                            f"tokenize() gives back as itself); got {repr(token)[:60]}")
+        if token in seen:
+            raise DataError(f"a word vocabulary lists a token twice: {token!r}")
+        seen.add(token)
+    if UNK not in seen or NEWLINE not in seen:
+        raise DataError(f"a word vocabulary should hold {UNK!r} and the newline")
 
 
 def _load_shuffled_position(batches, state: dict, n: int, what: str) -> None:
