@@ -29,7 +29,7 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from .data import printable
+from .data import MAX_WORD_VOCAB, printable
 from .registry import KINDS, PLURALS, RegistryError
 
 _KIND_ARGS = {**{p: p for p in PLURALS.values()}, **PLURALS}  # "cell" and "cells" -> "cells"
@@ -307,7 +307,8 @@ _TRAIN_CHECKS = {"hidden": _COUNT, "layers": _COUNT, "batch": _COUNT, "seq_lengt
                  "threads": _COUNT, "eval_every": _COUNT, "epochs": _POSITIVE, "lr": _POSITIVE, "clip": _NONNEGATIVE,
                  "dropout": _FRACTION, "validation": _FRACTION, "seed": _COUNT0, "patience": _COUNT0,
                  "sample_every": _COUNT0, "checkpoint_every": _COUNT, "embedding": _COUNT,
-                 "max_vocab": (lambda v: 3 <= v <= 2**20, "must be from 3 (<unk>, the newline and a word) to 1048576")}
+                 "max_vocab": (lambda v: 3 <= v <= MAX_WORD_VOCAB,
+                               f"must be from 3 (<unk>, the newline and a word) to {MAX_WORD_VOCAB}")}
 _SAMPLE_CHECKS = {"n": _COUNT, "length": _COUNT, "top_k": _COUNT, "beam_width": _COUNT, "seed": _COUNT0,
                   "temperature": _POSITIVE,
                   "top_p": (lambda v: 0 < v <= 1, "must be a probability in (0, 1]")}
