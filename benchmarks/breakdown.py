@@ -93,13 +93,13 @@ def main(argv=None):
 
     rows = {
         "compiled step (forward, loss, BPTT, gradients)": median_ms(lambda: step.language_model_step(
-            idx, targets, ones, dt.type(1.0 / B), W_x, b_x, W_h, b_h, W_y, b_y, xz, states, cache, hz, logits,
-            probs, dlogits, d_hidden, dstate, dstate_prev, dxz, dhz, dh, dW_x, dW_h, db_x, db_h, dW_y, db_y), r),
+            idx, targets, ones, dt.type(1.0 / B), W_x, b_x, W_h, b_h, (), W_y, b_y, xz, states, cache, hz, logits,
+            probs, dlogits, d_hidden, dstate, dstate_prev, dxz, dhz, dh, dW_x, dW_h, db_x, db_h, (), dW_y, db_y), r),
         "  input projection + its weight gradient": median_ms(input_parts, r),
-        "  forward time loop": median_ms(lambda: step.sequence_forward(xz, W_h, b_h, states, cache, hz), r),
+        "  forward time loop": median_ms(lambda: step.sequence_forward(xz, W_h, b_h, (), states, cache, hz), r),
         "  head, softmax cross-entropy, head backward": median_ms(head_and_loss, r),
-        "  BPTT time loop": median_ms(lambda: step.sequence_backward(W_h, states, cache, d_hidden, dstate,
-                                                                     dstate_prev, dxz, dhz, dh), r),
+        "  BPTT time loop": median_ms(lambda: step.sequence_backward(W_h, (), states, cache, d_hidden, dstate,
+                                                                     dstate_prev, dxz, dhz, dh, ()), r),
         "  recurrent weight gradient (one product)": median_ms(lambda: L.recurrent_weight_gradients(
             dhz.reshape(N, GH), states[0, :T].reshape(N, H), dW_h, db_h), r),
     }

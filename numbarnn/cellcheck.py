@@ -22,6 +22,12 @@ write starts as a poison NaN. Afterwards:
 - NaN or inf in an output from finite inputs means it read outside its arrays (guards
   and unwritten cache are NaN) or is otherwise broken.
 
+A cell with parameters of its own (``CellSpec.params``) gets them too, each guarded and
+shaped as declared (with X = 4 input features), and the backward gets their gradient
+arrays, zeroed as the loops zero them: writing outside one, into a parameter, or NaN or inf
+into a gradient is an error the same way. A cell without recurrent weights gets ``hz_t`` all
+zeros, as the loops pass it.
+
 Any of these, a kernel that is not an ``@njit`` function, takes the wrong number of
 arguments, fails to compile or raises, is a :class:`CellCheckError` naming the cell,
 its plugin and the problem in one line. The dry run calls the kernels' own dispatchers:
@@ -49,15 +55,25 @@ from .registry import RegistryError
 
 __all__ = ["CellCheckError", "check_cell"]
 
-B, H, T, STEP = 2, 3, 3, 1
-"""The dry run's sizes: batch, hidden units, steps, and the step the kernels are run at
-(1, so that a state on either side of it can be watched)."""
+B, H, T, STEP, X = 2, 3, 3, 1, 4
+"""The dry run's sizes: batch, hidden units, steps, the step the kernels are run at
+(1, so that a state on either side of it can be watched), and input features (for an own
+parameter's shape)."""
 
 DTYPES = (np.float64, np.float32)
 
 ARGUMENTS = {"forward": ("xz_t", "hz_t", "states", "t", "cache_t"),
              "backward": ("dstate", "states", "t", "cache_t", "dxz_t", "dhz_t", "dstate_prev")}
 """Each kernel's arguments, in the order the loops pass them (numbarnn.kernels.cell_loops)."""
+
+OWN_ARGUMENTS = {"forward": ("params",), "backward": ("params", "grads")}
+"""What the kernels of a cell with parameters of its own get after those: the tuple of its
+parameters, and in the backward the tuple of their gradients."""
+
+
+def arguments(cell, role: str) -> tuple:
+    """The names of ``role``'s kernel arguments for this cell, in the loops' order."""
+    return ARGUMENTS[role] + (OWN_ARGUMENTS[role] if cell.params else ())
 
 # Quiet NaNs with payloads: a guard value around every array, a poison in every element a
 # kernel must write. Compared bit for bit, so a NaN the kernel computes does not count as
@@ -95,7 +111,8 @@ class CellCheckError(RegistryError, ValueError):
 def check_cell(cell) -> None:
     """Raise :class:`CellCheckError` unless ``cell``'s kernels match its spec (see the
     module docstring); a cell that passed is not checked again in this process."""
-    key = (cell.forward, cell.backward, cell.gates, cell.states, cell.cache_width, cell.shared_gate_grad)
+    key = (cell.forward, cell.backward, cell.gates, cell.states, cell.cache_width, cell.shared_gate_grad,
+           cell.params, cell.recurrent_weights)
     if key in _checked:
         return
     problem = _problem(cell)
@@ -121,7 +138,8 @@ def _origin(cell):
 
 def _problem(cell):
     """What is wrong with ``cell``, in words, or None."""
-    for role, arguments in ARGUMENTS.items():
+    for role in ARGUMENTS:
+        names = arguments(cell, role)
         kernel = getattr(cell, role)
         label = f"the {role} kernel {_name(kernel)}"
         if not isinstance(kernel, Dispatcher):
@@ -133,10 +151,11 @@ def _problem(cell):
             continue  # no Python signature to read: the dry run will tell
         if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
             continue
-        if len(parameters) != len(arguments):
+        if len(parameters) != len(names):
+            own = " (the cell declares parameters of its own)" if cell.params else ""
             return (f"{label} takes {len(parameters)} arguments "
-                    f"({', '.join(p.name for p in parameters)}); a {role} kernel takes {len(arguments)}: "
-                    f"({', '.join(arguments)})")
+                    f"({', '.join(p.name for p in parameters)}); a {role} kernel takes {len(names)}{own}: "
+                    f"({', '.join(names)})")
     for dtype in DTYPES:
         problem = _dry_run(cell, dtype)
         if problem is not None:
@@ -191,6 +210,29 @@ def _dry_run(cell, dtype):
     states, cache = arrays["states"][0], arrays["cache_t"][0]
     states.poison((slice(None), STEP + 1))
     cache.poison()  # what the forward does not save reads as NaN in the backward
+    if not cell.recurrent_weights:
+        arrays["hz_t"][0].array[...] = 0.0  # the loops pass zeros: there is no W_h
+    own = {}  # the cell's own parameters, shaped as declared, and their gradients (zeroed as by the loops)
+    for spec in cell.params:
+        shape = spec.resolve_shape(X, H, G)
+        own[spec.name] = _Guarded(spec.name, shape, dtype, rng)
+        own["d" + spec.name] = _Guarded("d" + spec.name, shape, dtype, rng)
+        own["d" + spec.name].array[...] = 0.0
+    own_params = tuple(own[spec.name].array for spec in cell.params)
+    own_grads = tuple(own["d" + spec.name].array for spec in cell.params)
+    own_values = {name: guarded.array.copy() for name, guarded in own.items() if not name.startswith("d")}
+
+    def own_problem(role):
+        for name, guarded in own.items():
+            if guarded.wrote_outside():
+                return (f"the {role} kernel {_name(getattr(cell, role))} wrote outside {name}, its own "
+                        f"{'parameter' if name in own_values else 'gradient'} of shape {guarded.shape} (as declared "
+                        f"in params, with X={X}, H={H}, G={G})")
+        for name, before in own_values.items():
+            problem = changed(role, f"its parameter {name}", before, own[name].array)
+            if problem:
+                return problem
+        return None
 
     def outside(role, names):
         for name in names:
@@ -210,9 +252,11 @@ def _dry_run(cell, dtype):
     # -- forward(xz_t, hz_t, states, t, cache_t) --------------------------------------------
     inputs = {name: arrays[name][0].array.copy() for name in ("xz_t", "hz_t")}
     other_states = np.delete(states.array, STEP + 1, axis=1)
-    problem = _call(cell, "forward", [arrays[n][0].array if n != "t" else STEP for n in ARGUMENTS["forward"]])
+    extra = {"t": STEP, "params": own_params, "grads": own_grads}
+    problem = _call(cell, "forward", [extra[n] if n in extra else arrays[n][0].array
+                                      for n in arguments(cell, "forward")])
     if problem is None:
-        problem = outside("forward", ("xz_t", "hz_t", "states", "cache_t"))
+        problem = outside("forward", ("xz_t", "hz_t", "states", "cache_t")) or own_problem("forward")
     for name in ("xz_t", "hz_t"):
         problem = problem or changed("forward", name, inputs[name], arrays[name][0].array)
     problem = problem or changed("forward", "states[:, s] for s != t+1", other_states,
@@ -239,9 +283,11 @@ def _dry_run(cell, dtype):
     for name in outputs:
         arrays[name][0].poison()
     inputs = {name: arrays[name][0].array.copy() for name in ("dstate", "states")}
-    problem = _call(cell, "backward", [arrays[n][0].array if n != "t" else STEP for n in ARGUMENTS["backward"]])
+    problem = _call(cell, "backward", [extra[n] if n in extra else arrays[n][0].array
+                                       for n in arguments(cell, "backward")])
     if problem is None:
-        problem = outside("backward", ("dstate", "states", "cache_t", "dxz_t", "dhz_t", "dstate_prev"))
+        problem = (outside("backward", ("dstate", "states", "cache_t", "dxz_t", "dhz_t", "dstate_prev"))
+                   or own_problem("backward"))
     for name in ("dstate", "states"):
         problem = problem or changed("backward", name, inputs[name], arrays[name][0].array)
     if problem is None:
@@ -257,7 +303,9 @@ def _dry_run(cell, dtype):
                 what = what if len(missing) > 1 else what[:-1]  # "gate block 4"
                 return (f"the backward kernel {_name(cell.backward)} left {what} {_ranges(missing)} of {name} "
                         f"unwritten (all {count} must be written: {size} may be more than the kernel computes)")
-    return problem or _non_finite(cell, "backward", {name: arrays[name][0].array for name in outputs})
+    finite = {name: arrays[name][0].array for name in outputs}
+    finite.update({name: guarded.array for name, guarded in own.items() if name not in own_values})
+    return problem or _non_finite(cell, "backward", finite)
 
 
 def _call(cell, role, arguments):

@@ -510,11 +510,13 @@ def read_checkpoint(path):
     return meta, arrays
 
 
-def expected_param_shapes(gates: int, vocab_size, hidden_size: int, layers: int, *, task: str = "lm",
+def expected_param_shapes(cell, vocab_size, hidden_size: int, layers: int, *, task: str = "lm",
                           input_size=None, embedding=None, num_classes=None, output_size=None,
                           bidirectional: bool = False) -> dict:
     """The weights ``make_trainer`` builds for these sizes, ``{name: shape}`` in ``params``
-    order, computed without allocating (``vocab_size`` is None for dense inputs).
+    order, computed without allocating (``vocab_size`` is None for dense inputs). ``cell`` is
+    a cell (a :class:`~numbarnn.cells.CellSpec` or its registered name; its own parameters
+    count) or a gate count (a cell with the four fused weights only).
 
     >>> expected_param_shapes(4, 5, 3, 2)["W_x_l1"], expected_param_shapes(1, 5, 3, 1)["W_y"]
     ((12, 3), (5, 3))
@@ -522,7 +524,19 @@ def expected_param_shapes(gates: int, vocab_size, hidden_size: int, layers: int,
     >>> shapes["W_emb"], shapes["W_x_reverse"], shapes["W_x_l1_reverse"], shapes["W_y"]
     ((5, 2), (12, 2), (12, 6), (7, 6))
     """
-    GH, H, D = gates * hidden_size, hidden_size, 2 if bidirectional else 1
+    if isinstance(cell, (int, np.integer)) and not isinstance(cell, bool):
+        GH = int(cell) * hidden_size
+
+        def layer_shapes(X):
+            return {"W_x": (GH, X), "W_h": (GH, hidden_size), "b_x": (GH,), "b_h": (GH,)}
+    else:
+        from .plugins import get_cell
+
+        spec = get_cell(cell)
+
+        def layer_shapes(X):
+            return spec.param_shapes(X, hidden_size)
+    H, D = hidden_size, 2 if bidirectional else 1
     shapes = {}
     if embedding is not None:
         shapes["W_emb"] = (vocab_size, embedding)
@@ -530,7 +544,7 @@ def expected_param_shapes(gates: int, vocab_size, hidden_size: int, layers: int,
     for layer in range(layers):
         X = first if layer == 0 else D * H
         for reverse in (False, True)[:D]:
-            for name, shape in (("W_x", (GH, X)), ("W_h", (GH, H)), ("b_x", (GH,)), ("b_h", (GH,))):
+            for name, shape in layer_shapes(X).items():
                 shapes[direction_param_name(name, layer, reverse)] = shape
     head = {"classify": num_classes, "regress": output_size}.get(task, output_size or vocab_size)
     if head is not None:
@@ -550,7 +564,7 @@ def _check_sizes(path, meta, arrays, cell) -> None:
     present = {key[len("param/"):]: value for key, value in arrays.items() if key.startswith("param/")}
     if cfg["layers"] > len(present):  # never build a table as long as a claim the file cannot back
         raise CheckpointError(f"{path}: {claim}, but the file holds only {len(present)} weights")
-    expected = expected_param_shapes(cell.gates, cfg.get("vocab_size"), cfg["hidden_size"], cfg["layers"],
+    expected = expected_param_shapes(cell, cfg.get("vocab_size"), cfg["hidden_size"], cfg["layers"],
                                      **{key: cfg[key] for key in MODEL_FIELDS if cfg.get(key) is not None})
     if set(present) != set(expected):
         missing, extra = sorted(set(expected) - set(present)), sorted(set(present) - set(expected))

@@ -140,6 +140,8 @@ class CpuBackend:
             p["b_y"], *work, dW_in, g["W_h"], g["b_x"], g["b_h"], g["W_y"], g["b_y"])
         if model.embedding_size is not None:  # the chain rule through W_in = W_x @ W_emb.T
             embedding.unfold_input_gradient(dW_in, p["W_x"], p["W_emb"], g["W_x"], g["W_emb"])
+        _, b_x, W_h, b_h, own = layer._kernel_weights()
+        _, dW_h, db_x, db_h, d_own = layer._kernel_gradients(g)
         final = layer._pack_state([states[s, T].copy() for s in range(S)])
         return float(loss), final, B
 
@@ -215,6 +217,7 @@ class CpuBackend:
             p["b_y"], mode,
             temperature, k, p_keep, uniforms, -2 if stop_index is None else int(stop_index), out,
             np.zeros((cell.states, 2, 1, H), dtype), np.empty((1, 1, cell.cache_width * H), dtype),
+        _, b_x, W_h, b_h, own = model.layers[0]._kernel_weights()
             np.empty((1, 1, cell.gates * H), dtype), np.empty((1, cell.gates * H), dtype),
             np.empty((1, model.output_size), dtype), np.empty(model.output_size), np.empty(model.output_size),
             np.empty(1, np.int64))

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from .cellcheck import check_cell
-from .cells import PARAM_NAMES, CellSpec
+from .cells import CellSpec
 from .kernels import loops
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -60,17 +60,40 @@ class RecurrentModel:
         self.dtype = resolve_dtype(dtype)
         self.batch_first = bool(batch_first)
         if params is None:
-            params = cell.init(np.random.default_rng(seed), self.input_size, self.hidden_size,
-                               cell.gates, self.dtype)
+            params = cell.init_params(np.random.default_rng(seed), self.input_size, self.hidden_size, self.dtype)
         self.params = self._checked_params(params)
+        GH, H = cell.gates * self.hidden_size, self.hidden_size
+        # What the loops get in place of fused weights the cell does not use (see cell_loops):
+        # zero projection biases, a (0, H) W_h, and scratch for their gradients.
+        self._unused = {"W_h": np.zeros((0, H), self.dtype), "b_x": np.zeros(GH, self.dtype),
+                        "b_h": np.zeros(GH, self.dtype)}
+        self._unused_grads = {name: np.empty_like(value) for name, value in self._unused.items()}
         #: what the last forward saved for backward: (x, is_index, states, cache), kernel layout
         self.context = None
 
     # -- parameters --------------------------------------------------------------------------
     def param_shapes(self) -> dict:
-        """The shape of each weight: ``W_x (G*H, X)``, ``W_h (G*H, H)``, ``b_x`` and ``b_h (G*H,)``."""
-        GH, H, X = self.cell.gates * self.hidden_size, self.hidden_size, self.input_size
-        return {"W_x": (GH, X), "W_h": (GH, H), "b_x": (GH,), "b_h": (GH,)}
+        """The shape of each weight: ``W_x (G*H, X)``, ``W_h (G*H, H)``, ``b_x`` and ``b_h (G*H,)``
+        (those the cell uses), then the cell's own parameters (see ``CellSpec.param_shapes``)."""
+        return self.cell.param_shapes(self.input_size, self.hidden_size)
+
+    def _fused(self, values: dict, name: str):
+        """``values[name]`` for a fused weight the cell uses, else the loops' placeholder."""
+        return values[name] if name in self.cell.fused_param_names else self._unused[name]
+
+    def _kernel_weights(self):
+        """``(W_x, b_x, W_h, b_h, own)`` as the compiled loops take them."""
+        p = self.params
+        return (p["W_x"], self._fused(p, "b_x"), self._fused(p, "W_h"), self._fused(p, "b_h"),
+                tuple(p[name] for name in self.cell.own_param_names))
+
+    def _kernel_gradients(self, grads: dict):
+        """``(dW_x, dW_h, db_x, db_h, d_own)`` as the compiled loops write them, from ``grads``
+        keyed like ``params``; scratch for the fused weights the cell does not use."""
+        pick = {name: grads[name] if name in self.cell.fused_param_names else self._unused_grads[name]
+                for name in ("W_h", "b_x", "b_h")}
+        return (grads["W_x"], pick["W_h"], pick["b_x"], pick["b_h"],
+                tuple(grads[name] for name in self.cell.own_param_names))
 
     def _checked_params(self, params) -> dict:
         out = {}
@@ -142,7 +165,7 @@ class RecurrentModel:
         T, B = x.shape[0], x.shape[1]
         if T < 1 or B < 1:
             raise ValueError(f"need at least one step and one sequence, got input shape {x.shape}")
-        cell, H, p = self.cell, self.hidden_size, self.params
+        cell, H = self.cell, self.hidden_size
         GH = cell.gates * H
         states = np.empty((cell.states, T + 1, B, H), self.dtype)
         initial = self._unpack_state(state, B, "initial state") if state is not None else None
@@ -150,12 +173,11 @@ class RecurrentModel:
             states[s, 0] = 0.0 if initial is None else initial[s]
         cache = np.empty((T, B, cell.cache_width * H), self.dtype)
         xz, hz = np.empty((T, B, GH), self.dtype), np.empty((B, GH), self.dtype)
+        weights = self._kernel_weights()
         if is_index:
-            loops.loops_for(cell).forward_indices(x.reshape(T * B), p["W_x"], p["b_x"], p["W_h"], p["b_h"],
-                                        xz, states, cache, hz)
+            loops.loops_for(cell).forward_indices(x.reshape(T * B), *weights, xz, states, cache, hz)
         else:
-            loops.loops_for(cell).forward_dense(x.reshape(T * B, self.input_size), p["W_x"], p["b_x"],
-                                      p["W_h"], p["b_h"], xz, states, cache, hz)
+            loops.loops_for(cell).forward_dense(x.reshape(T * B, self.input_size), *weights, xz, states, cache, hz)
         self.context = (x, is_index, states, cache)
         outputs = states[0, 1:]
         if self.batch_first:
@@ -167,7 +189,8 @@ class RecurrentModel:
 
         ``d_outputs`` is the upstream gradient of every hidden state ``(T, B, H)`` (zeros if
         None); ``d_final_state`` an extra gradient of the final state (e.g. ``(dh, dc)``).
-        Returns ``dW_x, dW_h, db_x, db_h`` (shapes of the parameters), ``dx`` (same shape as
+        Returns ``"d" + name`` for each parameter (``dW_x, dW_h, db_x, db_h`` and the cell's
+        own; shapes of the parameters), ``dx`` (same shape as
         a float input; None for integer inputs) and ``dstate`` (gradient of the initial state,
         in the form of ``forward``'s state).
         """
@@ -194,8 +217,8 @@ class RecurrentModel:
         ``(S, T+1, B, H)`` and cache ``(T, B, C*H)`` as the forward kernel wrote them.
         ``backward`` calls this with what ``forward`` saved in ``self.context``;
         :mod:`numbarnn.course` calls it with tensors rebuilt from the course's caches.
-        ``out`` optionally gives the arrays ``{W_x, W_h, b_x, b_h}`` to write the weight
-        gradients into (e.g. views of one flat gradient buffer).
+        ``out`` optionally gives the arrays to write the weight gradients into, keyed like
+        ``params`` (e.g. views of one flat gradient buffer).
         """
         cell, H = self.cell, self.hidden_size
         T, B, GH = states.shape[1] - 1, states.shape[2], cell.gates * H
@@ -208,20 +231,20 @@ class RecurrentModel:
                 dstate[s] = value
         dxz = np.empty((T, B, GH), self.dtype)
         dhz = dxz if cell.shared_gate_grad else np.empty((T, B, GH), self.dtype)
-        grads = out if out is not None else {name: np.empty_like(self.params[name]) for name in PARAM_NAMES}
+        grads = out if out is not None else {name: np.empty_like(value) for name, value in self.params.items()}
         scratch = (np.empty_like(dstate), dxz, dhz, np.empty((B, H), self.dtype))
+        W_x, _, W_h, _, own = self._kernel_weights()
+        dweights = self._kernel_gradients(grads)
         dx = None
         if is_index:
-            loops.loops_for(cell).backward_indices(x.reshape(T * B), self.params["W_h"], states, cache,
-                                         d_outputs, dstate, *scratch, grads["W_x"], grads["W_h"], grads["b_x"],
-                                         grads["b_h"])
+            loops.loops_for(cell).backward_indices(x.reshape(T * B), W_h, own, states, cache, d_outputs, dstate,
+                                                   *scratch, *dweights)
         else:
             dx = np.empty((T, B, self.input_size), self.dtype)
-            loops.loops_for(cell).backward_dense(x.reshape(T * B, self.input_size), self.params["W_x"],
-                                       self.params["W_h"], states, cache, d_outputs, dstate, *scratch,
-                                       grads["W_x"], grads["W_h"], grads["b_x"], grads["b_h"],
-                                       dx.reshape(T * B, self.input_size))
-        result = {"d" + name: grads[name] for name in PARAM_NAMES}
+            loops.loops_for(cell).backward_dense(x.reshape(T * B, self.input_size), W_x, W_h, own, states, cache,
+                                                 d_outputs, dstate, *scratch, *dweights,
+                                                 dx.reshape(T * B, self.input_size))
+        result = {"d" + name: grads[name] for name in cell.param_names}
         result["dx"] = dx
         result["dstate"] = self._pack_state([dstate[s].copy() for s in range(cell.states)])
         return result

@@ -14,7 +14,6 @@ from typing import Optional
 
 import numpy as np
 
-from .cells import PARAM_NAMES
 from .kernels import embedding, heads
 from .models import RecurrentModel, resolve_dtype
 from .plugins import get_cell
@@ -135,7 +134,7 @@ class SequenceModel:
 
     ``params`` is one flat dict holding the layers' own arrays, which optimizers update in
     place, in PyTorch's order: ``W_emb`` with an embedding, then each layer's ``W_x, W_h,
-    b_x, b_h`` (``W_x_l1, ...`` for deeper layers, ``W_x_reverse, ..., W_x_l1_reverse`` for
+    b_x, b_h`` and the cell's own parameters, if any (``W_x_l1, ...`` for deeper layers, ``W_x_reverse, ..., W_x_l1_reverse`` for
     the reverse direction of bidirectional layers), then the head's ``W_y, b_y``.
 
     Inputs are time-major: ``(T, B)`` indices (``index_input``; a one-hot gather, or a row of
@@ -226,7 +225,7 @@ class SequenceModel:
             self.params["W_emb"] = rng.standard_normal((input_size, embedding)).astype(self.dtype)  # as nn.Embedding
         for i, directions in enumerate(self.stack):
             for d, recurrent in enumerate(directions):
-                for name in PARAM_NAMES:
+                for name in self.cell.param_names:
                     self.params[direction_param_name(name, i, d == 1)] = recurrent.params[name]
         self.output_size = output_size
         if output_size is not None:
@@ -260,7 +259,7 @@ class SequenceModel:
             offset += value.size
         for i, directions in enumerate(self.stack):
             for d, recurrent in enumerate(directions):
-                for name in PARAM_NAMES:
+                for name in self.cell.param_names:
                     recurrent.params[name] = self.params[direction_param_name(name, i, d == 1)]
 
     @property
@@ -495,7 +494,7 @@ class SequenceModel:
                 if d == 1:
                     d_out = _reorder(d_out, self._order)
                 x, is_index, states, cache = recurrent.context
-                out = {name: grads[direction_param_name(name, i, d == 1)] for name in PARAM_NAMES}
+                out = {name: grads[direction_param_name(name, i, d == 1)] for name in self.cell.param_names}
                 dx = recurrent.bptt(x, is_index, states, cache, d_out, d_finals[i * D + d], out=out)["dx"]
                 if dx is not None and d == 1:
                     dx = _reorder(dx, self._order)

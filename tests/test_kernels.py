@@ -159,7 +159,7 @@ def test_kernels_callable_from_user_njit_code():
     @njit
     def user_code_running_the_lstm(xz, W_h, b_h, states, cache, hz):
         # numba-stats style: the kernels are usable from a user's own @njit code.
-        sequence_forward(xz, W_h, b_h, states, cache, hz)
+        sequence_forward(xz, W_h, b_h, (), states, cache, hz)  # (): the LSTM has no parameters of its own
         return states[0, -1].sum()
 
     model, x, state, _, _ = make_case("lstm", 4, 2, 3, 5, seed=4)

@@ -75,7 +75,7 @@ def test_per_cell_loops_are_generated_into_the_cache_and_reused(tmp_path, monkey
     assert loops.loops_for(numbarnn.get_cell("rnn")) is module
     files = list(tmp_path.glob("numbarnn_loops_rnn_*.py"))
     assert [module.__file__] == [str(f) for f in files]
-    assert "from numbarnn.kernels.cells import rnn_forward as cell_forward" in files[0].read_text()
+    assert "from numbarnn.kernels.cells import rnn_forward as cell_kernel_forward" in files[0].read_text()
 
 
 def test_kernels_that_are_not_importable_run_from_memory():

@@ -272,9 +272,22 @@ def resolve(cell) -> CudaPointwise:
     Traceback (most recent call last):
         ...
     numbarnn.cuda.UnsupportedOnCuda: cell 'cpu_only' has no CUDA kernels, so it cannot run with device='cuda' ...
+    >>> from numbarnn.cells import ParamSpec, ones
+    >>> resolve(dataclasses.replace(rnn, name="gained", params=(ParamSpec("gain", ("H",), ones),)))
+    Traceback (most recent call last):
+        ...
+    numbarnn.cuda.UnsupportedOnCuda: cell 'gained' has parameters of its own (gain): the CUDA backend runs ...
     """
     path = getattr(cell, "cuda_pointwise", None)
     name = getattr(cell, "name", repr(cell))
+    own = [getattr(p, "name", p) for p in getattr(cell, "params", ())]
+    if own or not getattr(cell, "recurrent_weights", True) or not getattr(cell, "projection_biases", True):
+        what = (f"parameters of its own ({', '.join(own)})" if own else
+                "no recurrent weights" if not getattr(cell, "recurrent_weights", True) else "no projection biases")
+        raise UnsupportedOnCuda(
+            f"cell {name!r} has {what}: the CUDA backend runs cells made of the four fused weights "
+            "(W_x, W_h, b_x, b_h) only, so it cannot run with device='cuda' (it runs on device='cpu'; "
+            "see docs/plugins.md)")
     if not path:
         raise UnsupportedOnCuda(
             f"cell {name!r} has no CUDA kernels, so it cannot run with device='cuda' (it runs on "

@@ -2,7 +2,9 @@
 
 This is a real module (it runs the tanh RNN as written), but numbarnn never imports it:
 ``loops_for(cell)`` copies its text with the import marked ``CELL KERNELS`` rewritten to
-import the cell's own kernels and runs that text as a module, its machine code cached in a
+import the cell's own kernels (and the lines marked ``CELL CALL`` and ``CELL SHAPE`` to pass
+a cell's own parameters and to leave out the recurrent product of a cell without ``W_h``)
+and runs that text as a module, its machine code cached in a
 private directory (see ``docs/trust.md``: the text runs from memory, never from the file).
 The kernels are then plain globals of ordinary ``cache=True`` functions, so every cell's
 loops are compiled once and cached on disk like the rest (a kernel passed as an argument
@@ -13,12 +15,18 @@ The examples reach these functions as a cell's loops, ``loops_for(cell).<name>``
 T steps, B sequences, H hidden units, a cell of G gates, S states and C cached blocks
 (the tanh RNN: G = S = 1, C = 0), X input features or V input indices, and V_out outputs
 of the head. One float dtype for all float arrays; integer arrays are int64.
+
+``own`` is the tuple of the cell's own parameters (``CellSpec.params``, in declared order;
+``()`` for a cell without any) and ``d_own`` the tuple of their gradients, which the backward
+loops zero and then accumulate over the steps. For a cell without recurrent weights
+(``CellSpec.recurrent_weights=False``) ``W_h`` is a ``(0, H)`` placeholder and ``b_h``,
+``dW_h``, ``db_h`` scratch the loops do not use.
 """
 import numpy as np  # noqa: F401
-from numba import njit
+from numba import literal_unroll, njit
 
-from numbarnn.kernels.cells import rnn_backward as cell_backward  # CELL KERNELS
-from numbarnn.kernels.cells import rnn_forward as cell_forward  # CELL KERNELS
+from numbarnn.kernels.cells import rnn_backward as cell_kernel_backward  # CELL KERNELS
+from numbarnn.kernels.cells import rnn_forward as cell_kernel_forward  # CELL KERNELS
 from numbarnn.kernels.loops import (input_weight_gradients_dense, input_weight_gradients_indices, project_dense,
                                     project_indices, recurrent_weight_gradients)
 from numbarnn.kernels.losses import softmax_cross_entropy
@@ -26,14 +34,41 @@ from numbarnn.kernels.sampling import apply_temperature as apply_softmax
 from numbarnn.kernels.sampling import argmax as argmax_row
 from numbarnn.kernels.sampling import GREEDY, TOP_K, TOP_P, sample_categorical, top_k_filter, top_p_filter
 
+#: False for a cell without recurrent weights: no ``h @ W_h.T`` and no ``dhz @ W_h`` in the loops.
+RECURRENT = True  # CELL SHAPE
+#: True for a cell with parameters of its own. Numba compiles a global as a constant and drops
+#: the branch not taken, so ``zero_gradients`` is never typed for a cell's empty ``d_own``.
+OWN_PARAMS = False  # CELL SHAPE
+
 
 @njit(cache=True)
-def sequence_forward(xz, W_h, b_h, states, cache, hz):
+def cell_forward(xz_t, hz_t, states, t, cache_t, own):
+    """The cell's forward kernel; a cell with parameters of its own also gets ``own``."""
+    cell_kernel_forward(xz_t, hz_t, states, t, cache_t)  # CELL CALL
+
+
+@njit(cache=True)
+def cell_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev, own, d_own):
+    """The cell's backward kernel; a cell with parameters of its own also gets ``own, d_own``."""
+    cell_kernel_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev)  # CELL CALL
+
+
+@njit(cache=True)
+def zero_gradients(d_own):
+    """Zero each array of ``d_own`` (a tuple of arrays of any shapes) before they accumulate."""
+    for d in literal_unroll(d_own):
+        flat = d.reshape(d.size)
+        for k in range(flat.size):
+            flat[k] = 0.0
+
+
+@njit(cache=True)
+def sequence_forward(xz, W_h, b_h, own, states, cache, hz):
     """Run the cell's forward kernel over T steps.
 
     xz (T, B, G*H); states (S, T+1, B, H) with ``states[:, 0]`` set to the initial
     state; cache (T, B, C*H); hz (B, G*H) scratch for the recurrent projection.
-    W_h (G*H, H), b_h (G*H,).
+    W_h (G*H, H), b_h (G*H,); own the cell's own parameters (a tuple).
 
     >>> import numpy as np
     >>> import numbarnn
@@ -43,7 +78,7 @@ def sequence_forward(xz, W_h, b_h, states, cache, hz):
     >>> T, B, H = 3, 2, 2
     >>> xz, W_h, b_h = rng.normal(size=(T, B, H)), rng.normal(size=(H, H)), rng.normal(size=H)
     >>> states = np.zeros((1, T + 1, B, H))  # h_0 = 0
-    >>> rnn.sequence_forward(xz, W_h, b_h, states, np.empty((T, B, 0)), np.empty((B, H)))
+    >>> rnn.sequence_forward(xz, W_h, b_h, (), states, np.empty((T, B, 0)), np.empty((B, H)))
     >>> h = np.zeros((B, H))
     >>> for t in range(T):
     ...     h = np.tanh(xz[t] + h @ W_h.T + b_h)
@@ -52,17 +87,20 @@ def sequence_forward(xz, W_h, b_h, states, cache, hz):
     """
     T = xz.shape[0]
     B, GH = hz.shape
+    if not RECURRENT:
+        hz[:, :] = 0.0
     for t in range(T):
-        np.dot(states[0, t], W_h.T, hz)
-        for b in range(B):
-            for k in range(GH):
-                hz[b, k] += b_h[k]
-        cell_forward(xz[t], hz, states, t, cache[t])
+        if RECURRENT:
+            np.dot(states[0, t], W_h.T, hz)
+            for b in range(B):
+                for k in range(GH):
+                    hz[b, k] += b_h[k]
+        cell_forward(xz[t], hz, states, t, cache[t], own)
 
 
 @njit(cache=True)
-def sequence_backward(W_h, states, cache, d_outputs, dstate, dstate_prev,
-                      dxz, dhz, dh_recurrent):
+def sequence_backward(W_h, own, states, cache, d_outputs, dstate, dstate_prev,
+                      dxz, dhz, dh_recurrent, d_own):
     """Backpropagation through time.
 
     d_outputs (T, B, H): upstream gradient of every hidden state h_1..h_T.
@@ -70,7 +108,8 @@ def sequence_backward(W_h, states, cache, d_outputs, dstate, dstate_prev,
     on exit the gradient w.r.t. the initial state. dstate_prev (S, B, H) and
     dh_recurrent (B, H) are scratch. dxz, dhz (T, B, G*H) receive the gradients of
     the two projections (they may be the same array, see the cell protocol). W_h
-    (G*H, H); states and cache as :func:`sequence_forward` left them.
+    (G*H, H); own as given to :func:`sequence_forward`, whose states and cache it left;
+    d_own receives the gradients of own (zeroed here, then summed over the steps).
 
     >>> import numpy as np
     >>> import numbarnn
@@ -80,11 +119,11 @@ def sequence_backward(W_h, states, cache, d_outputs, dstate, dstate_prev,
     >>> T, B, H = 3, 2, 2
     >>> xz, W_h = rng.normal(size=(T, B, H)), rng.normal(size=(H, H))
     >>> states, cache = np.zeros((1, T + 1, B, H)), np.empty((T, B, 0))
-    >>> rnn.sequence_forward(xz, W_h, np.zeros(H), states, cache, np.empty((B, H)))
+    >>> rnn.sequence_forward(xz, W_h, np.zeros(H), (), states, cache, np.empty((B, H)))
     >>> d_outputs = rng.normal(size=(T, B, H))
     >>> dstate, dxz = np.zeros((1, B, H)), np.empty((T, B, H))
-    >>> rnn.sequence_backward(W_h, states, cache, d_outputs, dstate, np.empty((1, B, H)), dxz, dxz,
-    ...                       np.empty((B, H)))
+    >>> rnn.sequence_backward(W_h, (), states, cache, d_outputs, dstate, np.empty((1, B, H)), dxz, dxz,
+    ...                       np.empty((B, H)), ())
     >>> dh = np.zeros((B, H))  # the same by hand, newest step first
     >>> for t in reversed(range(T)):
     ...     dh = ((dh + d_outputs[t]) * (1 - states[0, t + 1] ** 2)) @ W_h
@@ -93,15 +132,18 @@ def sequence_backward(W_h, states, cache, d_outputs, dstate, dstate_prev,
     """
     T = d_outputs.shape[0]
     S, B, H = dstate.shape
+    if OWN_PARAMS:
+        zero_gradients(d_own)
     for t in range(T - 1, -1, -1):
         for b in range(B):
             for j in range(H):
                 dstate[0, b, j] += d_outputs[t, b, j]
-        cell_backward(dstate, states, t, cache[t], dxz[t], dhz[t], dstate_prev)
-        np.dot(dhz[t], W_h, dh_recurrent)
-        for b in range(B):
-            for j in range(H):
-                dstate_prev[0, b, j] += dh_recurrent[b, j]
+        cell_backward(dstate, states, t, cache[t], dxz[t], dhz[t], dstate_prev, own, d_own)
+        if RECURRENT:
+            np.dot(dhz[t], W_h, dh_recurrent)
+            for b in range(B):
+                for j in range(H):
+                    dstate_prev[0, b, j] += dh_recurrent[b, j]
         for s in range(S):
             for b in range(B):
                 for j in range(H):
@@ -111,7 +153,7 @@ def sequence_backward(W_h, states, cache, d_outputs, dstate, dstate_prev,
 # ---- one call per layer and direction ---------------------------------------------------------
 
 @njit(cache=True, nogil=True)
-def forward_indices(idx, W_x, b_x, W_h, b_h, xz, states, cache, hz):
+def forward_indices(idx, W_x, b_x, W_h, b_h, own, xz, states, cache, hz):
     """project_indices then sequence_forward; idx (T*B,) integer inputs, xz (T, B, G*H).
 
     W_x (G*H, V), b_x (G*H,); the rest as :func:`sequence_forward`. idx is time-major
@@ -126,7 +168,7 @@ def forward_indices(idx, W_x, b_x, W_h, b_h, xz, states, cache, hz):
     >>> W_x, b_x, W_h, b_h = rng.normal(size=(H, V)), rng.normal(size=H), rng.normal(size=(H, H)), rng.normal(size=H)
     >>> idx = np.array([1, 3, 0, -1], np.int64)
     >>> states = np.zeros((1, T + 1, B, H))
-    >>> rnn.forward_indices(idx, W_x, b_x, W_h, b_h, np.empty((T, B, H)), states, np.empty((T, B, 0)),
+    >>> rnn.forward_indices(idx, W_x, b_x, W_h, b_h, (), np.empty((T, B, H)), states, np.empty((T, B, 0)),
     ...                     np.empty((B, H)))
     >>> x = (np.eye(V)[idx] * (idx >= 0)[:, None]).reshape(T, B, V)  # the one-hot inputs
     >>> h = np.zeros((B, H))
@@ -137,10 +179,10 @@ def forward_indices(idx, W_x, b_x, W_h, b_h, xz, states, cache, hz):
     """
     T, B, GH = xz.shape
     project_indices(idx, W_x, b_x, xz.reshape(T * B, GH))
-    sequence_forward(xz, W_h, b_h, states, cache, hz)
+    sequence_forward(xz, W_h, b_h, own, states, cache, hz)
 
 @njit(cache=True, nogil=True)
-def forward_dense(x2d, W_x, b_x, W_h, b_h, xz, states, cache, hz):
+def forward_dense(x2d, W_x, b_x, W_h, b_h, own, xz, states, cache, hz):
     """project_dense then sequence_forward; x2d (T*B, X).
 
     W_x (G*H, X), b_x (G*H,); xz (T, B, G*H) receives the input projection; the rest
@@ -155,7 +197,7 @@ def forward_dense(x2d, W_x, b_x, W_h, b_h, xz, states, cache, hz):
     >>> W_x, b_x, W_h, b_h = rng.normal(size=(H, X)), rng.normal(size=H), rng.normal(size=(H, H)), rng.normal(size=H)
     >>> x = rng.normal(size=(T, B, X))
     >>> states = np.zeros((1, T + 1, B, H))
-    >>> rnn.forward_dense(x.reshape(T * B, X), W_x, b_x, W_h, b_h, np.empty((T, B, H)), states,
+    >>> rnn.forward_dense(x.reshape(T * B, X), W_x, b_x, W_h, b_h, (), np.empty((T, B, H)), states,
     ...                   np.empty((T, B, 0)), np.empty((B, H)))
     >>> h = np.zeros((B, H))
     >>> for t in range(T):
@@ -165,15 +207,16 @@ def forward_dense(x2d, W_x, b_x, W_h, b_h, xz, states, cache, hz):
     """
     T, B, GH = xz.shape
     project_dense(x2d, W_x, b_x, xz.reshape(T * B, GH))
-    sequence_forward(xz, W_h, b_h, states, cache, hz)
+    sequence_forward(xz, W_h, b_h, own, states, cache, hz)
 
 @njit(cache=True, nogil=True)
-def backward_indices(idx, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz, dh_recurrent,
-                     dW_x, dW_h, db_x, db_h):
+def backward_indices(idx, W_h, own, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz, dh_recurrent,
+                     dW_x, dW_h, db_x, db_h, d_own):
     """sequence_backward then the hoisted weight gradients, for integer inputs.
 
     idx (T*B,) as given to :func:`forward_indices`; the arrays up to dh_recurrent as
-    :func:`sequence_backward`; writes dW_x (G*H, V), dW_h (G*H, H), db_x and db_h (G*H,).
+    :func:`sequence_backward`; writes dW_x (G*H, V), dW_h (G*H, H), db_x and db_h (G*H,) and
+    d_own.
     One step from a given h_0, checked by hand:
 
     >>> import numpy as np
@@ -185,12 +228,12 @@ def backward_indices(idx, W_h, states, cache, d_outputs, dstate, dstate_prev, dx
     >>> W_x, W_h, idx = rng.normal(size=(H, V)), rng.normal(size=(H, H)), np.array([2, 0], np.int64)
     >>> states, cache = np.zeros((1, 2, B, H)), np.empty((1, B, 0))
     >>> states[0, 0] = rng.normal(size=(B, H))  # h_0
-    >>> rnn.forward_indices(idx, W_x, np.zeros(H), W_h, np.zeros(H), np.empty((1, B, H)), states, cache,
+    >>> rnn.forward_indices(idx, W_x, np.zeros(H), W_h, np.zeros(H), (), np.empty((1, B, H)), states, cache,
     ...                     np.empty((B, H)))
     >>> d_out, dstate, dxz = rng.normal(size=(1, B, H)), np.zeros((1, B, H)), np.empty((1, B, H))
     >>> dW_x, dW_h, db_x, db_h = np.empty((H, V)), np.empty((H, H)), np.empty(H), np.empty(H)
-    >>> rnn.backward_indices(idx, W_h, states, cache, d_out, dstate, np.empty((1, B, H)), dxz, dxz,
-    ...                      np.empty((B, H)), dW_x, dW_h, db_x, db_h)
+    >>> rnn.backward_indices(idx, W_h, (), states, cache, d_out, dstate, np.empty((1, B, H)), dxz, dxz,
+    ...                      np.empty((B, H)), dW_x, dW_h, db_x, db_h, ())
     >>> dz = d_out[0] * (1 - states[0, 1] ** 2)  # through the tanh
     >>> [np.allclose(a, b) for a, b in [(dW_x, dz.T @ np.eye(V)[idx]), (dW_h, dz.T @ states[0, 0]),
     ...                                 (db_x, dz.sum(axis=0)), (dstate[0], dz @ W_h)]]
@@ -198,19 +241,20 @@ def backward_indices(idx, W_h, states, cache, d_outputs, dstate, dstate_prev, dx
     """
     T, B, GH = dxz.shape
     H = W_h.shape[1]
-    sequence_backward(W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz,
-                      dh_recurrent)
-    recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h)
+    sequence_backward(W_h, own, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz,
+                      dh_recurrent, d_own)
+    if RECURRENT:
+        recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h)
     input_weight_gradients_indices(dxz.reshape(T * B, GH), idx, dW_x, db_x)
 
 @njit(cache=True, nogil=True)
-def backward_dense(x2d, W_x, W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz, dh_recurrent,
-                   dW_x, dW_h, db_x, db_h, dx2d):
+def backward_dense(x2d, W_x, W_h, own, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz, dh_recurrent,
+                   dW_x, dW_h, db_x, db_h, d_own, dx2d):
     """sequence_backward then the hoisted weight gradients and dx, for dense inputs.
 
     x2d (T*B, X) and W_x (G*H, X) as given to :func:`forward_dense`; the arrays up to
     dh_recurrent as :func:`sequence_backward`; writes dW_x (G*H, X), dW_h (G*H, H),
-    db_x and db_h (G*H,) and dx2d (T*B, X). One step from a given h_0, checked by hand:
+    db_x and db_h (G*H,), d_own and dx2d (T*B, X). One step from a given h_0, checked by hand:
 
     >>> import numpy as np
     >>> import numbarnn
@@ -221,12 +265,12 @@ def backward_dense(x2d, W_x, W_h, states, cache, d_outputs, dstate, dstate_prev,
     >>> x2d, W_x, W_h = rng.normal(size=(B, X)), rng.normal(size=(H, X)), rng.normal(size=(H, H))
     >>> states, cache = np.zeros((1, 2, B, H)), np.empty((1, B, 0))
     >>> states[0, 0] = rng.normal(size=(B, H))  # h_0
-    >>> rnn.forward_dense(x2d, W_x, np.zeros(H), W_h, np.zeros(H), np.empty((1, B, H)), states, cache,
+    >>> rnn.forward_dense(x2d, W_x, np.zeros(H), W_h, np.zeros(H), (), np.empty((1, B, H)), states, cache,
     ...                   np.empty((B, H)))
     >>> d_out, dstate, dxz = rng.normal(size=(1, B, H)), np.zeros((1, B, H)), np.empty((1, B, H))
     >>> dW_x, dW_h, db_x, db_h, dx2d = np.empty((H, X)), np.empty((H, H)), np.empty(H), np.empty(H), np.empty((B, X))
-    >>> rnn.backward_dense(x2d, W_x, W_h, states, cache, d_out, dstate, np.empty((1, B, H)), dxz, dxz,
-    ...                    np.empty((B, H)), dW_x, dW_h, db_x, db_h, dx2d)
+    >>> rnn.backward_dense(x2d, W_x, W_h, (), states, cache, d_out, dstate, np.empty((1, B, H)), dxz, dxz,
+    ...                    np.empty((B, H)), dW_x, dW_h, db_x, db_h, (), dx2d)
     >>> dz = d_out[0] * (1 - states[0, 1] ** 2)  # through the tanh
     >>> [np.allclose(a, b) for a, b in [(dW_x, dz.T @ x2d), (dW_h, dz.T @ states[0, 0]),
     ...                                 (db_x, dz.sum(axis=0)), (dx2d, dz @ W_x), (dstate[0], dz @ W_h)]]
@@ -234,13 +278,14 @@ def backward_dense(x2d, W_x, W_h, states, cache, d_outputs, dstate, dstate_prev,
     """
     T, B, GH = dxz.shape
     H = W_h.shape[1]
-    sequence_backward(W_h, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz,
-                      dh_recurrent)
-    recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h)
+    sequence_backward(W_h, own, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz,
+                      dh_recurrent, d_own)
+    if RECURRENT:
+        recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h)
     input_weight_gradients_dense(dxz.reshape(T * B, GH), x2d, W_x, dW_x, db_x, dx2d)
 
 @njit(cache=True)
-def generate(prime, length, W_x, b_x, W_h, b_h, W_y, b_y, mode, temperature, top_k, top_p, uniforms,
+def generate(prime, length, W_x, b_x, W_h, b_h, own, W_y, b_y, mode, temperature, top_k, top_p, uniforms,
              stop_index, out, states, cache, xz, hz, logits, probs, kept, index):
     """Generate up to ``length`` indices into ``out`` with one layer and a dense head.
 
@@ -264,7 +309,7 @@ def generate(prime, length, W_x, b_x, W_h, b_h, W_y, b_y, mode, temperature, top
     >>> W_x, W_h, W_y = rng.normal(size=(H, V)), rng.normal(size=(H, H)), rng.normal(size=(V, H))
     >>> b_x, b_h, b_y = np.zeros(H), np.zeros(H), np.zeros(V)
     >>> out, e = np.empty(5, np.int64), np.empty
-    >>> rnn.generate(np.array([0], np.int64), 5, W_x, b_x, W_h, b_h, W_y, b_y, 1, 1.0, 1, 1.0, e(0), -1, out,
+    >>> rnn.generate(np.array([0], np.int64), 5, W_x, b_x, W_h, b_h, (), W_y, b_y, 1, 1.0, 1, 1.0, e(0), -1, out,
     ...              np.zeros((1, 2, 1, H)), e((1, 1, 0)), e((1, 1, H)), e((1, H)), e((1, V)), e(V), e(V),
     ...              e(1, np.int64))
     (5, 0)
@@ -279,7 +324,7 @@ def generate(prime, length, W_x, b_x, W_h, b_h, W_y, b_y, mode, temperature, top
     n_prime = prime.shape[0]
     for t in range(max(n_prime, 1)):  # feed the prime (or the zero input)
         index[0] = prime[t] if n_prime else -1
-        _step(index, W_x, b_x, W_h, b_h, W_y, b_y, states, cache, xz, hz, logits)
+        _step(index, W_x, b_x, W_h, b_h, own, W_y, b_y, states, cache, xz, hz, logits)
     used = 0
     for n in range(length):
         if mode == GREEDY:
@@ -300,22 +345,22 @@ def generate(prime, length, W_x, b_x, W_h, b_h, W_y, b_y, mode, temperature, top
             return n + 1, used
         if n + 1 < length:
             index[0] = chosen
-            _step(index, W_x, b_x, W_h, b_h, W_y, b_y, states, cache, xz, hz, logits)
+            _step(index, W_x, b_x, W_h, b_h, own, W_y, b_y, states, cache, xz, hz, logits)
     return length, used
 
 @njit(cache=True)
-def _step(index, W_x, b_x, W_h, b_h, W_y, b_y, states, cache, xz, hz, logits):
+def _step(index, W_x, b_x, W_h, b_h, own, W_y, b_y, states, cache, xz, hz, logits):
     project_indices(index, W_x, b_x, xz[0])
-    sequence_forward(xz, W_h, b_h, states, cache, hz)
+    sequence_forward(xz, W_h, b_h, own, states, cache, hz)
     for s in range(states.shape[0]):
         for j in range(states.shape[3]):
             states[s, 0, 0, j] = states[s, 1, 0, j]
     project_dense(states[0, 1], W_y, b_y, logits)
 
 @njit(cache=True)
-def language_model_step(idx, targets, weights, scale, W_x, b_x, W_h, b_h, W_y, b_y, xz, states, cache, hz,
+def language_model_step(idx, targets, weights, scale, W_x, b_x, W_h, b_h, own, W_y, b_y, xz, states, cache, hz,
                         logits, probs, dlogits, d_hidden, dstate, dstate_prev, dxz, dhz, dh_recurrent,
-                        dW_x, dW_h, db_x, db_h, dW_y, db_y):
+                        dW_x, dW_h, db_x, db_h, d_own, dW_y, db_y):
     """Forward, softmax cross-entropy and BPTT of one layer with a dense head, in one call.
 
     The same kernels, in the same order, as ``RecurrentModel.forward``, the head,
@@ -341,9 +386,9 @@ def language_model_step(idx, targets, weights, scale, W_x, b_x, W_h, b_h, W_y, b
     >>> e, N = np.empty, T * B
     >>> states, probs, dW_y, db_y = np.zeros((1, T + 1, B, H)), e((N, V)), e((V, H)), e(V)
     >>> loss = rnn.language_model_step(
-    ...     idx, targets, np.ones(N), 1.0, W_x, b_x, W_h, b_h, W_y, b_y, e((T, B, H)), states, e((T, B, 0)),
+    ...     idx, targets, np.ones(N), 1.0, W_x, b_x, W_h, b_h, (), W_y, b_y, e((T, B, H)), states, e((T, B, 0)),
     ...     e((B, H)), e((N, V)), probs, e((N, V)), e((T, B, H)), e((1, B, H)), e((1, B, H)), e((T, B, H)),
-    ...     e((T, B, H)), e((B, H)), e((H, V)), e((H, H)), e(H), e(H), dW_y, db_y)
+    ...     e((T, B, H)), e((B, H)), e((H, V)), e((H, H)), e(H), e(H), (), dW_y, db_y)
     >>> z = states[0, 1:].reshape(N, H) @ W_y.T  # the head's logits, from the hidden states
     >>> expected = -(z[np.arange(N), targets] - np.log(np.exp(z).sum(axis=1))).sum()
     >>> np.allclose(loss, expected), np.allclose(db_y, (probs - np.eye(V)[targets]).sum(axis=0))
@@ -352,7 +397,7 @@ def language_model_step(idx, targets, weights, scale, W_x, b_x, W_h, b_h, W_y, b
     T, B, GH = xz.shape
     H = W_h.shape[1]
     project_indices(idx, W_x, b_x, xz.reshape(T * B, GH))
-    sequence_forward(xz, W_h, b_h, states, cache, hz)
+    sequence_forward(xz, W_h, b_h, own, states, cache, hz)
     hidden = states[0, 1:].reshape(T * B, H)
     project_dense(hidden, W_y, b_y, logits)
     loss = softmax_cross_entropy(logits, targets, weights, probs, dlogits)
@@ -362,8 +407,9 @@ def language_model_step(idx, targets, weights, scale, W_x, b_x, W_h, b_h, W_y, b
                 dlogits[n, v] *= scale
     input_weight_gradients_dense(dlogits, hidden, W_y, dW_y, db_y, d_hidden.reshape(T * B, H))
     dstate[...] = 0.0
-    sequence_backward(W_h, states, cache, d_hidden, dstate, dstate_prev, dxz, dhz,
-                      dh_recurrent)
-    recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h)
+    sequence_backward(W_h, own, states, cache, d_hidden, dstate, dstate_prev, dxz, dhz,
+                      dh_recurrent, d_own)
+    if RECURRENT:
+        recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h)
     input_weight_gradients_indices(dxz.reshape(T * B, GH), idx, dW_x, db_x)
     return loss

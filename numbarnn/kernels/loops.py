@@ -189,6 +189,8 @@ _CELL_LOOPS = {}
 _BUILD_LOCK = threading.Lock()
 _TEMPLATE = Path(__file__).with_name("cell_loops.py")
 _MARK = "# CELL KERNELS"
+_CALL_MARK = "# CELL CALL"
+_SHAPE_MARK = "# CELL SHAPE"
 
 
 def _importable(fn):
@@ -222,16 +224,32 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "numbarnn"
 
 
-def _cell_source(cell, forward, backward):
-    """The template's text importing this cell's kernels."""
+def _cell_source(cell, forward=None, backward=None):
+    """The template's text for this cell: importing its kernels (``forward``, ``backward``:
+    (module, name); None keeps the template's import, for a caller that sets the kernels in
+    the module's namespace), passing its own parameters to them when it has any, and
+    without the recurrent product when it has no ``W_h``."""
+    own = bool(cell.params)
     lines = []
     for line in _TEMPLATE.read_text().splitlines():
-        if line.endswith(_MARK):
-            module, name = forward if "cell_forward" in line else backward
-            alias = "cell_forward" if "cell_forward" in line else "cell_backward"
-            line = f"from {module} import {name} as {alias}  {_MARK}"
+        if line.endswith(_MARK) and forward is not None:
+            role = "forward" if "cell_kernel_forward" in line else "backward"
+            module, name = forward if role == "forward" else backward
+            line = f"from {module} import {name} as cell_kernel_{role}  {_MARK}"
+        elif line.endswith(_CALL_MARK) and own:
+            extra = "own" if "cell_kernel_forward" in line else "own, d_own"
+            line = line.replace(f")  {_CALL_MARK}", f", {extra})  {_CALL_MARK}")
+        elif line.endswith(_SHAPE_MARK):
+            flag = line.partition(" =")[0]
+            value = {"RECURRENT": cell.recurrent_weights, "OWN_PARAMS": own}[flag]
+            line = f"{flag} = {bool(value)}  {_SHAPE_MARK}"
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def _loops_key(cell):
+    """What the compiled loops depend on: the kernels and how the loops call them."""
+    return cell.forward, cell.backward, bool(cell.params), bool(cell.recurrent_weights)
 
 
 # Packages whose code is pinned by the versions hashed below: their files are not read.
@@ -365,11 +383,11 @@ def loops_for(cell):
     True
     >>> T, B, H = 2, 1, 2
     >>> xz, states = np.full((T, B, H), 0.5), np.zeros((1, T + 1, B, H))
-    >>> rnn.sequence_forward(xz, np.zeros((H, H)), np.zeros(H), states, np.empty((T, B, 0)), np.empty((B, H)))
+    >>> rnn.sequence_forward(xz, np.zeros((H, H)), np.zeros(H), (), states, np.empty((T, B, 0)), np.empty((B, H)))
     >>> np.allclose(states[0, 1:], np.tanh(0.5))  # W_h = 0: every step sees only its input
     True
     """
-    key = (cell.forward, cell.backward)
+    key = _loops_key(cell)
     if key in _CELL_LOOPS:
         module = _CELL_LOOPS[key]
         # Numba imports a function's module by name when it compiles a new specialisation:
@@ -395,10 +413,10 @@ def _build_loops(cell):
             module = None
     if module is None:
         module = types.ModuleType(f"numbarnn_loops_{cell.name}_in_memory")
-        source = _without_numba_cache(_TEMPLATE.read_text())
+        source = _without_numba_cache(_cell_source(cell))
         namespace = module.__dict__
         exec(compile(source, str(_TEMPLATE), "exec"), namespace)
-        namespace["cell_forward"], namespace["cell_backward"] = cell.forward, cell.backward
+        namespace["cell_kernel_forward"], namespace["cell_kernel_backward"] = cell.forward, cell.backward
     return module
 
 

@@ -293,7 +293,7 @@ def test_kernels_callable_from_user_njit_code():
 
     @njit
     def user_code_running_the_gru(xz, W_h, b_h, states, cache, hz):
-        sequence_forward(xz, W_h, b_h, states, cache, hz)
+        sequence_forward(xz, W_h, b_h, (), states, cache, hz)  # (): no parameters of its own
         return states[0, -1].sum()
 
     model, x, h0, _, _ = make_case(4, 2, 3, 5, seed=4)
