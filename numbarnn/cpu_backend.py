@@ -135,13 +135,13 @@ class CpuBackend:
             states[s, 0] = 0.0 if initial is None else initial[s]
         p, g = model.params, model._grad_views
         W_in, dW_in = self._input_weights()
-        loss = loops.loops_for(cell).language_model_step(
-            x.reshape(T * B), y, weights, dtype.type(1.0 / B), W_in, p["b_x"], p["W_h"], p["b_h"], p["W_y"],
-            p["b_y"], *work, dW_in, g["W_h"], g["b_x"], g["b_h"], g["W_y"], g["b_y"])
-        if model.embedding_size is not None:  # the chain rule through W_in = W_x @ W_emb.T
-            embedding.unfold_input_gradient(dW_in, p["W_x"], p["W_emb"], g["W_x"], g["W_emb"])
         _, b_x, W_h, b_h, own = layer._kernel_weights()
         _, dW_h, db_x, db_h, d_own = layer._kernel_gradients(g)
+        loss = loops.loops_for(cell).language_model_step(
+            x.reshape(T * B), y, weights, dtype.type(1.0 / B), W_in, b_x, W_h, b_h, own, p["W_y"],
+            p["b_y"], *work, dW_in, dW_h, db_x, db_h, d_own, g["W_y"], g["b_y"])
+        if model.embedding_size is not None:  # the chain rule through W_in = W_x @ W_emb.T
+            embedding.unfold_input_gradient(dW_in, p["W_x"], p["W_emb"], g["W_x"], g["W_emb"])
         final = layer._pack_state([states[s, T].copy() for s in range(S)])
         return float(loss), final, B
 
@@ -212,12 +212,12 @@ class CpuBackend:
         mode, temperature, k, p_keep = kernel_args
         out = np.empty(length, np.int64)
         p = model.params
+        _, b_x, W_h, b_h, own = model.layers[0]._kernel_weights()
         n, used = loops.loops_for(cell).generate(
-            np.asarray(prime, np.int64), length, self._input_weights()[0], p["b_x"], p["W_h"], p["b_h"], p["W_y"],
+            np.asarray(prime, np.int64), length, self._input_weights()[0], b_x, W_h, b_h, own, p["W_y"],
             p["b_y"], mode,
             temperature, k, p_keep, uniforms, -2 if stop_index is None else int(stop_index), out,
             np.zeros((cell.states, 2, 1, H), dtype), np.empty((1, 1, cell.cache_width * H), dtype),
-        _, b_x, W_h, b_h, own = model.layers[0]._kernel_weights()
             np.empty((1, 1, cell.gates * H), dtype), np.empty((1, cell.gates * H), dtype),
             np.empty((1, model.output_size), dtype), np.empty(model.output_size), np.empty(model.output_size),
             np.empty(1, np.int64))
