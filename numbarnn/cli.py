@@ -655,7 +655,12 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         help='cpu, or cuda: an NVIDIA GPU (pip install "numbarnn[cuda]"); default: cpu, and with '
                              '--resume the device the checkpoint was trained on (--device moves the run, exactly)')
-    parser.add_argument("--threads", type=int, help="cap Numba's and BLAS's threads together (default: all cores)")
+    parser.add_argument("--threads", type=int, help="cap Numba's and BLAS's threads together (default: all cores; "
+                                                   "under MPI, the cores divided among the ranks on each machine)")
+    parser.add_argument("--distributed", choices=("auto", "mpi", "off"), default="auto",
+                        help="data-parallel training over MPI (pip install 'numbarnn[mpi]'; see docs/scaling.md): "
+                             "auto when an MPI launcher (mpiexec, srun --mpi=pmi2, mpirun) started several "
+                             "processes, mpi to insist, off for none (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_train, parser=parser)
     return parser
@@ -683,9 +688,55 @@ def run_train(args) -> int:
     ...     status = run_train(build_parser().parse_args(["train", "--lr", "0"]))
     >>> status, err.getvalue().splitlines()[-1]
     (2, 'numbarnn train: error: --lr must be a positive finite number, got 0.0')
+
+    Under ``mpiexec -n N`` (or ``--distributed mpi``) every process is one rank of a
+    data-parallel run (:mod:`numbarnn.distributed`): rank 0 alone prints and writes, and a rank
+    that fails ends the whole job with its message.
     """
+    from .distributed import MPIUnavailableError
+
+    try:
+        parallel = _start_distributed(args)
+    except MPIUnavailableError as error:  # before MPI started: every rank says so and ends as usual
+        return _usage_error(args.parser, str(error))
+    if parallel is None:  # one process: mpi4py is never imported
+        return _train(args, None)
+    return _train_distributed(args, parallel)
+
+
+def _start_distributed(args):
+    """This process's :class:`numbarnn.distributed.DataParallel` when ``args`` and the launcher
+    ask for data-parallel training over more than one process, else None."""
+    from .distributed import init, launched_ranks
+
+    if args.distributed == "off" or (args.distributed == "auto" and launched_ranks() < 2):
+        return None
+    parallel = init()
+    return parallel if parallel.size > 1 else None
+
+
+def _train_distributed(args, parallel) -> int:
+    """``_train`` as one rank of ``parallel``. Every rank must reach the end alike: a rank
+    that fails, or stops before training (a usage error), ends the whole job with MPI_Abort
+    (the others would wait for it forever); ranks other than 0 print nothing on stdout."""
+    import contextlib
+
+    parallel.finished = False
+    try:
+        with open(os.devnull, "w") as devnull, \
+                contextlib.redirect_stdout(devnull) if not parallel.is_root else contextlib.nullcontext():
+            status = _train(args, parallel)
+    except BaseException as error:  # noqa: B036 (anything: the job must end, not hang)
+        parallel.fail(error)
+    if not parallel.finished:
+        parallel.abort(f"stopped before training with exit status {status}", status)
+    return status
+
+
+def _train(args, parallel) -> int:
+    """:func:`run_train`'s work; ``parallel``: this rank's ``DataParallel``, or None."""
     from . import data as D
-    from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+    from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint
     from .checkpoint_file import vocab_record
     from .cuda import CudaUnavailableError, UnsupportedOnCuda
     from .plugins import get_cell, get_loss, get_registry
@@ -766,6 +817,12 @@ def run_train(args) -> int:
         from .runtime import set_threads
 
         _limits = set_threads(args.threads)  # noqa: F841 (kept alive while training)
+    elif parallel is not None:  # the cores shared among this machine's ranks: pools that share a core fight
+        from .runtime import set_threads
+
+        _limits = set_threads(parallel.default_threads())  # noqa: F841
+    if parallel is not None and args.device == "cuda":
+        return _usage_error(parser, "data-parallel training over MPI runs on the CPU: leave out --device cuda")
     try:
         vocab = D.WordVocabulary.from_text(text, max_vocab) if tokens == "words" else D.Vocabulary.from_text(text)
     except D.DataError as error:
@@ -808,7 +865,8 @@ def run_train(args) -> int:
             return _usage_error(parser, problem + f"; lower {' or '.join(map(_flag, sizing))}")
     try:
         if args.resume:
-            trainer = load_checkpoint(args.resume, batches, device=args.device)  # None: where it was trained
+            trainer = load_checkpoint(args.resume, batches,  # device None: where it was trained
+                                      device=args.device or ("cpu" if parallel is not None else None))
             if trainer.vocab is None or trainer.vocab.kind != vocab.kind or trainer.vocab.tokens != vocab.tokens:
                 return _usage_error(parser, _other_vocabulary(args.resume, data_name, args.file is None and recorded is None))
         else:
@@ -837,6 +895,12 @@ def run_train(args) -> int:
         return _usage_error(parser, f"--loss {trainer.config['loss']} compares {trainer.loss.targets_kind} targets, "
                                     "but a character model predicts the next character's index; use a loss over "
                                     f"class indices ({', '.join(usable) or 'none is registered'})")
+    if parallel is not None:  # every rank from rank 0's weights and state; the same batches on all
+        from .distributed import distribute
+
+        trainer = distribute(trainer, parallel)
+        print(f"data-parallel over {parallel.size} MPI ranks: each trains on its rows of every batch of "
+              f"{batch}, then one Allreduce of the gradients")
     print(printable(f"training a {trainer.config['layers']}-layer {trainer.config['cell']} "
                     f"({trainer.config['hidden_size']} hidden, {trainer.config['dtype']}) on {data_name} in {mode} "
                     f"mode: {len(vocab)} {'words' if vocab.kind == 'words' else 'characters'}, {batches.steps_per_epoch()} "
@@ -849,7 +913,11 @@ def run_train(args) -> int:
         raise BrokenPipeError("stdout closed during training")
     interrupted = summary["stopped"] == "interrupted"
     if not interrupted:  # fit saved (and said so) when Ctrl-C stopped it
-        save_checkpoint(trainer, out, batches)
+        trainer.save(out, batches)  # distributed: every rank joins, rank 0 writes
+    if parallel is not None:
+        parallel.finished = True  # every rank got here alike: they may end as usual
+        if not parallel.is_root:  # rank 0 shows the samples and draws the plot
+            return {"done": 0, "early-stop": 0, "non-finite": 1}[summary["stopped"]]
     # A run stopped before any step finished has no training loss to report.
     loss = (f"training loss {summary['loss']:.3f} per {'name' if mode == 'names' else 'chunk'}"
             if summary["loss"] is not None else "no training step finished")

@@ -62,6 +62,9 @@ class CpuBackend:
         self.clip = clip
         self.clip_mode = clip_mode
         self._grads = None  # the gradients of the last gradients() call, for update()
+        # Data-parallel training (numbarnn.distributed) sets this: (flat_grads, loss, B) ->
+        # (loss, B) of the global batch, called between backward and clipping.
+        self.reduce_gradients = None
         # The common model (one layer of any cell, one-hot integer inputs, a per-step head,
         # the built-in softmax cross-entropy) trains through one compiled call per step.
         self._workspace = {}  # (T, B) -> the compiled step's buffers: views of _workspace_buffer
@@ -90,6 +93,8 @@ class CpuBackend:
             if B > 1:
                 d_outputs *= self.model.dtype.type(1.0 / B)
             grads = self.model.backward_into_buffer(d_outputs)
+        if self.reduce_gradients is not None:  # distributed: the clip sees the global batch's gradient
+            loss, B = self.reduce_gradients(self.model.flat_grads, loss, B)
         if self.flat_optimizer:
             norm = clip_flat(self.model.flat_grads, self.clip, self.clip_mode)
         else:

@@ -164,6 +164,9 @@ def fit(trainer, batches, *, steps: Optional[int] = None, epochs: Optional[float
         if not checkpoint:
             raise ValueError("checkpoint_every needs checkpoint, the path to save to")
     users = _user_callbacks(callbacks)
+    distributed = getattr(trainer, "distributed", None)
+    if distributed is not None and not distributed.is_root:  # data-parallel: rank 0 alone prints and samples
+        progress, sample_every, print_fn = False, 0, _quiet
     built_in = [ProgressBar() if progress else None, NonFiniteGuard(),
                 Samples(sample_every, samples) if sample_every else None,
                 Validation(validation, eval_every, patience) if validation is not None and eval_every else None,
@@ -172,6 +175,8 @@ def fit(trainer, batches, *, steps: Optional[int] = None, epochs: Optional[float
                 Checkpoint(checkpoint, every=checkpoint_every) if checkpoint else None]
     run = _Hooks([c for c in built_in if c is not None], users)
     state = FitState(trainer, batches, steps, print_fn)
+    if print_fn is _quiet:
+        state.note = _quiet
     try:
         try:
             run("on_fit_start", state)
@@ -213,7 +218,14 @@ def fit(trainer, batches, *, steps: Optional[int] = None, epochs: Optional[float
         raise
     finally:
         run("on_fit_end", state)
+    if distributed is not None and state.summary["stopped"] in ("interrupted", "output-closed"):
+        # The ranks stopped in different places: no collective can follow, so end the whole job.
+        distributed.end_interrupted(130 if state.summary["stopped"] == "interrupted" else 141)
     return state.summary
+
+
+def _quiet(*args, **kwargs) -> None:
+    """print_fn of the ranks other than 0 in data-parallel training: they print nothing."""
 
 
 def _user_callbacks(callbacks) -> list:
@@ -379,9 +391,13 @@ class Checkpoint(Callback):
 
     def on_step_end(self, state):
         if self.every and not state.stopping and state.step % self.every == 0:
-            save_checkpoint(state.trainer, self.path, state.batches)
+            state.trainer.save(self.path, state.batches)  # distributed: every rank joins, rank 0 writes
 
     def on_interrupt(self, state):
+        distributed = getattr(state.trainer, "distributed", None)
+        if distributed is not None:  # no collective after Ctrl-C: rank 0 saves what it holds, if it can
+            state.summary["reason"] += distributed.save_on_interrupt(state.trainer, self.path, state.batches) or ""
+            return
         save_checkpoint(state.trainer, self.path, state.batches)
         state.summary["reason"] += f"; checkpoint saved to {self.path}"
 

@@ -147,6 +147,8 @@ class Trainer:
         self.last_grad_norm = None
         self.history = []  # (step, training loss) of every step fit() ran
         self.reset_early_stopping()
+        # One rank of a data-parallel run (numbarnn.distributed.DataParallel), or None.
+        self.distributed = None
         # The device's side of training: the model's weights and gradients, the optimizer's
         # slots, the step's buffers (model and optimizer here are the CPU ones it starts from).
         self.backend = backend_class(device)(model, loss, optimizer, clip=clip, clip_mode=clip_mode)
@@ -180,6 +182,9 @@ class Trainer:
         require_device(device)
         if device == self.device:
             return self
+        if self.distributed is not None:
+            raise ValueError("a distributed trainer runs on the CPU; save it and load the checkpoint on "
+                             f"{device!r} in one process")
         model, optimizer = self.backend.to_host()
         moved = Trainer(model, self.loss, optimizer, self.sampler, clip=self.clip, clip_mode=self.clip_mode,
                         seed=self.seed, config=self.config, vocab=self.vocab, device=device)
@@ -326,10 +331,15 @@ class Trainer:
         each sequence, the rest padding (see :meth:`SequenceModel.forward`);
         state: the initial recurrent state (zeros if None), e.g. ``trainer.state``.
         Raises :class:`NonFiniteLossError`, leaving the weights untouched, when the loss or
-        the gradient norm is not finite.
+        the gradient norm is not finite. On a distributed trainer (:mod:`numbarnn.distributed`)
+        every rank passes the same global batch and trains on its rows of it; ``state`` and
+        ``trainer.state`` then hold this rank's rows.
         """
         x, y, weights, lengths = self._prepare(inputs, targets, mask, lengths)
-        loss, norm, final, B = self.backend.gradients(x, y, weights, state, self.rng, lengths=lengths)
+        if self.distributed is not None:  # data-parallel: this rank's rows, the global batch's gradient
+            loss, norm, final, B = self.distributed.gradients(self, x, y, weights, state, lengths)
+        else:
+            loss, norm, final, B = self.backend.gradients(x, y, weights, state, self.rng, lengths=lengths)
         self.last_grad_norm = norm
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise NonFiniteLossError(f"the loss is {loss} and the gradient norm {norm} at step {self.step + 1} "
@@ -526,6 +536,8 @@ class Trainer:
         >>> numbarnn.load(path).generate(prime=[0], length=5, seed=1) == trainer.generate(prime=[0], length=5, seed=1)
         True
         """
+        if self.distributed is not None:  # every rank calls it; rank 0 writes
+            return self.distributed.save(self, path, batches)
         return save_checkpoint(self, path, batches)
 
     def snapshot_params(self, reuse=None):
@@ -589,7 +601,10 @@ class Trainer:
         return out
 
     def validation_loss(self, validation) -> float:
-        """Mean loss per token over ``validation``: a list of ``(inputs, targets, mask, carry)`` batches."""
+        """Mean loss per token over ``validation``: a list of ``(inputs, targets, mask, carry)`` batches
+        (on a distributed trainer, sharded over the ranks: each evaluates its rows)."""
+        if self.distributed is not None:
+            return self.distributed.validation_loss(self, validation)
         total, count, state = 0.0, 0.0, None
         for inputs, targets, mask, carry in validation:
             loss, n, state = self.evaluate(inputs, targets, mask, state=state if carry else None)
@@ -604,7 +619,7 @@ def make_trainer(cell="lstm", loss=None, optimizer="adam", sampler="categorical"
                  dropout: float = 0.0, lr: Optional[float] = None, clip: Optional[float] = 5.0,
                  clip_mode: str = "value", dtype="float32", seed: Optional[int] = None, vocab=None,
                  mode: Optional[str] = None, optimizer_options=None, sampler_options=None,
-                 device: str = "cpu", **options) -> Trainer:
+                 device: str = "cpu", distributed: Optional[str] = None, **options) -> Trainer:
     """A :class:`Trainer` composed from registry names (or spec objects).
 
     ``vocab_size`` (or a ``vocab``, a :class:`numbarnn.data.Vocabulary`, which also lets
@@ -629,6 +644,9 @@ def make_trainer(cell="lstm", loss=None, optimizer="adam", sampler="categorical"
     accepts. ``mode`` ("names" or "stream") is recorded for generation and checkpoints.
     ``device="cuda"`` runs the same trainer on an NVIDIA GPU (``pip install "numbarnn[cuda]"``;
     see ``docs/gpu.md``); without the package, a driver or a GPU it says which is missing.
+    ``distributed="mpi"`` makes the trainer one rank of a data-parallel run over MPI (every
+    rank calls ``make_trainer`` alike; ``pip install "numbarnn[mpi]"``; see
+    :mod:`numbarnn.distributed`); with one process it changes nothing.
 
     Shapes: with V = ``vocab_size`` and H = ``hidden_size``, a cell with G gate blocks
     gets ``W_x (G*H, V)``, ``W_h (G*H, H)``, ``b_x, b_h (G*H,)`` and the head
@@ -649,9 +667,11 @@ def make_trainer(cell="lstm", loss=None, optimizer="adam", sampler="categorical"
     >>> make_trainer(vocab_size=5, momentum=0.9)   # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    numbarnn.optimizers.UnknownOptionError: make_trainer got an unknown option 'momentum'; accepted: model and trainer: vocab_size, input_size, embedding, task, num_classes, output_size, hidden_size, layers, bidirectional, dropout, lr, clip, clip_mode, dtype, seed, vocab, mode, optimizer_options, sampler_options, device; optimizer 'adam': lr, beta1, beta2, eps...; sampler 'categorical': none
+    numbarnn.optimizers.UnknownOptionError: make_trainer got an unknown option 'momentum'; accepted: model and trainer: vocab_size, input_size, embedding, task, num_classes, output_size, hidden_size, layers, bidirectional, dropout, lr, clip, clip_mode, dtype, seed, vocab, mode, optimizer_options, sampler_options, device, distributed; optimizer 'adam': lr, beta1, beta2, eps...; sampler 'categorical': none
     """
     require_device(device)  # a light check that fails before any work
+    if distributed not in (None, "mpi"):
+        raise ValueError(f"distributed must be None or 'mpi', got {distributed!r}")
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if loss is None:
@@ -720,6 +740,10 @@ def make_trainer(cell="lstm", loss=None, optimizer="adam", sampler="categorical"
                       config=config, vocab=vocab, device=device)
     trainer.cell_spec, trainer.loss_spec = cell_spec, loss_spec
     trainer.optimizer_spec, trainer.sampler_spec = opt_spec, sampler_spec
+    if distributed is not None:  # imports mpi4py: only when asked for
+        from .distributed import distribute
+
+        trainer = distribute(trainer)
     return trainer
 
 
