@@ -62,6 +62,10 @@ LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_S
 #: ends the job itself (rank 0 may be stuck in a collective that this rank left).
 INTERRUPT_GRACE = 30.0
 
+#: Seconds a failing rank waits between printing why and ending the job, for the launcher to
+#: pass the message on (it drops output in flight when the job ends).
+ABORT_PAUSE = 1.0
+
 
 class MPIUnavailableError(ImportError):
     """Distributed training was asked for, but mpi4py (or the MPI library it needs) is missing."""
@@ -330,26 +334,40 @@ class DataParallel:
         normally ends first."""
         sys.stdout.flush()
         sys.stderr.flush()
-        if not self.is_root:
-            time.sleep(INTERRUPT_GRACE)
-        self.comm.Abort(status)
+        time.sleep(ABORT_PAUSE if self.is_root else INTERRUPT_GRACE)  # rank 0: for its last lines to get out
+        self._abort(status)
 
-    def abort(self, message: str, status: int = 1) -> None:
-        """Print ``numbarnn: rank R of N: message`` on stderr and end the whole job with ``status``."""
+    def _abort(self, status: int) -> None:
+        """MPI_Abort, then leave at once: MPICH's returns (the launcher then kills the job), and
+        nothing more of this rank may run (the rest of a training command, say)."""
+        try:
+            self.comm.Abort(status)
+        finally:
+            os._exit(status)
+
+    def abort(self, message: str, status: int = 1, details: str = "") -> None:
+        """Print ``numbarnn: rank R of N: message`` (then ``details``) on stderr and end the whole
+        job with ``status``."""
         try:
             sys.stdout.flush()
             print(f"numbarnn: rank {self.rank} of {self.size}: {message}; ending the job (MPI_Abort)",
                   file=sys.stderr, flush=True)
+            if details:
+                print(details, file=sys.stderr, end="", flush=True)
+            # The launcher forwards output through a pipe and drops what is in flight when the job
+            # ends: a moment for it to pass the message on.
+            time.sleep(ABORT_PAUSE)
         finally:
-            self.comm.Abort(status)
+            self._abort(status)
 
     def fail(self, error: BaseException) -> None:
-        """Report ``error`` (its traceback, then which rank failed) and end the whole job."""
+        """Report ``error`` (which rank failed and why, then the traceback) and end the whole job."""
         status = 130 if isinstance(error, KeyboardInterrupt) else 1
         try:
-            traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
-        finally:
-            self.abort(f"failed with {type(error).__name__}: {error}", status)
+            details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        except Exception:  # noqa: BLE001 (the job must end all the same)
+            details = ""
+        self.abort(f"failed with {type(error).__name__}: {error}", status, details)
 
 
 def _abort_on_uncaught_exceptions(parallel: DataParallel) -> None:

@@ -2,7 +2,7 @@
 
     python tests/distributed_worker.py SCENARIO OUT.npz [--steps N] [--save CKPT [--save-at K]]
                                        [--resume CKPT] [--distributed]
-                                       [--fail-rank R --fail-at STEP --fail-how raise|kill]
+                                       [--fail-rank R --fail-at STEP --fail-how raise|kill|interrupt]
 
 Scenarios (float64, tiny):
 
@@ -53,14 +53,17 @@ def scenario(name):
 
 
 class Fail(Callback):
-    """Makes rank ``rank`` raise (or die by SIGKILL) at step ``at``."""
+    """Makes rank ``rank`` raise (``how="raise"``), die by SIGKILL (``"kill"``) or stop as on
+    Ctrl-C (``"interrupt"``; ``rank`` -1: every rank, as mpiexec passes Ctrl-C on) at step ``at``."""
 
     def __init__(self, rank, at, how):
         self.rank, self.at, self.how = rank, at, how
 
     def on_step_start(self, state):
         parallel = state.trainer.distributed
-        if parallel is not None and parallel.rank == self.rank and state.trainer.step == self.at:
+        if parallel is not None and self.rank in (parallel.rank, -1) and state.trainer.step == self.at:
+            if self.how == "interrupt":
+                raise KeyboardInterrupt
             if self.how == "kill":
                 os.kill(os.getpid(), 9)
             raise RuntimeError(f"planted failure at step {self.at}")
@@ -109,7 +112,7 @@ def main(argv=None):
     parser.add_argument("--distributed", action="store_true")
     parser.add_argument("--fail-rank", type=int)
     parser.add_argument("--fail-at", type=int)
-    parser.add_argument("--fail-how", choices=("raise", "kill"), default="raise")
+    parser.add_argument("--fail-how", choices=("raise", "kill", "interrupt"), default="raise")
     args = parser.parse_args(argv)
     fail = (args.fail_rank, args.fail_at, args.fail_how) if args.fail_rank is not None else None
     run(args.scenario, args.out, args.steps, args.save, args.save_at, args.resume, args.distributed, fail)

@@ -120,6 +120,20 @@ def test_a_failing_rank_ends_the_job_and_the_last_checkpoint_loads(how, referenc
 
 
 @needs_mpi
+@pytest.mark.parametrize("name", ["names", "stream"])
+def test_ctrl_c_saves_what_rank_0_holds_and_ends_the_job(name, reference, tmp_path):
+    """Ctrl-C (KeyboardInterrupt on every rank at step 13, as mpiexec passes it on) ends the job
+    with status 130 and no hang. names: rank 0 holds the whole run and saves step 13; stream:
+    the carried state is spread over the ranks, so the checkpoint of step 10 is kept."""
+    checkpoint = tmp_path / "run.ckpt"
+    result = mpirun(2, sys.executable, WORKER, name, tmp_path / "out.npz", "--distributed", "--save", checkpoint,
+                    "--fail-rank", -1, "--fail-at", 13, "--fail-how", "interrupt", timeout=120)
+    assert result.returncode == 130, result.stdout[-2000:] + result.stderr[-2000:]
+    assert numbarnn.load(checkpoint).step == (13 if name == "names" else 10)
+    assert not (tmp_path / "out.npz").exists()
+
+
+@needs_mpi
 def test_mpiexec_numbarnn_train(reference, tmp_path):
     """`mpiexec -n 2 numbarnn train` trains data-parallel: rank 0 alone prints; the checkpoint
     resumes in one process. A usage error ends every rank at once (no hang), status 2."""
