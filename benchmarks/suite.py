@@ -9,6 +9,9 @@ Cases (sizes in FULL and QUICK below; each target is printed next to its ratio):
     large     LSTM V65 H512 B64 T50, same                              >= 1x PyTorch, >= 70% of f32 matmul peak
     generate  2,000 chars, B1, categorical, LSTM H128/H512 f32         >= 10x / >= 2x a PyTorch sampling loop
     plugin    GRU plugin at the mid sizes                              per-gate time within 10% of the LSTM's
+    owncells  IndRNN, layer-normalised LSTM plugins at the mid sizes   >= 5x the cell as a PyTorch loop;
+              (cells with parameters of their own)                     >= 1.0x / 1.5x the cell in JAX (scan,
+                                                                       jit); LN-LSTM per gate <= 1.5x LSTM's
     digits    scikit-learn's digits, 8 rows of 8 pixels, LSTM H64 B64,   >= 1.5x PyTorch per epoch
               classify, one call = one epoch, 15 epochs
     bilstm    bidirectional LSTM H256 B32 T50, regress X32 O8, f32     >= 1.0x PyTorch
@@ -59,8 +62,8 @@ import reference  # noqa: E402  (plain-NumPy training step and sampling loop)
 THREADS = 2
 THREAD_ENV = {name: str(THREADS) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                               "NUMBA_NUM_THREADS")}
-CASE_NAMES = ("course", "mid", "large", "generate", "plugin", "digits", "bilstm", "embedding", "start-up", "memory",
-              "scaling")
+CASE_NAMES = ("course", "mid", "large", "generate", "plugin", "owncells", "digits", "bilstm", "embedding", "start-up",
+              "memory", "scaling")
 TORCH_MODULES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
 torch = None  # imported in main() unless --no-torch; the memory children import only what they need
@@ -78,6 +81,7 @@ FULL = dict(
     large=dict(V=65, H=512, B=64, T=50, repeats=7),
     generate=dict(V=65, hiddens=(128, 512), length=2000, repeats=5),
     plugin=dict(V=65, H=128, B=32, T=50, repeats=9),
+    owncells=dict(V=65, H=128, B=32, T=50, repeats=7),
     digits=dict(H=64, B=64, n_train=1437, repeats=15),       # 15 timed epochs of the 1,437 training digits
     bilstm=dict(H=256, B=32, T=50, X=32, O=8, repeats=9),
     embedding=dict(V=65, E=64, H=128, B=32, T=50, repeats=9),
@@ -92,6 +96,7 @@ QUICK = dict(
     large=dict(V=11, H=16, B=4, T=6, repeats=2),
     generate=dict(V=11, hiddens=(8, 16), length=20, repeats=2),
     plugin=dict(V=11, H=8, B=4, T=6, repeats=2),
+    owncells=dict(V=7, H=4, B=2, T=5, repeats=2),
     digits=dict(H=8, B=16, n_train=48, repeats=2),
     bilstm=dict(H=8, B=4, T=6, X=3, O=2, repeats=2),
     embedding=dict(V=11, E=4, H=8, B=4, T=6, repeats=2),
@@ -537,6 +542,47 @@ def case_plugin(sz, repeats, ctx):
                     target="<= 1.10x", met=per_gate <= 1.10,
                     note=f"(GRU time / 3) / (LSTM time / 4): {gru / 3 * 1e3:.3g} vs {lstm_t / 4 * 1e3:.3g} ms "
                          "per gate"))
+    return rows
+
+
+def case_owncells(sz, repeats, ctx):
+    """Cells with parameters of their own (the plugins numbarnn-indrnn, numbarnn-layernorm-lstm):
+    a training step against the same cell as a PyTorch loop with autograd and in JAX (lax.scan
+    under jit), and per gate against the built-in LSTM; see benchmarks/own_cells_anchors.py."""
+    import own_cells_anchors as anchors
+    try:
+        import jax  # noqa: F401
+        use_jax = True
+    except ImportError:
+        use_jax = False
+    sizes = {key: sz[key] for key in ("V", "H", "B", "T")}
+    runs, expected, notes = anchors.build_runs(sizes, anchors.CELLS, use_torch=torch is not None, use_jax=use_jax)
+    times, results = measure(runs, repeats, warmup=2)
+    problems = anchors.check_losses(results, expected)
+    ctx["ok"] &= not problems
+    medians = {label: float(np.median(t)) for label, t in times.items()}
+    rows = []
+    variant = f"H{sz['H']} B{sz['B']}"
+    SHORT = {"indrnn": "IndRNN", "layernorm_lstm": "LN-LSTM"}
+    for cell in anchors.CELLS:
+        ours = f"numbarnn {cell}"
+        if ours not in times:
+            rows.append(Row("owncells", variant, ours, note=f"the {cell} plugin is not installed (plugins/)"))
+            continue
+        mine = {label: t for label, t in times.items() if label.endswith(f" {cell}")}
+        jax_target = 1.5 if cell == "layernorm_lstm" else 1.0
+        targets = {f"pytorch-loop {cell}": (">= 5x", 5.0), f"jax {cell}": (f">= {jax_target:g}x", jax_target)}
+        note = "; ".join(problems) if problems else "first losses agree with the float64 reference (rtol 1e-4)"
+        rows += time_rows("owncells", f"{SHORT[cell]} H{sz['H']}", mine, ours=ours, targets=targets,
+                          notes={ours: ("LOSS MISMATCH: " if problems else "") + note})
+        per_gate = (medians[ours] / anchors.GATES[cell]) / (medians["numbarnn lstm"] / anchors.GATES["lstm"])
+        target = "<= 1.50x" if cell == "layernorm_lstm" else ""
+        rows.append(Row("owncells", f"{SHORT[cell]} H{sz['H']}", "per gate / lstm", per_gate, "x",
+                        target=target, met=(per_gate <= 1.5) if target else None,
+                        note=f"({cell} time / {anchors.GATES[cell]}) / (built-in LSTM time / 4), "
+                             f"LSTM {medians['numbarnn lstm'] * 1e3:.3g} ms"))
+    if not use_jax:
+        rows.append(Row("owncells", variant, "jax", note="JAX not installed (pip install \".[bench]\"): no JAX column"))
     return rows
 
 
@@ -1074,7 +1120,7 @@ def main(argv=None):
     log("measuring the matmul peak")
     ctx["peak"] = matmul_peak(1024, 10 if not args.quick else 3)
     functions = {"course": case_course, "mid": case_mid, "large": case_large, "generate": case_generate,
-                 "plugin": case_plugin, "digits": case_digits, "bilstm": case_bilstm,
+                 "plugin": case_plugin, "owncells": case_owncells, "digits": case_digits, "bilstm": case_bilstm,
                  "embedding": case_embedding, "start-up": case_startup, "memory": case_memory, "scaling": case_scaling}
     size_key = {"start-up": "startup"}
     rows, loads = [], [load_before[0]]

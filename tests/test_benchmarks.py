@@ -24,8 +24,8 @@ def test_suite_quick_smoke():
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     lines = result.stdout.splitlines()
     assert any(line.startswith("case") and "speed-up" in line and "target" in line for line in lines)
-    for case in ("course", "mid", "large", "generate", "plugin", "start-up", "memory", "scaling", "digits", "bilstm",
-                 "embedding"):
+    for case in ("course", "mid", "large", "generate", "plugin", "owncells", "start-up", "memory", "scaling", "digits",
+                 "bilstm", "embedding"):
         rows = [line for line in lines if line.split()[:1] == [case]]
         assert rows, f"no table row for case {case!r}"
         assert not any("ERROR" in row or "MISMATCH" in row for row in rows), rows
