@@ -38,14 +38,15 @@ projections enter through different layer norms, so ``dxz_t`` and ``dhz_t`` diff
 Style, for speed, as numbarnn's kernels: one short loop per output array (such loops
 vectorise), constants in the arrays' dtype, no allocation. The sums over a row (means,
 variances, the layer norms' backward sums) are :mod:`numbarnn_layernorm_lstm.reductions`'
-vectorised ``row_sum`` and ``row_dot``: a plain summing loop stays scalar without fastmath.
+vectorised ``row_sum``, ``row_dot`` and ``row_dot_pair`` (both sums of a layer norm's
+backward in one pass): a plain summing loop stays scalar without fastmath.
 """
 import numpy as np
 from numba import njit
 
 from numbarnn.kernels.activations import sigmoid, tanh
 
-from .reductions import row_dot, row_sum
+from .reductions import row_dot, row_dot_pair, row_sum
 
 CACHE_WIDTH = 17
 LN_EPS = 1e-5  # inside the square root, as torch.nn.LayerNorm and haste
@@ -159,7 +160,7 @@ def layernorm_lstm_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_pre
     >>> layernorm_lstm_backward(dstate, states, 0, cache_t, dxz_t, dhz_t, dstate_prev, params, grads)
     >>> def slope(xz, hz, c, ps):   # central difference of L along its gradient, step 1e-6
     ...     L = lambda s: np.sum(dstate * run(xz + s * dxz_t, hz + s * dhz_t, c + s * dstate_prev[1],
-    ...                                       [p + s * d for p, d in zip(ps, grads)])[0][:, 1])
+    ...                                       tuple(p + s * d for p, d in zip(ps, grads)))[0][:, 1])
     ...     return (L(1e-6) - L(-1e-6)) / 2e-6
     >>> norm = sum(np.sum(d * d) for d in (dxz_t, dhz_t, dstate_prev[1]) + grads)
     >>> bool(np.isclose(slope(xz_t, hz_t, c_prev, params), norm)), bool((dstate_prev[0] == 0).all())
@@ -194,11 +195,10 @@ def layernorm_lstm_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_pre
         for j in range(H):
             dbeta_c[j] += dy[j]
         # LN's backward, d a = rstd * (dn - mean(dn) - n * mean(dn * n)), with dn = dy * gamma_c
+        s1, s2 = row_dot_pair(dy, gamma_c, nc)
+        m1, m2 = s1 * inv_H, s2 * inv_H
         for j in range(H):
-            dy[j] *= gamma_c[j]
-        m1, m2 = row_sum(dy) * inv_H, row_dot(dy, nc) * inv_H
-        for j in range(H):
-            dc[j] = dc_in[j] + rstd_c * (dy[j] - m1 - nc[j] * m2)
+            dc[j] = dc_in[j] + rstd_c * (dy[j] * gamma_c[j] - m1 - nc[j] * m2)
         for j in range(H):  # d input gate
             d_i[j] = dc[j] * g[j] * i[j] * (one - i[j])
         for j in range(H):  # d forget gate
@@ -216,13 +216,11 @@ def layernorm_lstm_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_pre
             dgamma_x[k] += dz[k] * nx[k]
         for k in range(G):
             dgamma_h[k] += dz[k] * nh[k]
-        for k in range(G):  # dn of LN(hz_t), then its backward in place
-            dhz[k] = dz[k] * gamma_h[k]
-        m1, m2 = row_sum(dhz) * inv_G, row_dot(dhz, nh) * inv_G
+        s1, s2 = row_dot_pair(dz, gamma_h, nh)
+        m1, m2 = s1 * inv_G, s2 * inv_G
         for k in range(G):
-            dhz[k] = rstd_h * (dhz[k] - m1 - nh[k] * m2)
-        for k in range(G):  # the same for LN(xz_t), in place of dz, which is no longer needed
-            dz[k] *= gamma_x[k]
-        m1, m2 = row_sum(dz) * inv_G, row_dot(dz, nx) * inv_G
-        for k in range(G):
-            dz[k] = rstd_x * (dz[k] - m1 - nx[k] * m2)
+            dhz[k] = rstd_h * (dz[k] * gamma_h[k] - m1 - nh[k] * m2)
+        s1, s2 = row_dot_pair(dz, gamma_x, nx)
+        m1, m2 = s1 * inv_G, s2 * inv_G
+        for k in range(G):  # last: dz is overwritten in place
+            dz[k] = rstd_x * (dz[k] * gamma_x[k] - m1 - nx[k] * m2)

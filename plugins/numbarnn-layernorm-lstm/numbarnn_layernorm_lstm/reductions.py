@@ -1,5 +1,5 @@
-"""Row sums for the layer norms: ``row_sum(a)`` and ``row_dot(a, b)`` of 1-D float arrays,
-callable from ``@njit`` code, vectorised without fastmath.
+"""Row sums for the layer norms: ``row_sum(a)``, ``row_dot(a, b)`` and ``row_dot_pair(a, b, c)``
+of 1-D float arrays, callable from ``@njit`` code, vectorised without fastmath.
 
 A plain loop ``s += a[i]`` stays scalar without fastmath (the compiler may not reorder one
 running sum) and waits on the add latency at every element; at 4H = 512 the layer norms'
@@ -13,7 +13,7 @@ naive sum, not these bits).
 
 >>> import numpy as np
 >>> from numba import njit
->>> from numbarnn_layernorm_lstm.reductions import row_dot, row_sum
+>>> from numbarnn_layernorm_lstm.reductions import row_dot, row_dot_pair, row_sum
 >>> @njit
 ... def sums(a, b):
 ...     return row_sum(a), row_dot(a, b)
@@ -24,6 +24,8 @@ naive sum, not these bits).
 (4950.0, 2475.0)
 >>> float(sums(a[::2], b[::2])[1])   # strided views work too
 1225.0
+>>> njit(lambda a, b, c: row_dot_pair(a, b, c))(a, b, np.full(100, 2.0))   # sum(a b), sum(a b c)
+(2475.0, 4950.0)
 """
 from llvmlite import ir
 from numba import types
@@ -44,9 +46,10 @@ def row_dot(a, b):
     return (a * b).sum()
 
 
-def _reduce(context, builder, arrays, array_types):
-    """LLVM IR for ``sum_i prod_k arrays[k][i]`` over contiguous 1-D arrays, in the fixed
-    order of the module docstring."""
+def _reduce(context, builder, arrays, array_types, products):
+    """LLVM IR for the sums ``sum_i prod_{k in product} arrays[k][i]``, one for each product
+    (a tuple of array indices), over contiguous 1-D arrays of one length, in one pass and each
+    in the fixed order of the module docstring. Returns the list of sums."""
     fty = context.get_value_type(array_types[0].dtype)
     vty = ir.VectorType(fty, LANES)
     align = context.get_abi_sizeof(fty)  # the rows are element-aligned, not vector-aligned
@@ -56,31 +59,46 @@ def _reduce(context, builder, arrays, array_types):
     chunk = ir.Constant(intp, VECTORS * LANES)
     whole = builder.mul(builder.sdiv(n, chunk), chunk)
 
-    def term(i, load):  # the product of the arrays' values at i (a vector or a scalar)
-        value = None
-        for ary in arys:
-            v = load(builder.gep(ary.data, [i]))
-            value = v if value is None else builder.fmul(value, v)
-        return value
+    def terms(i, load):  # each product's value at i (vectors or scalars)
+        values = [load(builder.gep(ary.data, [i])) for ary in arys]
+        out = []
+        for product in products:
+            value = values[product[0]]
+            for k in product[1:]:
+                value = builder.fmul(value, values[k])
+            out.append(value)
+        return out
 
     def load_vector(ptr):
         return builder.load(builder.bitcast(ptr, vty.as_pointer()), align=align)
 
-    accs = [cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for _ in range(VECTORS)]  # zeros
+    zero_vector, zero = ir.Constant(vty, None), ir.Constant(fty, 0.0)
+    accs = [[cgutils.alloca_once_value(builder, zero_vector) for _ in range(VECTORS)] for _ in products]
     with cgutils.for_range_slice(builder, ir.Constant(intp, 0), whole, chunk, intp) as (i, _):
-        for k, acc in enumerate(accs):
-            at = builder.add(i, ir.Constant(intp, k * LANES))
-            builder.store(builder.fadd(builder.load(acc), term(at, load_vector)), acc)
-    tail = cgutils.alloca_once_value(builder, ir.Constant(fty, 0.0))
+        for v in range(VECTORS):
+            at = builder.add(i, ir.Constant(intp, v * LANES))
+            for acc, term in zip(accs, terms(at, load_vector)):
+                builder.store(builder.fadd(builder.load(acc[v]), term), acc[v])
+    tails = [cgutils.alloca_once_value(builder, zero) for _ in products]
     with cgutils.for_range_slice(builder, whole, n, ir.Constant(intp, 1), intp) as (i, _):
-        builder.store(builder.fadd(builder.load(tail), term(i, builder.load)), tail)
-    vectors = [builder.load(acc) for acc in accs]
-    while len(vectors) > 1:
-        vectors = [builder.fadd(vectors[k], vectors[k + 1]) for k in range(0, len(vectors), 2)]
-    lanes = [builder.extract_element(vectors[0], ir.Constant(ir.IntType(32), k)) for k in range(LANES)]
-    while len(lanes) > 1:
-        lanes = [builder.fadd(lanes[k], lanes[k + 1]) for k in range(0, len(lanes), 2)]
-    return builder.fadd(lanes[0], builder.load(tail))
+        for tail, term in zip(tails, terms(i, builder.load)):
+            builder.store(builder.fadd(builder.load(tail), term), tail)
+    sums = []
+    for acc, tail in zip(accs, tails):
+        vectors = [builder.load(a) for a in acc]
+        while len(vectors) > 1:
+            vectors = [builder.fadd(vectors[k], vectors[k + 1]) for k in range(0, len(vectors), 2)]
+        lanes = [builder.extract_element(vectors[0], ir.Constant(ir.IntType(32), k)) for k in range(LANES)]
+        while len(lanes) > 1:
+            lanes = [builder.fadd(lanes[k], lanes[k + 1]) for k in range(0, len(lanes), 2)]
+        sums.append(builder.fadd(lanes[0], builder.load(tail)))
+    return sums
+
+
+def row_dot_pair(a, b, c):
+    """``(sum(a * b), sum(a * b * c))`` of three 1-D float arrays of one dtype and length, in
+    one pass (for ``@njit`` code): the two sums of a layer norm's backward."""
+    return (a * b).sum(), (a * b * c).sum()
 
 
 def _contiguous_floats(*arrays):
@@ -91,13 +109,23 @@ def _contiguous_floats(*arrays):
 @intrinsic
 def _vector_sum(typingctx, a):
     if _contiguous_floats(a):
-        return a.dtype(a), lambda context, builder, sig, args: _reduce(context, builder, args, sig.args)
+        return a.dtype(a), lambda context, builder, sig, args: _reduce(context, builder, args, sig.args, [(0,)])[0]
 
 
 @intrinsic
 def _vector_dot(typingctx, a, b):
     if _contiguous_floats(a, b):
-        return a.dtype(a, b), lambda context, builder, sig, args: _reduce(context, builder, args, sig.args)
+        return a.dtype(a, b), lambda context, builder, sig, args: _reduce(context, builder, args, sig.args,
+                                                                          [(0, 1)])[0]
+
+
+@intrinsic
+def _vector_dot_pair(typingctx, a, b, c):
+    if _contiguous_floats(a, b, c):
+        def codegen(context, builder, sig, args):
+            sums = _reduce(context, builder, args, sig.args, [(0, 1), (0, 1, 2)])
+            return context.make_tuple(builder, sig.return_type, sums)
+        return types.UniTuple(a.dtype, 2)(a, b, c), codegen
 
 
 def _plain_sum(a):
@@ -112,6 +140,15 @@ def _plain_dot(a, b):
     for i in range(a.shape[0]):
         s += a[i] * b[i]
     return s
+
+
+def _plain_dot_pair(a, b, c):
+    p = q = a.dtype.type(0.0)
+    for i in range(a.shape[0]):
+        e = a[i] * b[i]
+        p += e
+        q += e * c[i]
+    return p, q
 
 
 def _is_float_vector(a):
@@ -130,3 +167,11 @@ def _row_dot_overload(a, b):
         if a.layout == "C" and b.layout == "C":
             return lambda a, b: _vector_dot(a, b)
         return _plain_dot
+
+
+@overload(row_dot_pair, inline="always")
+def _row_dot_pair_overload(a, b, c):
+    if all(_is_float_vector(v) for v in (a, b, c)) and a.dtype == b.dtype == c.dtype:
+        if a.layout == b.layout == c.layout == "C":
+            return lambda a, b, c: _vector_dot_pair(a, b, c)
+        return _plain_dot_pair

@@ -222,6 +222,11 @@ def _sums(a, b):
     return reductions.row_sum(a), reductions.row_dot(a, b)
 
 
+@njit
+def _pair(a, b, c):
+    return reductions.row_dot_pair(a, b, c)
+
+
 def _documented_order(a, b):
     """row_dot's order in plain Python: 32 lane sums, lane-wise tree of the 4 vectors, tree of
     the 8 lanes, then the leftover elements' running sum."""
@@ -248,9 +253,11 @@ def _documented_order(a, b):
 def test_row_sums_are_the_sums_in_the_documented_order(dtype, n):
     rng = np.random.default_rng(n)
     a, b = rng.normal(size=n).astype(dtype), rng.normal(size=n).astype(dtype)
+    c = rng.normal(size=n).astype(dtype)
     total, dot = _sums(a, b)
     assert dot == _documented_order(a, b)   # the same bits, whatever the machine's vector width
     assert total == _documented_order(a, np.ones_like(a))
+    assert _pair(a, b, c) == (dot, _documented_order(a * b, c))   # (a b) c, in that order
     np.testing.assert_allclose([total, dot], [a.astype(np.float64).sum(), a.astype(np.float64) @ b],
                                rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-5 if dtype == np.float32 else 1e-13)
 
@@ -258,6 +265,7 @@ def test_row_sums_are_the_sums_in_the_documented_order(dtype, n):
 def test_row_sums_of_strided_views_and_of_nan_and_inf():
     a = np.arange(100.0)
     assert _sums(a[::3], a[::3]) == (a[::3].sum(), a[::3] @ a[::3])
+    assert _pair(a[::3], a[::3], a[::3]) == (a[::3] @ a[::3], (a[::3] ** 3).sum())
     for bad, expected in ((np.nan, np.isnan), (np.inf, np.isposinf)):
         b = np.ones(70)
         b[65] = bad   # in the leftover part, then in the vector part
