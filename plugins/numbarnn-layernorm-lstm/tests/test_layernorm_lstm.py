@@ -144,6 +144,19 @@ def test_backward_step_matches_torch_autograd(dtype, B, H, seed):
 
 @settings(max_examples=25, deadline=None)
 @given(B=sizes, H=sizes, seed=seeds)
+def test_backward_step_in_float32_is_close_to_float64(B, H, seed):
+    """Without PyTorch too: float32 constants and arithmetic stay float32 and close (the float64
+    kernel is checked against autograd and finite differences)."""
+    a64, dstate64 = one_step_case(B, H, seed)
+    a32, dstate32 = one_step_case(B, H, seed, np.float32)
+    grads64 = backward_step(a64, dstate64, *forward_step(a64))
+    grads32 = backward_step(a32, dstate32, *forward_step(a32))
+    assert all(g.dtype == np.float32 for g in grads32.values())
+    ref.assert_gradients_close(grads32, grads64, rtol=1e-4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=sizes, H=sizes, seed=seeds)
 def test_backward_step_matches_finite_differences(B, H, seed):
     """Of L = sum(dh * h_t) + sum(dc * c_t) w.r.t. every input of the step: xz_t, hz_t, both
     states and the five own parameters (fourth-order central differences, float64)."""
