@@ -29,8 +29,8 @@ blocks what the forward saves for the backward
 ====== =====================================================================
 
 A per-row scalar gets a block of its own so the layout holds for H = 1. ``LN(c_t)`` is
-not saved but recomputed from ``c_t`` (in ``states``) and blocks 15-16: one
-multiply-add per unit costs less than writing and reading H more values per step. The two
+not saved but recomputed from ``c_t`` (in ``states``) and blocks 15-16, a subtraction and
+a multiplication per unit instead of H more values written and read per step. The two
 projections enter through different layer norms, so ``dxz_t`` and ``dhz_t`` differ
 (``shared_gate_grad=False``); the kernel leaves no direct gradient on ``h_{t-1}``
 (``dstate_prev[0] = 0``; the loops add ``dhz_t @ W_h``).
