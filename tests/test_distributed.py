@@ -6,6 +6,7 @@ in this process, first, so the ranks find the kernels compiled in the cache.
 """
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 import checkout
 import distributed_worker as worker
 import numbarnn
+import numbarnn.data
 from numbarnn.distributed import _RowsRng, launched_ranks, split_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,31 +152,67 @@ def test_mpiexec_numbarnn_train(reference, tmp_path):
     assert "--lr must be a positive finite number" in bad.stderr
 
 
+def slurm_script() -> str:
+    """The Slurm batch script of docs/scaling.md, as printed there."""
+    text = (ROOT / "docs" / "scaling.md").read_text(encoding="utf-8")
+    scripts = re.findall(r"```bash\n(#!/bin/bash\n#SBATCH.*?)```", text, flags=re.S)
+    assert len(scripts) == 1, "docs/scaling.md should show one Slurm batch script"
+    return scripts[0]
+
+
+@needs_mpi
+@pytest.mark.skipif(not (Path(sys.prefix) / "bin" / "activate").exists(), reason="needs a virtual environment")
+def test_the_slurm_script_of_the_docs_runs(reference, tmp_path):
+    """docs/scaling.md's batch script, run as written by bash on two local ranks (what
+    SLURM_NTASKS says) with a tiny model: it trains, then (the checkpoint there) resumes."""
+    script = tmp_path / "train.sbatch"
+    script.write_text(slurm_script())
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(numbarnn.data.dinosaur_names()[:60]) + "\n")
+    env = checkout.env(**ENV, VENV=sys.prefix, DATA=str(names), CKPT=str(tmp_path / "run.ckpt"), STEPS="3",
+                       BATCH="4", HIDDEN="4", SLURM_NTASKS="2", SLURM_SUBMIT_DIR=str(tmp_path))
+    for steps in (3, 6):
+        result = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=240,
+                                cwd=tmp_path)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert result.stdout.count("data-parallel over 2 MPI ranks") == 1
+        assert numbarnn.load(tmp_path / "run.ckpt").step == steps
+
+
 def test_one_process_never_imports_mpi4py(tmp_path):
     """Without a launcher (or under one that started one process) nothing changes: training,
-    from the command line or Python, imports no MPI."""
-    code = ("import os, sys, numbarnn, numbarnn.distributed\n"
+    from the command line or Python, imports no MPI. Asked for in a lone process (MPI's
+    singleton, where mpi4py is installed), make_trainer(distributed="mpi") is the plain trainer."""
+    code = ("import importlib.util, os, sys, numbarnn, numbarnn.distributed\n"
             "from numbarnn.cli import main\n"
             "for size in (None, '1'):  # no launcher; a launcher that started one process\n"
             "    if size: os.environ['PMI_SIZE'] = size\n"
             f"    assert main(['train', '--steps', '2', '--hidden', '4', '--batch', '4', '--sample-every', '0', "
             f"'--no-progress', '--out', {str(tmp_path / 'x.ckpt')!r}]) == 0\n"
             "numbarnn.make_trainer(vocab_size=3, hidden_size=2).train_step([[0, 1]], [[1, 2]])\n"
-            "assert 'mpi4py' not in sys.modules, 'mpi4py was imported'\n")
+            "assert 'mpi4py' not in sys.modules, 'mpi4py was imported'\n"
+            "if importlib.util.find_spec('mpi4py') is not None:\n"
+            "    t = numbarnn.make_trainer(vocab_size=3, hidden_size=2, seed=0, distributed='mpi')\n"
+            "    assert t.distributed is None and t.backend.reduce_gradients is None\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            env=checkout.env())
+                            env=checkout.env(**ENV))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None, reason="needs mpi4py (pip install 'numbarnn[mpi]')")
-def test_distributed_in_one_process_changes_nothing():
-    """make_trainer(distributed="mpi") in a lone process (MPI's singleton) is the plain trainer."""
-    code = ("import numbarnn\n"
-            "t = numbarnn.make_trainer(vocab_size=3, hidden_size=2, seed=0, distributed='mpi')\n"
-            "assert t.distributed is None and t.backend.reduce_gradients is None\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            env=checkout.env(**ENV))
-    assert result.returncode == 0, result.stderr[-2000:]
+@needs_mpi
+def test_the_scaling_benchmark_runs(reference):
+    """benchmarks/mpi_scaling.py at tiny sizes: its table and its model print (no timing is checked)."""
+    script = ROOT / "benchmarks" / "mpi_scaling.py"
+    measured = subprocess.run([sys.executable, str(script), "--quick", "--cases", "mid"], capture_output=True,
+                              text=True, timeout=300, env=checkout.env())
+    assert measured.returncode == 0, measured.stdout[-2000:] + measured.stderr[-2000:]
+    rows = [line.split()[:2] for line in measured.stdout.splitlines() if line.startswith("mid ")]
+    assert rows == [["mid", "1x1"], ["mid", "1x2"], ["mid", "2x1"], ["mid", "cpu"]], measured.stdout
+    assert "efficiency" in measured.stdout and "Allreduce of" in measured.stdout
+    model = subprocess.run([sys.executable, str(script), "--model", "--quick"], capture_output=True, text=True,
+                           timeout=300, env=checkout.env())
+    assert model.returncode == 0, model.stderr[-2000:]
+    assert "10 Gbit/s" in model.stdout and "100 Gbit/s" in model.stdout and "speed-up" in model.stdout
 
 
 def test_bad_distributed_value_is_refused():
