@@ -575,7 +575,7 @@ def failed_plugins() -> list:
 def list_cells(pattern=None) -> list:
     """Sorted names of the registered cells, optionally filtered by glob pattern(s), e.g. ``"l*"``.
 
-    >>> list_cells("l*")
+    >>> list_cells("ls*")
     ['lstm']
     >>> "rnn" in list_cells()
     True

@@ -171,12 +171,12 @@ def _cpu_sequence(cell, xz, W_h, b_h, h0, d_out, d_final):
     states[:, 0] = h0
     cache = np.empty((T, B, cell.cache_width * H), xz.dtype)
     cpu = loops.loops_for(cell)
-    cpu.sequence_forward(xz, W_h, b_h, states, cache, np.empty((B, cell.gates * H), xz.dtype))
+    cpu.sequence_forward(xz, W_h, b_h, (), states, cache, np.empty((B, cell.gates * H), xz.dtype))  # (): no own params
     dstate = d_final.copy()
     dxz = np.empty_like(xz)
     dhz = dxz if cell.shared_gate_grad else np.empty_like(xz)
-    cpu.sequence_backward(W_h, states, cache, d_out, dstate, np.empty_like(dstate), dxz, dhz,
-                          np.empty((B, H), xz.dtype))
+    cpu.sequence_backward(W_h, (), states, cache, d_out, dstate, np.empty_like(dstate), dxz, dhz,
+                          np.empty((B, H), xz.dtype), ())
     return states, dxz, dhz, dstate
 
 
