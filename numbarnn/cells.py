@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
@@ -55,22 +56,31 @@ def ones(rng, shape, hidden_size):
     return np.ones(shape)
 
 
+@dataclass(frozen=True)
+class _Uniform:
+    """``U(low, high)``: what :func:`uniform` returns (a class, so that a spec holding it pickles)."""
+
+    low: float
+    high: float
+
+    def __call__(self, rng, shape, hidden_size):
+        return rng.uniform(self.low, self.high, size=shape)
+
+    def __repr__(self):
+        return f"uniform({self.low!r}, {self.high!r})"
+
+
 def uniform(low: float, high: float) -> Callable:
     """An initialiser drawing ``U(low, high)``.
 
     >>> init = uniform(0.0, 1.0)
     >>> values = init(np.random.default_rng(0), (3,), 4)
-    >>> values.shape, bool(((0 <= values) & (values < 1)).all())
-    ((3,), True)
+    >>> values.shape, bool(((0 <= values) & (values < 1)).all()), init
+    ((3,), True, uniform(0.0, 1.0))
     """
     if not (np.isfinite(low) and np.isfinite(high) and low <= high):
         raise ValueError(f"uniform({low!r}, {high!r}): need finite low <= high")
-
-    def init(rng, shape, hidden_size):
-        return rng.uniform(low, high, size=shape)
-
-    init.__qualname__ = init.__name__ = f"uniform({low!r}, {high!r})"
-    return init
+    return _Uniform(float(low), float(high))
 
 
 def uniform_hidden(rng, shape, hidden_size):
@@ -212,7 +222,9 @@ class CellSpec:
             raise ValueError(f"cell {self.name!r}: a cell without recurrent weights has no recurrent gradient "
                              "of its own: set shared_gate_grad=True")
 
-    @property
+    # cached_property writes the instance's __dict__ directly, which a frozen dataclass allows: the
+    # names are asked for on every training step.
+    @cached_property
     def fused_param_names(self) -> tuple:
         """Which of ``W_x, W_h, b_x, b_h`` the cell uses, in that order.
 
@@ -224,12 +236,12 @@ class CellSpec:
             names += ["b_x"] + (["b_h"] if self.recurrent_weights else [])
         return tuple(n for n in PARAM_NAMES if n in names)
 
-    @property
+    @cached_property
     def own_param_names(self) -> tuple:
         """The names of the cell's own parameters, in declared order."""
         return tuple(p.name for p in self.params)
 
-    @property
+    @cached_property
     def param_names(self) -> tuple:
         """Every parameter of one layer of this cell: the fused weights it uses, then its own."""
         return self.fused_param_names + self.own_param_names

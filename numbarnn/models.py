@@ -68,6 +68,9 @@ class RecurrentModel:
         self._unused = {"W_h": np.zeros((0, H), self.dtype), "b_x": np.zeros(GH, self.dtype),
                         "b_h": np.zeros(GH, self.dtype)}
         self._unused_grads = {name: np.empty_like(value) for name, value in self._unused.items()}
+        # Per training step: which of b_x, W_h, b_h come from params (their key) or are placeholders (None).
+        used = cell.fused_param_names
+        self._kernel_keys = tuple(name if name in used else None for name in ("b_x", "W_h", "b_h"))
         #: what the last forward saved for backward: (x, is_index, states, cache), kernel layout
         self.context = None
 
@@ -77,23 +80,21 @@ class RecurrentModel:
         (those the cell uses), then the cell's own parameters (see ``CellSpec.param_shapes``)."""
         return self.cell.param_shapes(self.input_size, self.hidden_size)
 
-    def _fused(self, values: dict, name: str):
-        """``values[name]`` for a fused weight the cell uses, else the loops' placeholder."""
-        return values[name] if name in self.cell.fused_param_names else self._unused[name]
-
     def _kernel_weights(self):
-        """``(W_x, b_x, W_h, b_h, own)`` as the compiled loops take them."""
-        p = self.params
-        return (p["W_x"], self._fused(p, "b_x"), self._fused(p, "W_h"), self._fused(p, "b_h"),
-                tuple(p[name] for name in self.cell.own_param_names))
+        """``(W_x, b_x, W_h, b_h, own)`` as the compiled loops take them: placeholders for the
+        fused weights the cell does not use."""
+        p, unused, (b_x, W_h, b_h) = self.params, self._unused, self._kernel_keys
+        own = self.cell.own_param_names
+        return (p["W_x"], p[b_x] if b_x else unused["b_x"], p[W_h] if W_h else unused["W_h"],
+                p[b_h] if b_h else unused["b_h"], tuple([p[name] for name in own]) if own else ())
 
     def _kernel_gradients(self, grads: dict):
         """``(dW_x, dW_h, db_x, db_h, d_own)`` as the compiled loops write them, from ``grads``
         keyed like ``params``; scratch for the fused weights the cell does not use."""
-        pick = {name: grads[name] if name in self.cell.fused_param_names else self._unused_grads[name]
-                for name in ("W_h", "b_x", "b_h")}
-        return (grads["W_x"], pick["W_h"], pick["b_x"], pick["b_h"],
-                tuple(grads[name] for name in self.cell.own_param_names))
+        scratch, (b_x, W_h, b_h) = self._unused_grads, self._kernel_keys
+        own = self.cell.own_param_names
+        return (grads["W_x"], grads[W_h] if W_h else scratch["W_h"], grads[b_x] if b_x else scratch["b_x"],
+                grads[b_h] if b_h else scratch["b_h"], tuple([grads[name] for name in own]) if own else ())
 
     def _checked_params(self, params) -> dict:
         out = {}
