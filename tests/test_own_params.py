@@ -16,26 +16,15 @@ from numbarnn.checkpoint import expected_param_shapes
 from numbarnn.models import RecurrentModel
 from numbarnn.sequence_model import SequenceModel
 
+import naive
 from own_param_cells import DIAG_RNN, GAINED_RNN, OWN_PARAM_CELLS, diag_backward, diag_forward, numpy_forward
 
 CELL_IDS = [cell.name for cell in OWN_PARAM_CELLS]
 
 
-def finite_differences(f, params, eps=1e-6):
-    """Central differences of the scalar f() w.r.t. every element of every array in params."""
-    out = {}
-    for name, p in params.items():
-        grad = np.zeros_like(p)
-        for i in np.ndindex(p.shape):
-            old = p[i]
-            p[i] = old + eps
-            up = f()
-            p[i] = old - eps
-            down = f()
-            p[i] = old
-            grad[i] = (up - down) / (2 * eps)
-        out[name] = grad
-    return out
+def finite_differences(f, params):
+    """Central differences of the scalar f() w.r.t. every array in params, by name."""
+    return {name: naive.finite_difference_grad(f, p) for name, p in params.items()}
 
 
 # ---- declarations ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import numbarnn
 import numbarnn_layernorm_lstm
 from numbarnn import plugins
 from numbarnn.cellcheck import check_cell
+from numbarnn.models import RecurrentModel
 from numbarnn_layernorm_lstm import reductions
 from numbarnn_layernorm_lstm.kernels import CACHE_WIDTH, layernorm_lstm_backward, layernorm_lstm_forward
 
@@ -290,56 +291,17 @@ def test_row_sums_of_strided_views_and_of_nan_and_inf():
     assert np.isnan(_sums(b, b)[0])
 
 
-# ---- whole sequences, driven as numbarnn's loops drive the kernels -------------------------------
+# ---- whole sequences, through numbarnn's loops -------------------------------
 
 def run_loops(spec, params, x, initial_state, d_outputs, d_final_state):
-    """The kernels over a sequence, step by step in Python, the way numbarnn's compiled loops
-    (numbarnn/kernels/cell_loops.py: sequence_forward, sequence_backward, then the hoisted
-    weight gradients) call them. Returns (outputs (T, B, H), final states (S, B, H), grads)
-    with ``"d" + name`` for every parameter, ``dx`` and ``dstate`` (S, B, H)."""
-    T, B, X = x.shape
-    G, S, C = spec.gates, spec.states, spec.cache_width
-    H = initial_state.shape[-1]
-    own = tuple(params[p.name] for p in spec.params)
-    W_x = params["W_x"]
-    # the input projection for all steps at once, with b_x only if the projections carry biases
-    xz = (x.reshape(T * B, X) @ W_x.T).reshape(T, B, G * H)
-    if spec.projection_biases:
-        xz += params["b_x"]
-    states = np.zeros((S, T + 1, B, H), x.dtype)
-    states[:, 0] = initial_state
-    cache = np.full((T, B, C * H), np.nan, x.dtype)  # what the forward does not save reads as NaN
-    hz = np.zeros((B, G * H), x.dtype)  # stays zeros without W_h
-    for t in range(T):
-        if spec.recurrent_weights:
-            hz[...] = states[0, t] @ params["W_h"].T + (params["b_h"] if spec.projection_biases else 0.0)
-        spec.forward(xz[t], hz, states, t, cache[t], own)
-    # BPTT
-    dstate = d_final_state.astype(x.dtype)
-    dstate_prev = np.empty_like(dstate)
-    dxz = np.full((T, B, G * H), np.nan, x.dtype)
-    dhz = dxz if spec.shared_gate_grad else np.full_like(dxz, np.nan)
-    d_own = tuple(np.full_like(p, np.nan) for p in own)
-    for t in range(T - 1, -1, -1):
-        dstate[0] += d_outputs[t]
-        if t == T - 1:
-            for d in d_own:  # the loops zero the own gradients before the last step's backward
-                d[...] = 0.0
-        spec.backward(dstate, states, t, cache[t], dxz[t], dhz[t], dstate_prev, own, d_own)
-        if spec.recurrent_weights:
-            dstate_prev[0] += dhz[t] @ params["W_h"]
-        dstate[...] = dstate_prev
-    dxz2 = dxz.reshape(T * B, G * H)
-    grads = {"dW_x": dxz2.T @ x.reshape(T * B, X), "dx": (dxz2 @ W_x).reshape(T, B, X), "dstate": dstate}
-    if spec.projection_biases:
-        grads["db_x"] = dxz2.sum(axis=0)
-    if spec.recurrent_weights:
-        dhz2 = dhz.reshape(T * B, G * H)
-        grads["dW_h"] = dhz2.T @ states[0, :T].reshape(T * B, H)
-        if spec.projection_biases:
-            grads["db_h"] = dhz2.sum(axis=0)
-    grads.update({"d" + p.name: d for p, d in zip(spec.params, d_own)})
-    return states[0, 1:], states[:, T], grads
+    """The cell over a sequence through numbarnn's own compiled loops (a RecurrentModel).
+    Returns (outputs (T, B, H), final states (S, B, H) = (h, c), grads) with ``"d" + name``
+    for every parameter, ``dx`` and ``dstate`` (S, B, H)."""
+    model = RecurrentModel(spec, x.shape[2], initial_state.shape[-1], dtype=x.dtype, params=params)
+    outputs, (h, c) = model.forward(x, tuple(initial_state))
+    grads = model.backward(d_outputs, tuple(d_final_state))
+    grads["dstate"] = np.stack(grads["dstate"])
+    return outputs, np.stack([h, c]), grads
 
 
 def sequence_case(T, B, X, H, seed, with_state, with_d_final):
