@@ -26,6 +26,16 @@ PARAM_NAMES = ("W_x", "W_h", "b_x", "b_h")
 SHAPE_SYMBOLS = ("X", "H", "G", "G*H")
 
 
+def fused_param_shapes(gates: int, input_size: int, hidden_size: int) -> dict:
+    """The shapes of all four fused weights of a layer with ``gates`` gate blocks.
+
+    >>> fused_param_shapes(4, input_size=3, hidden_size=2)
+    {'W_x': (8, 3), 'W_h': (8, 2), 'b_x': (8,), 'b_h': (8,)}
+    """
+    GH = gates * hidden_size
+    return {"W_x": (GH, input_size), "W_h": (GH, hidden_size), "b_x": (GH,), "b_h": (GH,)}
+
+
 def uniform_init(rng: np.random.Generator, input_size: int, hidden_size: int, gates: int,
                  dtype) -> dict:
     """PyTorch's default: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H)).
@@ -39,8 +49,7 @@ def uniform_init(rng: np.random.Generator, input_size: int, hidden_size: int, ga
     True
     """
     k = 1.0 / np.sqrt(hidden_size)
-    shapes = {"W_x": (gates * hidden_size, input_size), "W_h": (gates * hidden_size, hidden_size),
-              "b_x": (gates * hidden_size,), "b_h": (gates * hidden_size,)}
+    shapes = fused_param_shapes(gates, input_size, hidden_size)
     return {name: rng.uniform(-k, k, size=shape).astype(dtype) for name, shape in shapes.items()}
 
 
@@ -252,8 +261,7 @@ class CellSpec:
         >>> LSTM.param_shapes(input_size=3, hidden_size=2)
         {'W_x': (8, 3), 'W_h': (8, 2), 'b_x': (8,), 'b_h': (8,)}
         """
-        GH = self.gates * hidden_size
-        fused = {"W_x": (GH, input_size), "W_h": (GH, hidden_size), "b_x": (GH,), "b_h": (GH,)}
+        fused = fused_param_shapes(self.gates, input_size, hidden_size)
         shapes = {name: fused[name] for name in self.fused_param_names}
         for p in self.params:
             shapes[p.name] = p.resolve_shape(input_size, hidden_size, self.gates)

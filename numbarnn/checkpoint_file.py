@@ -525,10 +525,10 @@ def expected_param_shapes(cell, vocab_size, hidden_size: int, layers: int, *, ta
     ((5, 2), (12, 2), (12, 6), (7, 6))
     """
     if isinstance(cell, (int, np.integer)) and not isinstance(cell, bool):
-        GH = int(cell) * hidden_size
+        from .cells import fused_param_shapes
 
         def layer_shapes(X):
-            return {"W_x": (GH, X), "W_h": (GH, hidden_size), "b_x": (GH,), "b_h": (GH,)}
+            return fused_param_shapes(int(cell), X, hidden_size)
     else:
         from .plugins import get_cell
 

@@ -280,10 +280,11 @@ def resolve(cell) -> CudaPointwise:
     """
     path = getattr(cell, "cuda_pointwise", None)
     name = getattr(cell, "name", repr(cell))
-    own = [getattr(p, "name", p) for p in getattr(cell, "params", ())]
-    if own or not getattr(cell, "recurrent_weights", True) or not getattr(cell, "projection_biases", True):
-        what = (f"parameters of its own ({', '.join(own)})" if own else
-                "no recurrent weights" if not getattr(cell, "recurrent_weights", True) else "no projection biases")
+    own = ", ".join(getattr(p, "name", str(p)) for p in getattr(cell, "params", ()))
+    lacks = [what for what, flag in (("no recurrent weights", "recurrent_weights"),
+                                     ("no projection biases", "projection_biases")) if not getattr(cell, flag, True)]
+    if own or lacks:
+        what = f"parameters of its own ({own})" if own else lacks[0]
         raise UnsupportedOnCuda(
             f"cell {name!r} has {what}: the CUDA backend runs cells made of the four fused weights "
             "(W_x, W_h, b_x, b_h) only, so it cannot run with device='cuda' (it runs on device='cpu'; "
