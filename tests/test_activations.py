@@ -4,7 +4,7 @@ import pytest
 from numba import njit
 from scipy.special import expit
 
-from numbarnn.kernels.activations import sigmoid, tanh
+from numbarnn.kernels.activations import exp_nonpositive, sigmoid, tanh
 
 
 @njit
@@ -17,6 +17,12 @@ def apply_sigmoid(z, out):
 def apply_tanh(z, out):
     for i in range(z.shape[0]):
         out[i] = tanh(z[i])
+
+
+@njit
+def apply_exp_nonpositive(x, out):
+    for i in range(x.shape[0]):
+        out[i] = exp_nonpositive(x[i])
 
 
 def arguments(dtype):
@@ -52,6 +58,22 @@ def test_nan_and_infinities(dtype):
     assert np.isnan(out[0]) and out[1] == 1.0 and out[2] == -1.0
     apply_sigmoid(z, out)
     assert np.isnan(out[0]) and out[1] == 1.0 and 0.0 <= out[2] < 1e-30
+
+
+@pytest.mark.parametrize("dtype, rtol, low", [(np.float64, 3e-16, -708.0), (np.float32, 1.2e-7, -87.0)])
+def test_exp_nonpositive_matches_exp_and_is_zero_below_its_range(dtype, rtol, low):
+    z = arguments(dtype)
+    x = -np.abs(z)
+    out = np.empty_like(x)
+    apply_exp_nonpositive(x, out)
+    assert out.dtype == dtype
+    in_range = x >= low
+    np.testing.assert_allclose(out[in_range], np.exp(x[in_range].astype(np.float64)), rtol=rtol, atol=0)
+    assert (out[~in_range] == 0.0).all() and (~in_range).sum() >= 3  # -90/-710/-1e300 are in the edges
+    special = np.array([0.0, -0.0, -np.inf, np.nan], dtype)
+    out = np.empty_like(special)
+    apply_exp_nonpositive(special, out)
+    assert out[0] == 1.0 and out[1] == 1.0 and out[2] == 0.0 and np.isnan(out[3])
 
 
 def test_python_fallbacks_agree():

@@ -116,6 +116,13 @@ def _expm1_64(x):
 
 
 @jit(inline="always")
+def _exp_nonpositive64(x):
+    # Below the clamp exp is exactly 0 (a -inf logit keeps probability 0): libm would give a
+    # subnormal down to -745. A NaN passes np.maximum and makes the product NaN.
+    return _exp_reduced64(np.maximum(x, -708.0)) * np.float64(x >= -708.0)
+
+
+@jit(inline="always")
 def _sigmoid64(z):
     return _divide(1.0, 1.0 + _exp_reduced64(_clamp64(-z)))
 
@@ -178,6 +185,11 @@ def _expm1_32(x):
     large = _exp_reduced32(_clamp32(x)) - _ONE32
     use_small = np.float32(abs(x) < _EXPM1_SMALL32)
     return use_small * small + (_ONE32 - use_small) * large
+
+
+@jit(inline="always")
+def _exp_nonpositive32(x):
+    return _exp_reduced32(np.maximum(x, _LOW32)) * np.float32(x >= _LOW32)
 
 
 @jit(inline="always")
@@ -251,3 +263,31 @@ def _sigmoid_overload(z):
 def _tanh_overload(z):
     if isinstance(z, types.Float):
         return (lambda z: _tanh32(z)) if z.bitwidth == 32 else (lambda z: _tanh64(z))
+
+
+def exp_nonpositive(x):
+    """exp(x) for x <= 0 (a max-shifted logit), in the argument's precision; vectorisable.
+
+    Exactly 0 below -708 (float64) or -87 (float32), where libm's exp would still give a
+    subnormal; NaN stays NaN. For ``@njit`` code (called from Python it is plain ``math``):
+
+    >>> import numpy as np
+    >>> from numba import njit
+    >>> from numbarnn.kernels.activations import exp_nonpositive
+    >>> @njit
+    ... def exp_all(x, out):
+    ...     for i in range(x.shape[0]):
+    ...         out[i] = exp_nonpositive(x[i])
+    >>> x = np.array([0.0, -1e-300, -0.5, -30.0, -700.0, -800.0, -np.inf, np.nan])
+    >>> out = np.empty_like(x)
+    >>> exp_all(x, out)
+    >>> np.allclose(out[:5], np.exp(x[:5]), rtol=3e-16, atol=0), out[5:].tolist()
+    (True, [0.0, 0.0, nan])
+    """
+    return math.exp(x)
+
+
+@overload(exp_nonpositive, inline="always")
+def _exp_nonpositive_overload(x):
+    if isinstance(x, types.Float):
+        return (lambda x: _exp_nonpositive32(x)) if x.bitwidth == 32 else (lambda x: _exp_nonpositive64(x))

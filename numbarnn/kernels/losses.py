@@ -4,23 +4,36 @@ import math
 import numpy as np
 
 from ._jit import jit
+from .activations import exp_nonpositive
 
 
 @jit
 def _softmax_row(logits2d, n, probs2d):
     """Writes softmax of row n into probs2d[n]; returns log of the normaliser (log-sum-exp)."""
+    # One short loop per step so the exp and the scaling vectorise (exp_nonpositive, unlike
+    # libm's, is plain arithmetic); the sum keeps four partial sums to break its dependency chain.
     V = logits2d.shape[1]
-    m = logits2d[n, 0]
+    row = logits2d[n]
+    probs = probs2d[n]
+    m = row[0]
     for k in range(1, V):
-        if logits2d[n, k] > m:
-            m = logits2d[n, k]
-    s = 0.0
+        if row[k] > m:
+            m = row[k]
     for k in range(V):
-        e = math.exp(logits2d[n, k] - m)
-        probs2d[n, k] = e
-        s += e
+        probs[k] = exp_nonpositive(row[k] - m)
+    s0 = s1 = s2 = s3 = 0.0
+    V4 = V - V % 4
+    for k in range(0, V4, 4):
+        s0 += probs[k]
+        s1 += probs[k + 1]
+        s2 += probs[k + 2]
+        s3 += probs[k + 3]
+    for k in range(V4, V):
+        s0 += probs[k]
+    s = (s0 + s1) + (s2 + s3)
+    inv = 1.0 / s
     for k in range(V):
-        probs2d[n, k] /= s
+        probs[k] *= inv
     return m + math.log(s)
 
 
