@@ -17,7 +17,13 @@ import importlib.util
 
 import pytest
 
-SIMULATOR_TEST = "tests/test_cuda.py::test_cuda_kernels_on_the_simulator"
+# Tests whose work runs in background processes started at collection: node id -> the test
+# module's functions that start that work (once) and kill what is left of it.
+BACKGROUND_TESTS = {
+    "tests/test_cuda.py::test_cuda_kernels_on_the_simulator": ("start_simulator_runs", "stop_simulator_runs"),
+    "tests/test_benchmarks.py::test_suite_quick_smoke": ("start_quick_suite", "stop_quick_suite"),
+}
+_STARTED = []  # (module, name of its stop function) for each background test started
 
 collect_ignore_glob = ["numbarnn/cuda/[!_]*.py"]
 
@@ -35,24 +41,25 @@ def _optional_package_of_doctests(request):
             pytest.skip(f"{request.node.name}'s examples need {package} (pip install 'numbarnn[{package}]')")
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m have deselected: start only what will run
 def pytest_collection_modifyitems(session, config, items):
-    """The CUDA simulator suite (minutes of single-core Python) starts in the background as
-    soon as it is collected and its test moves to the end: the rest of the suite runs
-    meanwhile, on the core it would leave idle (see ``tests/test_cuda.py``)."""
-    simulator = [item for item in items if item.nodeid == SIMULATOR_TEST]
-    if not simulator or config.getoption("collectonly"):
+    """Long single-core work (the CUDA simulator suite, the quick benchmark suite: minutes
+    each) starts in the background as soon as its test is collected, and the test moves to
+    the end, where it collects the result: the rest of the suite runs meanwhile, on the
+    core that work would otherwise leave idle (see ``tests/test_cuda.py`` and
+    ``tests/test_benchmarks.py``)."""
+    if config.getoption("collectonly"):
         return
-    item = simulator[0]
-    if any(mark.args and mark.args[0] for mark in item.iter_markers("skipif")):
-        return
-    items.remove(item)
-    items.append(item)
-    item.module.start_simulator_runs()
+    for item in [item for item in items if item.nodeid in BACKGROUND_TESTS]:
+        if any(mark.args and mark.args[0] for mark in item.iter_markers("skipif")):
+            continue
+        start, stop = BACKGROUND_TESTS[item.nodeid]
+        items.remove(item)
+        items.append(item)
+        getattr(item.module, start)()
+        _STARTED.append((item.module, stop))
 
 
 def pytest_sessionfinish(session, exitstatus):
-    import sys
-
-    module = sys.modules.get("test_cuda") or sys.modules.get("tests.test_cuda")
-    if module is not None:
-        module.stop_simulator_runs()
+    for module, stop in _STARTED:
+        getattr(module, stop)()
