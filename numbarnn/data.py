@@ -681,6 +681,7 @@ class ArrayBatches:
         self.epoch, self.position = 0, 0
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(N)
+        self.last_batch_rows = self.batch_size  # rows of the last next_batch()
 
     def _rows(self, chosen):
         return self.X[chosen], self.y[chosen], None if self.mask is None else self.mask[chosen], False
@@ -693,6 +694,7 @@ class ArrayBatches:
             self.order = self.rng.permutation(len(self.X))
         chosen = self.order[self.position:self.position + self.batch_size]
         self.position += len(chosen)
+        self.last_batch_rows = len(chosen)
         return self._rows(chosen)
 
     def __iter__(self):
@@ -705,8 +707,16 @@ class ArrayBatches:
         return -(-len(self.X) // self.batch_size)
 
     def tokens(self, mask) -> int:
-        """Steps a batch trains on (its real steps), for tokens per second."""
-        return int(mask.sum()) if mask is not None else self.batch_size * self.X.shape[1]
+        """Steps the last batch of :meth:`next_batch` trains on (its real steps), for tokens per
+        second: its mask's sum, or its rows times T without lengths (an epoch's last batch
+        may be short).
+
+        >>> import numpy as np
+        >>> batches = ArrayBatches(np.zeros((5, 3, 1)), np.zeros(5, np.int64), batch_size=2)
+        >>> [batches.tokens(batches.next_batch()[2]) for _ in range(3)]
+        [6, 6, 3]
+        """
+        return int(mask.sum()) if mask is not None else self.last_batch_rows * self.X.shape[1]
 
     def state_dict(self) -> dict:
         """Epoch, position, order and random state as plain data, for checkpoints."""
