@@ -669,13 +669,11 @@ class ArrayBatches:
             raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.mask = None
         if lengths is not None:
-            lengths = np.asarray(lengths)
-            if lengths.shape != (N,) or not np.issubdtype(lengths.dtype, np.integer):
-                raise DataError(f"lengths must be ({N},) integers, one per sequence of X; got shape {lengths.shape} "
-                                f"dtype {lengths.dtype}")
-            if ((lengths < 1) | (lengths > T)).any():
-                bad = int(np.argmax((lengths < 1) | (lengths > T)))
-                raise DataError(f"lengths[{bad}] is {lengths[bad]}, outside [1, {T}] (X has {T} steps)")
+            from .sequence_model import checked_lengths  # the rules train_step applies to a batch's lengths
+            try:
+                lengths = checked_lengths(lengths, T, N, of="X")
+            except ValueError as error:
+                raise DataError(str(error)) from None
             self.mask = (np.arange(T)[None, :] < lengths[:, None]).astype(np.float64)
         self.batch_size = min(int(batch_size), N)
         self.epoch, self.position = 0, 0

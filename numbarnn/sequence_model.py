@@ -67,8 +67,9 @@ def reverse_order(T: int, B: int, lengths=None) -> np.ndarray:
     return np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
 
 
-def checked_lengths(lengths, T: int, B: int) -> np.ndarray:
-    """``lengths`` as (B,) int64, each in ``[1, T]``; anything else is a ValueError naming it.
+def checked_lengths(lengths, T: int, B: int, of: str = "the batch") -> np.ndarray:
+    """``lengths`` as (B,) int64, each in ``[1, T]``; anything else is a ValueError naming it
+    (``of`` names the sequences' source in the message).
 
     >>> checked_lengths([3, 1], 3, 2).tolist()
     [3, 1]
@@ -79,12 +80,12 @@ def checked_lengths(lengths, T: int, B: int) -> np.ndarray:
     """
     array = np.asarray(lengths)
     if array.shape != (B,) or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"lengths must be ({B},) integers (one per sequence), got "
+        raise ValueError(f"lengths must be ({B},) integers (one per sequence of {of}), got "
                          f"{'shape ' + str(array.shape) if array.shape != (B,) else 'dtype ' + str(array.dtype)}")
     bad = (array < 1) | (array > T)
     if bad.any():
         b = int(np.argmax(bad))
-        raise ValueError(f"lengths[{b}] is {array[b]}, outside [1, {T}] (the batch has {T} steps)")
+        raise ValueError(f"lengths[{b}] is {array[b]}, outside [1, {T}] ({of} has {T} steps)")
     return array.astype(np.int64)
 
 

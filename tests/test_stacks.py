@@ -677,3 +677,19 @@ def test_a_model_with_a_direction_worker_can_be_copied_and_pickled():
     for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         assert twin._pool is None and model._pool is not None
         np.testing.assert_array_equal(twin.forward(x)[0], model.forward(x)[0])
+
+
+@pytest.mark.parametrize("lengths, message", [
+    ([1, 2], r"lengths must be \(3,\) integers \(one per sequence of X\), got shape \(2,\)"),
+    ([1.0, 2.0, 3.0], r"lengths must be \(3,\) integers \(one per sequence of X\), got dtype float64"),
+    ([1, 2, 5], r"lengths\[2\] is 5, outside \[1, 4\] \(X has 4 steps\)"),
+    ([0, 1, 1], r"lengths\[0\] is 0, outside \[1, 4\] \(X has 4 steps\)"),
+])
+def test_array_batches_refuse_lengths_that_train_step_would_refuse(lengths, message):
+    """ArrayBatches checks lengths by train_step's rules (checked_lengths) when it is made, as a DataError."""
+    X, y = np.zeros((3, 4), np.int64), np.zeros(3, np.int64)
+    with pytest.raises(D.DataError, match=message):
+        D.ArrayBatches(X, y, 2, lengths=lengths)
+    with pytest.raises(ValueError, match=message.replace("of X", "of the batch").replace("X has", "the batch has")):
+        numbarnn.make_trainer("rnn", task="classify", vocab_size=3, num_classes=2, hidden_size=2).train_step(
+            X, y, lengths=lengths)
