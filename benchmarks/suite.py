@@ -1055,6 +1055,10 @@ Notes on method and fairness:
   BLAS to 1 thread around its step so that the two directions run at the same time on the 2 cores ("numbarnn
   in turn": 2 BLAS threads, the directions one after the other). embedding: nn.Embedding
   + nn.LSTM + nn.Linear vs the one-hot step of mid; the target compares numbarnn's two input paths per token.
+- owncells: the plugin cells against the same cell as a PyTorch loop with autograd and as jax.lax.scan under
+  jax.jit (benchmarks/own_cells_anchors.py; first losses checked against a float64 NumPy reference). The loop's
+  time is mostly fixed per-operation cost (44 of its 82 ms remain at H8 B2), numbarnn's step is bound by its
+  per-step matrix products: the loop ratio grows with the matmul peak printed above (docs/performance.md).
 - timing: before each sample a gc.collect() and an idle gap of {gap:g} s (so the previous library's spinning
   BLAS/OpenMP worker threads park and do not steal a core); a sample repeats the call until it has lasted
   {min_sample:g} s and records the time per call (sub-millisecond course steps would otherwise be timer noise).
