@@ -54,6 +54,16 @@ LN_EPS = 1e-5  # inside the square root, as torch.nn.LayerNorm and haste
 
 # ---- the two pointwise kernels -----------------------------------------------------------------
 
+@njit(inline="always")
+def _centre(a, out, inv_n, eps):
+    """A layer norm's statistics of the 1-D row ``a`` (``inv_n`` = 1/len(a)): writes
+    ``out = a - mean(a)`` and returns ``(mean, 1 / sqrt(biased variance + eps))``."""
+    mean = row_sum(a) * inv_n
+    for k in range(a.shape[0]):
+        out[k] = a[k] - mean
+    return mean, a.dtype.type(1.0) / np.sqrt(row_dot(out, out) * inv_n + eps)
+
+
 @njit(cache=True)
 def layernorm_lstm_forward(xz_t, hz_t, states, t, cache_t, params):
     """One step of the layer-normalised LSTM, from the two projections to ``states[:, t+1]``.
@@ -92,17 +102,11 @@ def layernorm_lstm_forward(xz_t, hz_t, states, t, cache_t, params):
         i, f, g, o = cache[0:H], cache[H:2 * H], cache[2 * H:3 * H], cache[3 * H:G]
         nx, nh, tanh_y = cache[G:2 * G], cache[2 * G:3 * G], cache[3 * G:3 * G + H]
         h_new, c_prev, c_new = states[0, t + 1, b], states[1, t, b], states[1, t + 1, b]
-        # LN(a) = (a - mean) * rstd: centre into the cached block, sum the squares, scale in place.
-        mean_x = row_sum(x) * inv_G
-        for k in range(G):
-            nx[k] = x[k] - mean_x
-        rstd_x = one / np.sqrt(row_dot(nx, nx) * inv_G + eps)
+        # LN(a) = (a - mean) * rstd: centre into the cached block, then scale it in place.
+        _, rstd_x = _centre(x, nx, inv_G, eps)
         for k in range(G):
             nx[k] *= rstd_x
-        mean_h = row_sum(hz) * inv_G
-        for k in range(G):
-            nh[k] = hz[k] - mean_h
-        rstd_h = one / np.sqrt(row_dot(nh, nh) * inv_G + eps)
+        _, rstd_h = _centre(hz, nh, inv_G, eps)
         for k in range(G):
             nh[k] *= rstd_h
         for k in range(G):
@@ -117,10 +121,7 @@ def layernorm_lstm_forward(xz_t, hz_t, states, t, cache_t, params):
             o[j] = sigmoid(o[j])
         for j in range(H):  # c = f * c_prev + i * g
             c_new[j] = f[j] * c_prev[j] + i[j] * g[j]
-        mean_c = row_sum(c_new) * inv_H
-        for j in range(H):  # c_t - mean, in tanh_y's block until tanh_y is made from it
-            tanh_y[j] = c_new[j] - mean_c
-        rstd_c = one / np.sqrt(row_dot(tanh_y, tanh_y) * inv_H + eps)
+        mean_c, rstd_c = _centre(c_new, tanh_y, inv_H, eps)  # in tanh_y's block until tanh_y is made from it
         for j in range(H):
             tanh_y[j] = tanh(tanh_y[j] * rstd_c * gamma_c[j] + beta_c[j])
         for j in range(H):  # h = o * tanh(y)
