@@ -80,21 +80,25 @@ class RecurrentModel:
         (those the cell uses), then the cell's own parameters (see ``CellSpec.param_shapes``)."""
         return self.cell.param_shapes(self.input_size, self.hidden_size)
 
-    def _kernel_weights(self):
-        """``(W_x, b_x, W_h, b_h, own)`` as the compiled loops take them: placeholders for the
-        fused weights the cell does not use."""
-        p, unused, (b_x, W_h, b_h) = self.params, self._unused, self._kernel_keys
+    def _for_kernels(self, values: dict, placeholders: dict):
+        """``(b_x, W_h, b_h, own)`` from ``values`` (keyed like ``params``), with ``placeholders``'
+        arrays for the fused weights the cell does not use: the weights or the gradients as the
+        compiled loops take them."""
+        b_x, W_h, b_h = self._kernel_keys
         own = self.cell.own_param_names
-        return (p["W_x"], p[b_x] if b_x else unused["b_x"], p[W_h] if W_h else unused["W_h"],
-                p[b_h] if b_h else unused["b_h"], tuple([p[name] for name in own]) if own else ())
+        return (values[b_x] if b_x else placeholders["b_x"], values[W_h] if W_h else placeholders["W_h"],
+                values[b_h] if b_h else placeholders["b_h"], tuple([values[name] for name in own]) if own else ())
+
+    def _kernel_weights(self):
+        """``(W_x, b_x, W_h, b_h, own)`` as the compiled loops take them."""
+        b_x, W_h, b_h, own = self._for_kernels(self.params, self._unused)
+        return self.params["W_x"], b_x, W_h, b_h, own
 
     def _kernel_gradients(self, grads: dict):
         """``(dW_x, dW_h, db_x, db_h, d_own)`` as the compiled loops write them, from ``grads``
         keyed like ``params``; scratch for the fused weights the cell does not use."""
-        scratch, (b_x, W_h, b_h) = self._unused_grads, self._kernel_keys
-        own = self.cell.own_param_names
-        return (grads["W_x"], grads[W_h] if W_h else scratch["W_h"], grads[b_x] if b_x else scratch["b_x"],
-                grads[b_h] if b_h else scratch["b_h"], tuple([grads[name] for name in own]) if own else ())
+        db_x, dW_h, db_h, d_own = self._for_kernels(grads, self._unused_grads)
+        return grads["W_x"], dW_h, db_x, db_h, d_own
 
     def _checked_params(self, params) -> dict:
         out = {}
