@@ -19,6 +19,7 @@ from numbarnn.kernels import loops
 from numbarnn.models import RecurrentModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+from installed_registry import entry_point_registry  # noqa: E402,F401  (autouse: this module's tests see the entry points)
 import naive  # noqa: E402  (numbarnn's tests/naive.py: gru_forward / gru_backward)
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=2e-4, atol=2e-5)}
@@ -27,18 +28,6 @@ shapes = st.fixed_dictionaries({
     "T": st.integers(1, 6), "B": st.integers(1, 4), "X": st.integers(1, 5), "H": st.integers(1, 6),
     "seed": st.integers(0, 2**16),
 })
-
-
-@pytest.fixture(scope="module", autouse=True)
-def entry_point_registry():
-    """The registry as an installed environment builds it: every entry point, no switches."""
-    with pytest.MonkeyPatch.context() as mp:
-        for var in (plugins.ENV_STRICT, plugins.ENV_ALLOW, plugins.ENV_DENY):
-            mp.delenv(var, raising=False)
-        mp.setenv(plugins.ENV_STRICT, "1")  # a loading problem is an error here, not a warning
-        plugins.reset()
-        yield
-    plugins.reset()
 
 
 def gru():

@@ -20,6 +20,7 @@ from numbarnn.models import RecurrentModel
 from numbarnn_indrnn.kernels import indrnn_backward, indrnn_forward
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+from installed_registry import entry_point_registry  # noqa: E402,F401  (autouse: this module's tests see the entry points)
 import naive  # noqa: E402  (numbarnn's tests/naive.py)
 import own_cells_reference as ref  # noqa: E402
 
@@ -28,18 +29,6 @@ TOL = {np.float64: dict(rtol=1e-12, atol=1e-12), np.float32: dict(rtol=2e-6, ato
 
 sizes = st.integers(1, 5)
 seeds = st.integers(0, 2**32 - 1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def entry_point_registry():
-    """The registry as an installed environment builds it: every entry point, no switches."""
-    with pytest.MonkeyPatch.context() as mp:
-        for var in (plugins.ENV_STRICT, plugins.ENV_ALLOW, plugins.ENV_DENY):
-            mp.delenv(var, raising=False)
-        mp.setenv(plugins.ENV_STRICT, "1")  # a loading problem is an error here, not a warning
-        plugins.reset()
-        yield
-    plugins.reset()
 
 
 # ---- one step ------------------------------------------------------------------------------------
