@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -55,11 +54,6 @@ RANKS = (1, 2, 4, 8, 16, 32, 64)
 
 def log(message):
     print(f"[mpi_scaling {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def mpiexec():
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.exists() else shutil.which("mpiexec")
 
 
 # ---- a child: one configuration, timed -----------------------------------------------------------
@@ -127,7 +121,8 @@ def run_config(config, size, steps):
     env = dict(os.environ, **{name: str(threads) for name in THREAD_VARIABLES})
     command = [sys.executable, __file__, "--child", json.dumps(size), "--threads", str(threads), "--steps", str(steps)]
     if ranks > 1:
-        command = [mpiexec(), "-n", str(ranks), *command, "--distributed"]
+        from numbarnn.distributed import mpiexec_path
+        command = [mpiexec_path(), "-n", str(ranks), *command, "--distributed"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200)
     if result.returncode != 0:
         raise RuntimeError(f"{config} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
@@ -254,7 +249,8 @@ def main(argv=None):
     if args.model:
         model(sizes, max(3, steps))
         return 0
-    if mpiexec() is None:
+    from numbarnn.distributed import mpiexec_path
+    if mpiexec_path() is None:
         print("needs mpiexec: pip install 'numbarnn[mpi]'", file=sys.stderr)
         return 2
     measured(args.cases, repeats, steps, sizes)

@@ -43,6 +43,7 @@ or ``numbarnn.distributed.distribute(trainer)`` for a trainer you have, e.g. one
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -80,6 +81,19 @@ def launched_ranks(environ=None) -> int:
         if value.isdigit() and int(value) > 0:
             return int(value)
     return 1
+
+
+def mpiexec_path() -> Optional[str]:
+    """The ``mpiexec`` to launch ranks with: the one next to this Python (a virtual
+    environment's, from the ``mpich`` wheel of the ``mpi`` extra), else the one on PATH;
+    None when there is neither. Imports nothing.
+
+    >>> path = mpiexec_path()
+    >>> path is None or os.path.basename(path) == "mpiexec"
+    True
+    """
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return beside if os.path.exists(beside) else shutil.which("mpiexec")
 
 
 def split_rows(B: int, size: int, rank: int) -> tuple:

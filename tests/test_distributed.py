@@ -7,7 +7,6 @@ in this process, first, so the ranks find the kernels compiled in the cache.
 import importlib.util
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,20 +19,14 @@ import checkout
 import distributed_worker as worker
 import numbarnn
 import numbarnn.data
-from numbarnn.distributed import _RowsRng, launched_ranks, split_rows
+from numbarnn.distributed import _RowsRng, launched_ranks, mpiexec_path, split_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(worker.__file__).resolve()
 
 
-def _mpiexec():
-    """The mpiexec next to this Python (a virtual environment's, from the mpich wheel), else on PATH."""
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.exists() else shutil.which("mpiexec")
-
-
 MPI_MISSING = ("mpi4py is not installed (pip install 'numbarnn[mpi]')" if importlib.util.find_spec("mpi4py") is None
-               else "no mpiexec next to this Python or on PATH (pip install 'numbarnn[mpi]')" if _mpiexec() is None
+               else "no mpiexec next to this Python or on PATH (pip install 'numbarnn[mpi]')" if mpiexec_path() is None
                else None)
 needs_mpi = pytest.mark.skipif(MPI_MISSING is not None, reason=f"needs MPI: {MPI_MISSING}")
 
@@ -43,7 +36,7 @@ ENV = dict(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
 
 def mpirun(n, *args, timeout=240):
     """``mpiexec -n n python args...`` in its own process group (killed whole on a timeout)."""
-    process = subprocess.Popen([_mpiexec(), "-n", str(n), *map(str, args)], stdout=subprocess.PIPE,
+    process = subprocess.Popen([mpiexec_path(), "-n", str(n), *map(str, args)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=checkout.env(**ENV), cwd=ROOT,
                                start_new_session=True)
     try:
