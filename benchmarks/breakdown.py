@@ -3,12 +3,15 @@
     python benchmarks/breakdown.py                                   # the suite's mid case (LSTM H128 B32 T50 f32)
     python benchmarks/breakdown.py --hidden 512 --batch 64           # the large case
     python benchmarks/breakdown.py --cell rnn --hidden 100 --batch 1 --T 25 --vocab 27 --dtype float64  # course
+    python benchmarks/breakdown.py --cell layernorm_lstm             # a plugin cell (suite's owncells case)
 
 The parts are the kernels the trainer's compiled step (``language_model_step``) runs, in
 its order, on the same arrays: the input projection and its weight gradient, the forward
 time loop, the head and loss, BPTT, the recurrent weight gradient. The recurrent products
 alone (one per time step, each direction) are timed with 1 and with 2 BLAS threads, to
-show whether BLAS splits them over the cores. ``train_step`` is the whole step from
+show whether BLAS splits them over the cores (a cell without ``W_h``, such as ``indrnn``,
+has neither these nor the recurrent weight gradient). A cell's own parameters come from its
+initialiser. ``train_step`` is the whole step from
 Python (clip and optimizer update included). Medians over ``--repeats`` runs; the
 numbers explain the suite's table (docs/performance.md) and are not targets.
 """
@@ -71,12 +74,18 @@ def main(argv=None):
     weights = lambda *shape: (rng.normal(size=shape) * 0.1).astype(dt)  # noqa: E731
     empty = lambda *shape: np.empty(shape, dt)  # noqa: E731
     W_x, W_h, W_y, b_x, b_h, b_y = weights(GH, V), weights(GH, H), weights(V, H), weights(GH), weights(GH), weights(V)
+    if not cell.recurrent_weights:  # IndRNN: the loops take an empty W_h and do no recurrent product
+        W_h = empty(0, H)
+    # A cell's own parameters (layernorm_lstm's gains, indrnn's u), as its initialiser makes them.
+    params = cell.init_params(rng, V, H, dt)
+    own = tuple(params[name] for name in cell.own_param_names)
+    d_own = tuple(np.empty_like(p) for p in own)
     states, xz, cache, hz = np.zeros((S, T + 1, B, H), dt), empty(T, B, GH), empty(T, B, C * H), empty(B, GH)
     logits, probs, dlogits, d_hidden = empty(N, V), empty(N, V), empty(N, V), empty(T, B, H)
     dstate, dstate_prev, dh = empty(S, B, H), empty(S, B, H), empty(B, H)
     dxz = empty(T, B, GH)
     dhz = dxz if cell.shared_gate_grad else empty(T, B, GH)
-    dW_x, dW_h, db_x, db_h, dW_y, db_y = empty(GH, V), empty(GH, H), empty(GH), empty(GH), empty(V, H), empty(V)
+    dW_x, dW_h, db_x, db_h, dW_y, db_y = empty(GH, V), np.empty_like(W_h), empty(GH), empty(GH), empty(V, H), empty(V)
     ones = np.ones(N, dt)
     step = loops_for(cell)
     hidden = states[0, 1:].reshape(N, H)
@@ -93,17 +102,18 @@ def main(argv=None):
 
     rows = {
         "compiled step (forward, loss, BPTT, gradients)": median_ms(lambda: step.language_model_step(
-            idx, targets, ones, dt.type(1.0 / B), W_x, b_x, W_h, b_h, (), W_y, b_y, xz, states, cache, hz, logits,
-            probs, dlogits, d_hidden, dstate, dstate_prev, dxz, dhz, dh, dW_x, dW_h, db_x, db_h, (), dW_y, db_y), r),
+            idx, targets, ones, dt.type(1.0 / B), W_x, b_x, W_h, b_h, own, W_y, b_y, xz, states, cache, hz, logits,
+            probs, dlogits, d_hidden, dstate, dstate_prev, dxz, dhz, dh, dW_x, dW_h, db_x, db_h, d_own, dW_y, db_y), r),
         "  input projection + its weight gradient": median_ms(input_parts, r),
-        "  forward time loop": median_ms(lambda: step.sequence_forward(xz, W_h, b_h, (), states, cache, hz), r),
+        "  forward time loop": median_ms(lambda: step.sequence_forward(xz, W_h, b_h, own, states, cache, hz), r),
         "  head, softmax cross-entropy, head backward": median_ms(head_and_loss, r),
-        "  BPTT time loop": median_ms(lambda: step.sequence_backward(W_h, (), states, cache, d_hidden, dstate,
-                                                                     dstate_prev, dxz, dhz, dh, ()), r),
-        "  recurrent weight gradient (one product)": median_ms(lambda: L.recurrent_weight_gradients(
-            dhz.reshape(N, GH), states[0, :T].reshape(N, H), dW_h, db_h), r),
+        "  BPTT time loop": median_ms(lambda: step.sequence_backward(W_h, own, states, cache, d_hidden, dstate,
+                                                                     dstate_prev, dxz, dhz, dh, d_own), r),
     }
-    for threads in (1, args.threads):
+    if cell.recurrent_weights:
+        rows["  recurrent weight gradient (one product)"] = median_ms(lambda: L.recurrent_weight_gradients(
+            dhz.reshape(N, GH), states[0, :T].reshape(N, H), dW_h, db_h), r)
+    for threads in (1, args.threads) if cell.recurrent_weights else ():
         with threadpool_limits(threads):
             fwd = median_ms(lambda: forward_products(states, W_h, hz, T), r)
             bwd = median_ms(lambda: backward_products(dhz, W_h, dh, T), r)
