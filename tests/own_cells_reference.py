@@ -328,3 +328,11 @@ def assert_gradients_close(actual: dict, expected: dict, rtol: float, floor=1e-3
     if not errors[worst] <= rtol:   # a raise, not an assert: the message must not depend on pytest's rewriting
         raise AssertionError(f"{worst}: relative error {errors[worst]:.3g} > {rtol:g} (errors: {summary})")
     return errors
+
+
+def assert_params_identical(actual: dict, expected: dict, dtype) -> None:
+    """The same names in the same order, each array of ``dtype`` and equal bit for bit."""
+    assert list(actual) == list(expected)
+    for name in actual:
+        assert actual[name].dtype == dtype, name
+        np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)

@@ -12,15 +12,13 @@ import numpy as np
 import pytest
 from hypothesis import assume, example, given, settings, strategies as st
 
-import numbarnn
 import numbarnn_indrnn
-from numbarnn import plugins
 from numbarnn.cellcheck import check_cell
 from numbarnn.models import RecurrentModel
 from numbarnn_indrnn.kernels import indrnn_backward, indrnn_forward
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
-from installed_registry import entry_point_registry  # noqa: E402,F401  (autouse: this module's tests see the entry points)
+from installed_registry import assert_registered_by_entry_point, entry_point_registry  # noqa: E402,F401  (autouse: this module's tests see the entry points)
 import naive  # noqa: E402  (numbarnn's tests/naive.py)
 import own_cells_reference as ref  # noqa: E402
 
@@ -233,9 +231,7 @@ def test_initialisation_is_the_issues(dtype):
     params = SPEC.init_params(np.random.default_rng(0), X, H, dtype)
     expected = ref.init_params("indrnn", X, H, np.random.default_rng(0), dtype=dtype)
     assert list(params) == list(expected) == ["W_x", "b_x", "u"]
-    for name in params:
-        assert params[name].dtype == dtype
-        np.testing.assert_array_equal(params[name], expected[name], err_msg=name)
+    ref.assert_params_identical(params, expected, dtype)
 
 
 def test_the_cell_passes_numbarnns_registration_check():
@@ -243,9 +239,4 @@ def test_the_cell_passes_numbarnns_registration_check():
 
 
 def test_entry_point_registers_this_spec():
-    assert numbarnn.get_cell("indrnn") is SPEC
-    row = next(p for p in numbarnn.list_plugins() if p["name"] == "indrnn")
-    assert row["distribution"] == "numbarnn-indrnn" and row["version"] == numbarnn_indrnn.__version__
-    assert row["source"] == "entry point" and row["entry_point"] == "indrnn = numbarnn_indrnn"
-    assert row["cells"] == ["indrnn"]
-    assert not any(f["name"] == "indrnn" for f in plugins.failed_plugins())
+    assert_registered_by_entry_point(SPEC, "numbarnn-indrnn", numbarnn_indrnn)

@@ -14,16 +14,14 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 from numba import njit
 
-import numbarnn
 import numbarnn_layernorm_lstm
-from numbarnn import plugins
 from numbarnn.cellcheck import check_cell
 from numbarnn.models import RecurrentModel
 from numbarnn_layernorm_lstm import reductions
 from numbarnn_layernorm_lstm.kernels import CACHE_WIDTH, layernorm_lstm_backward, layernorm_lstm_forward
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
-from installed_registry import entry_point_registry  # noqa: E402,F401  (autouse: this module's tests see the entry points)
+from installed_registry import assert_registered_by_entry_point, entry_point_registry  # noqa: E402,F401  (autouse: this module's tests see the entry points)
 import naive  # noqa: E402  (numbarnn's tests/naive.py)
 import own_cells_reference as ref  # noqa: E402
 
@@ -351,10 +349,7 @@ def test_initialisation_is_the_issues(dtype):
     X, H = 3, 16
     params = SPEC.init_params(np.random.default_rng(0), X, H, dtype)
     expected = ref.init_params("layernorm_lstm", X, H, np.random.default_rng(0), dtype=dtype)
-    assert list(params) == list(expected)
-    for name in params:
-        assert params[name].dtype == dtype
-        np.testing.assert_array_equal(params[name], expected[name], err_msg=name)
+    ref.assert_params_identical(params, expected, dtype)
 
 
 def test_the_cell_passes_numbarnns_registration_check():
@@ -362,9 +357,4 @@ def test_the_cell_passes_numbarnns_registration_check():
 
 
 def test_entry_point_registers_this_spec():
-    assert numbarnn.get_cell("layernorm_lstm") is SPEC
-    row = next(p for p in numbarnn.list_plugins() if p["name"] == "layernorm_lstm")
-    assert row["distribution"] == "numbarnn-layernorm-lstm" and row["version"] == numbarnn_layernorm_lstm.__version__
-    assert row["source"] == "entry point" and row["entry_point"] == "layernorm_lstm = numbarnn_layernorm_lstm"
-    assert row["cells"] == ["layernorm_lstm"]
-    assert not any(f["name"] == "layernorm_lstm" for f in plugins.failed_plugins())
+    assert_registered_by_entry_point(SPEC, "numbarnn-layernorm-lstm", numbarnn_layernorm_lstm)
