@@ -12,6 +12,9 @@ calls a backend through these methods (:mod:`numbarnn.cuda.backend` has the same
   layers over padded sequences; see ``SequenceModel.forward``).
 - ``update()``: the optimizer step with the gradients of the last ``gradients`` call.
 - ``evaluate(x, y, weights, state, lengths=None) -> (loss_sum, final_state)``: no gradients.
+- ``loss_and_outputs(x, y, weights, lengths=None) -> (loss_sum, outputs)``: one forward
+  from a zero state, the outputs on the host as the host model's ``forward`` gives them
+  (a classifier's score takes its accuracy from them).
 - ``generate(prime, length, kernel_args, uniforms, stop_index) -> (indices, draws_used)``
   in one compiled call, or None when this model or sampler has no such kernel (the
   trainer then steps :meth:`host_model` itself).
@@ -114,16 +117,29 @@ class CpuBackend:
         loss, _, final, _ = self._loss_and_gradient(x, y, weights, state, train=False, rng=None, lengths=lengths)
         return loss, final
 
-    def _loss_and_gradient(self, x, y, weights, state, train, rng, lengths=None):
-        # outputs are (T, B, V) per step, or (B, C) for a classifier: the loss sees N rows either way
-        outputs, final = self.model.forward(x, state, train=train, rng=rng,
-                                            **({} if lengths is None else {"lengths": lengths}))
-        B, V = outputs.shape[-2], outputs.shape[-1]
+    def loss_and_outputs(self, x, y, weights, lengths=None):
+        """``(loss summed over the batch, outputs)`` of one forward from a zero state, the
+        outputs as ``model.forward`` gives them ((B, C) for a classifier); nothing is updated."""
+        outputs, _ = self._forward(x, None, train=False, rng=None, lengths=lengths)
+        return self._loss_of(outputs, y, weights)[0], outputs
+
+    def _forward(self, x, state, train, rng, lengths):
+        return self.model.forward(x, state, train=train, rng=rng, **({} if lengths is None else {"lengths": lengths}))
+
+    def _loss_of(self, outputs, y, weights):
+        """``(summed loss, its gradient w.r.t. outputs)``. Outputs are (T, B, V) per step, or
+        (B, C) for a classifier: the loss sees N rows either way."""
+        V = outputs.shape[-1]
         N = outputs.size // V
         d_outputs, scratch = np.empty_like(outputs), np.empty_like(outputs)
         loss = self.loss.forward_backward(outputs.reshape(N, V), y, weights,
                                           d_outputs.reshape(N, V), scratch.reshape(N, V))
-        return loss, d_outputs, final, B
+        return loss, d_outputs
+
+    def _loss_and_gradient(self, x, y, weights, state, train, rng, lengths=None):
+        outputs, final = self._forward(x, state, train, rng, lengths)
+        loss, d_outputs = self._loss_of(outputs, y, weights)
+        return loss, d_outputs, final, outputs.shape[-2]
 
     def _language_model_step(self, x, y, weights, state):
         """The common model's forward, loss and backward in one compiled call (see

@@ -385,12 +385,14 @@ class Trainer:
         """``{"loss": mean loss, "count": n}`` over a batch (per sequence for "classify", per
         weighted step otherwise), with ``"accuracy"`` (the fraction of sequences whose most
         likely class is the target) for "classify". Arguments as :meth:`train_step`."""
-        x, y, weights, lengths = self._prepare(inputs, targets, mask, lengths)  # checked once, for both
-        loss, _ = self.backend.evaluate(x, y, weights, None, lengths=lengths)
+        x, y, weights, lengths = self._prepare(inputs, targets, mask, lengths)
+        if self.task == "classify":  # one forward gives the loss and the logits
+            loss, logits = self.backend.loss_and_outputs(x, y, weights, lengths=lengths)
+        else:
+            loss, _ = self.backend.evaluate(x, y, weights, None, lengths=lengths)
         count = float(weights.sum())
         result = {"loss": loss / max(count, 1.0), "count": count}
         if self.task == "classify":  # the most likely class: the largest logit
-            logits, _ = self.backend.host_model().forward(x, **({} if lengths is None else {"lengths": lengths}))
             result["accuracy"] = float((logits.argmax(axis=1) == y).mean())
         return result
 

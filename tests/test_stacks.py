@@ -308,6 +308,21 @@ def synthetic_classes(n=96, T=8, X=3, seed=0):
     return inputs, classes, lengths
 
 
+def test_classify_score_is_one_forward_with_evaluates_loss_and_predicts_accuracy(monkeypatch):
+    X, y, lengths = synthetic_classes(24)
+    trainer = numbarnn.make_trainer("gru", task="classify", input_size=3, num_classes=2, hidden_size=5,
+                                    dtype="float64", seed=3)
+    loss, count, _ = trainer.evaluate(X, y, lengths=lengths)
+    accuracy = float((trainer.predict(X, lengths).argmax(axis=1) == y).mean())
+    assert 0 < accuracy < 1  # an untrained model: a wrong accuracy cannot pass by being 0 or 1
+    calls = []
+    forward = type(trainer.model).forward
+    monkeypatch.setattr(type(trainer.model), "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    score = trainer.score(X, y, lengths=lengths)
+    assert len(calls) == 1
+    assert score == {"loss": pytest.approx(loss / count, rel=1e-12), "count": 24.0, "accuracy": accuracy}
+
+
 def test_classify_fits_arrays_with_validation_early_stopping_and_resume(tmp_path):
     X, y, lengths = synthetic_classes()
     Xv, yv, lv = synthetic_classes(48, seed=1)

@@ -265,6 +265,14 @@ class CudaBackend:
         buf, T, B = self._device_loss(x, y, weights, state, lengths=lengths)
         return float(buf["scalars"].copy_to_host()[0]), self.model.final_state(buf, T, B, lengths is not None)
 
+    def loss_and_outputs(self, x, y, weights, lengths=None):
+        """``(loss summed over the batch, outputs)`` of one forward from a zero state, the
+        outputs on the host as :meth:`CudaSequenceModel.forward` gives them; nothing is updated."""
+        buf, T, B = self._device_loss(x, y, weights, None, lengths=lengths)
+        logits = buf["logits"].copy_to_host()
+        outputs = logits if self.model.task == "classify" else logits.reshape(T, B, self.model.output_size)
+        return float(buf["scalars"].copy_to_host()[0]), outputs
+
     # -- generation ------------------------------------------------------------------------------
     def generate(self, prime, length, kernel_args, uniforms, stop_index):
         """The whole generation on the device (one sampled index per step feeds the next step
