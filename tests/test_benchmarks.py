@@ -74,6 +74,17 @@ def test_breakdown_smoke(cell, recurrent_weights):
     assert len(products) == (2 if recurrent_weights else 0), lines
 
 
+def test_small_batch_products_smoke():
+    """benchmarks/small_batch_products.py prints gemm against per-row gemv and which one the loops take."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "small_batch_products.py"), "--dtype", "float64",
+                             "--hidden", "4", "--batch", "1", "3", "--T", "2", "--repeats", "2"],
+                            capture_output=True, text=True, timeout=300, env=checkout.env())
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("float64")]
+    assert [(row[2], row[-1]) for row in rows] == [("1", "gemm"), ("3", "gemv")]
+    assert all(float(row[6]) > 0 and float(row[10]) > 0 for row in rows)   # the two ratios
+
+
 def test_embedding_pair_smoke():
     """benchmarks/embedding_pair.py alternates the two models' steps and prints both medians and the ratio."""
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "embedding_pair.py"), "--steps", "2"],

@@ -93,6 +93,65 @@ def _gather_row(i, W_rows, b_x, out):
             out[k] = W_rows[i, k] + b_x[k]
 
 
+# ---- the per-step recurrent products -------------------------------------------------------
+
+#: Batches of 2 to this many rows take one matrix-vector product per row instead of one
+#: matrix product. OpenBLAS's gemm repacks all of W_h at every call, which a few rows do not
+#: amortise: at 2 rows it took 1.5-4x the time of two gemv calls (float32 and float64, H 16
+#: to 512), at 3-4 rows 1.2-4x (except H16 B4: about even); at 6-8 rows it depends on H and
+#: the dtype, and from 12 rows gemm is ahead. One row is left to gemm, which OpenBLAS
+#: forwards to gemv itself. (docs/performance.md, "Small batches")
+GEMV_MAX_ROWS = 4
+
+
+@jit
+def recurrent_projection(h, W_h, hz):
+    """hz (B, G*H) = h (B, H) @ W_h.T, W_h ``(G*H, H)``: the forward's product at each step.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.loops import recurrent_projection
+    >>> rng = np.random.default_rng(0)
+    >>> W_h = rng.normal(size=(8, 2))
+    >>> for B in (1, 3, 20):   # 3 rows take the per-row products
+    ...     h, hz = rng.normal(size=(B, 2)), np.empty((B, 8))
+    ...     recurrent_projection(h, W_h, hz)
+    ...     print(B, np.allclose(hz, h @ W_h.T))
+    1 True
+    3 True
+    20 True
+    """
+    B = h.shape[0]
+    if 1 < B <= GEMV_MAX_ROWS:
+        for b in range(B):
+            np.dot(W_h, h[b], hz[b])
+    else:
+        np.dot(h, W_h.T, hz)
+
+
+@jit
+def recurrent_gradient(dhz, W_h, dh):
+    """dh (B, H) = dhz (B, G*H) @ W_h, W_h ``(G*H, H)``: BPTT's product at each step.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.loops import recurrent_gradient
+    >>> rng = np.random.default_rng(0)
+    >>> W_h = rng.normal(size=(8, 2))
+    >>> for B in (1, 3, 20):
+    ...     dhz, dh = rng.normal(size=(B, 8)), np.empty((B, 2))
+    ...     recurrent_gradient(dhz, W_h, dh)
+    ...     print(B, np.allclose(dh, dhz @ W_h))
+    1 True
+    3 True
+    20 True
+    """
+    B = dhz.shape[0]
+    if 1 < B <= GEMV_MAX_ROWS:
+        for b in range(B):
+            np.dot(dhz[b], W_h, dh[b])
+    else:
+        np.dot(dhz, W_h, dh)
+
+
 # ---- weight gradients, hoisted out of the loop ---------------------------------------------
 
 @jit

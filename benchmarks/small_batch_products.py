@@ -1,0 +1,91 @@
+"""The per-step recurrent products at small batches: one matrix product (gemm) against one
+matrix-vector product per row (gemv), the choice ``numbarnn.kernels.loops.GEMV_MAX_ROWS`` makes.
+
+    python benchmarks/small_batch_products.py                       # float32 and float64, H 16-512, B 1-16
+    python benchmarks/small_batch_products.py --dtype float32 --hidden 512 --batch 2 4
+
+Each row times T=50 steps of the forward product ``h @ W_h.T`` (B x H by H x 4H) and of
+BPTT's ``dhz @ W_h`` (B x 4H by 4H x H), written both ways inside ``@njit`` as the loops
+write them, and prints the ratio gemm / per-row gemv (above 1: the per-row products are
+faster) and which one numbarnn's loops take at that batch. Medians over ``--repeats``
+runs with the BLAS thread count capped at ``--threads``. Measurements, not targets.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from numba import njit
+from threadpoolctl import threadpool_limits
+
+from numbarnn.kernels.loops import GEMV_MAX_ROWS
+
+
+@njit
+def forward_gemm(h, W_h, hz, T):
+    for _ in range(T):
+        np.dot(h, W_h.T, hz)
+
+
+@njit
+def forward_gemv(h, W_h, hz, T):
+    for _ in range(T):
+        for b in range(h.shape[0]):
+            np.dot(W_h, h[b], hz[b])
+
+
+@njit
+def backward_gemm(dhz, W_h, dh, T):
+    for _ in range(T):
+        np.dot(dhz, W_h, dh)
+
+
+@njit
+def backward_gemv(dhz, W_h, dh, T):
+    for _ in range(T):
+        for b in range(dhz.shape[0]):
+            np.dot(dhz[b], W_h, dh[b])
+
+
+def median_ms(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=("float32", "float64"))
+    parser.add_argument("--hidden", nargs="+", type=int, default=[16, 32, 128, 512])
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 2, 3, 4, 6, 8, 16])
+    parser.add_argument("--T", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    print(f"T={args.T} steps, {args.threads} BLAS threads, median of {args.repeats}; ms for the T products; "
+          f"ratio = gemm / per-row gemv; numbarnn takes per-row gemv for 2 to {GEMV_MAX_ROWS} rows")
+    print(f"{'dtype':<8} {'H':>4} {'B':>3} | {'fwd gemm':>9} {'gemv':>8} {'ratio':>6} | "
+          f"{'bwd gemm':>9} {'gemv':>8} {'ratio':>6} | numbarnn")
+    with threadpool_limits(args.threads):
+        for dtype in args.dtype:
+            for H in args.hidden:
+                W_h = rng.normal(size=(4 * H, H)).astype(dtype)
+                for B in args.batch:
+                    h, hz = rng.normal(size=(B, H)).astype(dtype), np.empty((B, 4 * H), dtype)
+                    dhz, dh = rng.normal(size=(B, 4 * H)).astype(dtype), np.empty((B, H), dtype)
+                    times = [median_ms(lambda f=f, a=a, out=out: f(a, W_h, out, args.T), args.repeats)
+                             for f, a, out in ((forward_gemm, h, hz), (forward_gemv, h, hz),
+                                               (backward_gemm, dhz, dh), (backward_gemv, dhz, dh))]
+                    taken = "gemv" if 1 < B <= GEMV_MAX_ROWS else "gemm"
+                    print(f"{dtype:<8} {H:>4} {B:>3} | {times[0]:>9.3f} {times[1]:>8.3f} {times[0] / times[1]:>6.2f} | "
+                          f"{times[2]:>9.3f} {times[3]:>8.3f} {times[2] / times[3]:>6.2f} | {taken}")
+
+
+if __name__ == "__main__":
+    main()
