@@ -96,11 +96,11 @@ def _gather_row(i, W_rows, b_x, out):
 # ---- the per-step recurrent products -------------------------------------------------------
 
 #: Batches of 2 to this many rows take one matrix-vector product per row instead of one
-#: matrix product. OpenBLAS's gemm repacks all of W_h at every call, which a few rows do not
-#: amortise: at 2 rows it took 1.5-4x the time of two gemv calls (float32 and float64, H 16
-#: to 512), at 3-4 rows 1.2-4x (except H16 B4: about even); at 6-8 rows it depends on H and
-#: the dtype, and from 12 rows gemm is ahead. One row is left to gemm, which OpenBLAS
-#: forwards to gemv itself. (docs/performance.md, "Small batches")
+#: matrix product. OpenBLAS's gemm packs all of W_h at every call, which a few rows do not
+#: pay back: against the per-row products (float32 and float64, H 16 to 512) it took 1.5-8x
+#: the time at 2 rows, 1.05-5.7x at 3, 0.8-3.4x at 4 (below 1 only at H16, microseconds);
+#: at 6-8 rows it depends on H and the dtype. One row is left to gemm, which OpenBLAS
+#: forwards to gemv itself. (benchmarks/small_batch_products.py; docs/performance.md)
 GEMV_MAX_ROWS = 4
 
 
