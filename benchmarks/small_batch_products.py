@@ -13,12 +13,12 @@ runs with the BLAS thread count capped at ``--threads``. Measurements, not targe
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 from numba import njit
 from threadpoolctl import threadpool_limits
 
+from breakdown import median_ms  # this folder is on sys.path when a script here runs
 from numbarnn.kernels.loops import GEMV_MAX_ROWS
 
 
@@ -46,16 +46,6 @@ def backward_gemv(dhz, W_h, dh, T):
     for _ in range(T):
         for b in range(dhz.shape[0]):
             np.dot(dhz[b], W_h, dh[b])
-
-
-def median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
 
 
 def main(argv=None):
