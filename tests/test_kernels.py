@@ -248,3 +248,19 @@ def test_kernel_modules_take_their_njit_options_from_one_decorator():
             continue
         own = [line.strip() for line in path.read_text().splitlines() if line.lstrip().startswith("@njit")]
         assert not own, f"{path.name} decorates with njit directly: {own}"
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@settings(max_examples=30, deadline=None)
+@given(B=st.integers(1, 2 * loops.GEMV_MAX_ROWS + 1), H=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
+def test_recurrent_products_match_numpy_on_both_sides_of_the_gemv_limit(dtype, B, H, seed):
+    """The per-step products, one gemm or one gemv per row (2 to GEMV_MAX_ROWS rows), in either
+    dtype: ``h @ W_h.T`` and ``dhz @ W_h`` as NumPy computes them in float64."""
+    rng = np.random.default_rng(seed)
+    W_h, h, dhz = rng.normal(size=(4 * H, H)), rng.normal(size=(B, H)), rng.normal(size=(B, 4 * H))
+    hz, dh = np.full((B, 4 * H), np.nan, dtype), np.full((B, H), np.nan, dtype)
+    loops.recurrent_projection(h.astype(dtype), W_h.astype(dtype), hz)
+    loops.recurrent_gradient(dhz.astype(dtype), W_h.astype(dtype), dh)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(hz, h @ W_h.T, **tol)
+    np.testing.assert_allclose(dh, dhz @ W_h, **tol)
