@@ -98,10 +98,11 @@ def _gather_row(i, W_rows, b_x, out):
 #: Batches of 2 to this many rows take one matrix-vector product per row instead of one
 #: matrix product. OpenBLAS's gemm packs all of W_h at every call, which a few rows do not
 #: pay back: against the per-row products (float32 and float64, H 16 to 512) it took 1.5-8x
-#: the time at 2 rows, 1.05-5.7x at 3, 0.8-3.4x at 4 (below 1 only at H16, microseconds);
-#: at 6-8 rows it depends on H and the dtype. One row is left to gemm, which OpenBLAS
+#: the time at 2 rows, 1.05-5.7x at 3, 0.8-3.4x at 4 (below 1 only at H16, microseconds),
+#: 0.94-3.0x at 5 and 6 rows (float32 1.2-3.0x). From 7 rows float64 loses (0.67-0.88x at
+#: some sizes), and from 8 gemm is mostly ahead. One row is left to gemm, which OpenBLAS
 #: forwards to gemv itself. (benchmarks/small_batch_products.py; docs/performance.md)
-GEMV_MAX_ROWS = 4
+GEMV_MAX_ROWS = 6
 
 
 @jit
