@@ -120,6 +120,12 @@ def test_an_embedding_language_model_trains_and_generates_as_on_the_cpu():
     # generation folds the table once, then feeds each sampled index back on the device
     assert gpu.generate_indices([1, 2], 6, gpu.sampler, seed=4) == cpu.generate_indices([1, 2], 6, cpu.sampler,
                                                                                            seed=4)
+    # each backend's loss_and_outputs (a classifier's score uses it): evaluate's loss, predict's outputs
+    batch = cpu._prepare(x, y, None)[:3]
+    for trainer in (cpu, gpu):
+        loss, outputs = trainer.backend.loss_and_outputs(*batch)
+        np.testing.assert_allclose(loss, cpu.evaluate(x, y)[0], rtol=1e-10)
+        np.testing.assert_allclose(np.swapaxes(outputs, 0, 1), cpu.predict(x), rtol=1e-10)
 
 
 def test_the_device_keeps_the_buffers_of_the_last_shapes_only():
