@@ -386,15 +386,13 @@ class Trainer:
         weighted step otherwise), with ``"accuracy"`` (the fraction of sequences whose most
         likely class is the target) for "classify". Arguments as :meth:`train_step`."""
         x, y, weights, lengths = self._prepare(inputs, targets, mask, lengths)
-        if self.task == "classify":  # one forward gives the loss and the logits
-            loss, logits = self.backend.loss_and_outputs(x, y, weights, lengths=lengths)
-        else:
-            loss, _ = self.backend.evaluate(x, y, weights, None, lengths=lengths)
         count = float(weights.sum())
-        result = {"loss": loss / max(count, 1.0), "count": count}
-        if self.task == "classify":  # the most likely class: the largest logit
-            result["accuracy"] = float((logits.argmax(axis=1) == y).mean())
-        return result
+        if self.task != "classify":
+            loss, _ = self.backend.evaluate(x, y, weights, None, lengths=lengths)
+            return {"loss": loss / max(count, 1.0), "count": count}
+        loss, logits = self.backend.loss_and_outputs(x, y, weights, lengths=lengths)  # one forward for both
+        # the most likely class: the largest logit
+        return {"loss": loss / max(count, 1.0), "count": count, "accuracy": float((logits.argmax(axis=1) == y).mean())}
 
     # -- generation ------------------------------------------------------------------------------
     def generate(self, prime=(), length: int = 100, *, sampler=None, seed=None,
