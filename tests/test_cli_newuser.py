@@ -11,7 +11,6 @@ import types
 import numpy as np
 import pytest
 
-import numbarnn
 from numbarnn import cli, runtime
 from numbarnn import data as D
 from numbarnn import fit as fit_module

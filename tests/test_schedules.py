@@ -2,10 +2,8 @@
 checkpoints (exact resume, hostile files) and ``numbarnn train --lr-schedule``."""
 from __future__ import annotations
 
-import io
 import json
 import math
-import zipfile
 
 import numpy as np
 import pytest
