@@ -18,12 +18,12 @@ import importlib.util
 import pytest
 
 # Tests whose work runs in background processes started at collection: node id -> the test
-# module's functions that start that work (once) and kill what is left of it.
+# module's tests/checkout.BackgroundRuns that starts that work (once) and kills what is left.
 BACKGROUND_TESTS = {
-    "tests/test_cuda.py::test_cuda_kernels_on_the_simulator": ("start_simulator_runs", "stop_simulator_runs"),
-    "tests/test_benchmarks.py::test_suite_quick_smoke": ("start_quick_suite", "stop_quick_suite"),
+    "tests/test_cuda.py::test_cuda_kernels_on_the_simulator": "SIMULATOR_RUNS",
+    "tests/test_benchmarks.py::test_suite_quick_smoke": "QUICK_SUITE",
 }
-_STARTED = []  # (module, name of its stop function) for each background test started
+_STARTED = []  # the BackgroundRuns started
 
 collect_ignore_glob = ["numbarnn/cuda/[!_]*.py"]
 
@@ -53,13 +53,13 @@ def pytest_collection_modifyitems(session, config, items):
     for item in [item for item in items if item.nodeid in BACKGROUND_TESTS]:
         if any(mark.args and mark.args[0] for mark in item.iter_markers("skipif")):
             continue
-        start, stop = BACKGROUND_TESTS[item.nodeid]
+        runs = getattr(item.module, BACKGROUND_TESTS[item.nodeid])
         items.remove(item)
         items.append(item)
-        getattr(item.module, start)()
-        _STARTED.append((item.module, stop))
+        runs.start()
+        _STARTED.append(runs)
 
 
 def pytest_sessionfinish(session, exitstatus):
-    for module, stop in _STARTED:
-        getattr(module, stop)()
+    for runs in _STARTED:
+        runs.stop()

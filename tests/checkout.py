@@ -5,7 +5,8 @@ A child Python started from another directory imports whatever ``numbarnn`` its
 checkout, and a test of the command line or the docs would pass on code it never ran.
 ``env()`` puts the checkout (and its GRU plugin) first on ``PYTHONPATH``; every
 subprocess the tests start uses it, and ``tests/test_registry.py`` checks that a child
-started from elsewhere imports this checkout's files.
+started from elsewhere imports this checkout's files. :class:`BackgroundRuns` holds the child
+processes a long test starts at collection.
 """
 import os
 from pathlib import Path
@@ -19,3 +20,29 @@ def env(base=None, **extra) -> dict:
     out = dict(os.environ if base is None else base, **extra)
     out["PYTHONPATH"] = os.pathsep.join([*map(str, PATHS), *filter(None, [out.get("PYTHONPATH")])])
     return out
+
+
+class BackgroundRuns:
+    """Child processes a long test starts once, early, and collects at its end.
+
+    ``launch`` returns the started ``subprocess.Popen`` objects. The root ``conftest.py`` calls
+    :meth:`start` as soon as the session has collected the test (a module-level instance,
+    named in its ``BACKGROUND_TESTS``), so the work runs on the core the rest of the suite
+    leaves idle, and moves the test to the end; the test calls :meth:`start` for the
+    processes, waits on them, then :meth:`stop`, which kills any still running (as the
+    session's end does for a test that never ran)."""
+
+    def __init__(self, launch):
+        self._launch = launch
+        self._processes = []
+
+    def start(self) -> list:
+        """The processes, launched on the first call."""
+        if not self._processes:
+            self._processes.extend(self._launch())
+        return self._processes
+
+    def stop(self) -> None:
+        for process in self._processes:
+            if process.poll() is None:
+                process.kill()

@@ -19,35 +19,21 @@ def test_kernel_benchmark_smoke():
     assert sum("numpy" in line and line.rstrip().endswith("x") for line in lines) == 2
 
 
-_SUITE = []  # the quick suite's process, once started
-
-
-def start_quick_suite() -> subprocess.Popen:
-    """Start ``benchmarks/suite.py --quick`` (once). The root ``conftest.py`` calls this as soon
-    as the session has collected :func:`test_suite_quick_smoke` and moves that test to the
-    end: the suite (four minutes with a cold numba cache, mostly compiling) then runs on the
-    core the rest of the tests leave idle, and the test collects its output."""
-    if not _SUITE:
-        _SUITE.append(subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--quick"],
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                       env=checkout.env()))
-    return _SUITE[0]
-
-
-def stop_quick_suite() -> None:
-    """Kill the suite if it is still running (the session ended without collecting it)."""
-    for process in _SUITE:
-        if process.poll() is None:
-            process.kill()
+# benchmarks/suite.py --quick (four minutes with a cold numba cache, mostly compiling), a
+# BackgroundRuns: the root conftest.py starts it as soon as the session has collected
+# test_suite_quick_smoke.
+QUICK_SUITE = checkout.BackgroundRuns(lambda: [subprocess.Popen(
+    [sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--quick"], stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE, text=True, env=checkout.env())])
 
 
 def test_suite_quick_smoke():
     """benchmarks/suite.py --quick runs every case and prints one table with a row for each."""
-    process = start_quick_suite()
+    (process,) = QUICK_SUITE.start()
     try:
         stdout, stderr = process.communicate(timeout=1500)  # it shares the cores with the other tests
     finally:
-        stop_quick_suite()
+        QUICK_SUITE.stop()
     assert process.returncode == 0, stdout[-4000:] + stderr[-4000:]
     lines = stdout.splitlines()
     assert any(line.startswith("case") and "speed-up" in line and "target" in line for line in lines)

@@ -43,29 +43,13 @@ def test_every_simulator_test_file_is_in_a_shard():
     assert sorted(name for shard in sim_shards() for name in shard) == files
 
 
-_RUNS = []  # the simulator processes, once started
-
-
-def start_simulator_runs() -> list:
-    """Start the simulator shards (once); the root ``conftest.py`` calls this as soon as the
-    session has collected :func:`test_cuda_kernels_on_the_simulator`, so the shards run on
-    the cores the rest of the suite leaves idle, and moves that test to the end, where it
-    collects their results."""
-    if not _RUNS:
-        env = checkout.env(NUMBA_ENABLE_CUDASIM="1")
-        _RUNS.extend(subprocess.Popen(
-            [sys.executable, "-m", "pytest", *[str(ROOT / "tests" / "cuda_sim" / name) for name in shard], "-q",
-             "-p", "no:cacheprovider", "-o", "addopts=", "-W", "ignore::DeprecationWarning"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for shard in sim_shards())
-    return _RUNS
-
-
-def stop_simulator_runs() -> None:
-    """Kill shards still running (the session ended without collecting them)."""
-    for run in _RUNS:
-        if run.poll() is None:
-            run.kill()
+# The simulator shards, one process each (a BackgroundRuns: the root conftest.py starts them
+# as soon as the session has collected test_cuda_kernels_on_the_simulator).
+SIMULATOR_RUNS = checkout.BackgroundRuns(lambda: [subprocess.Popen(
+    [sys.executable, "-m", "pytest", *[str(ROOT / "tests" / "cuda_sim" / name) for name in shard], "-q",
+     "-p", "no:cacheprovider", "-o", "addopts=", "-W", "ignore::DeprecationWarning"],
+    cwd=ROOT, env=checkout.env(NUMBA_ENABLE_CUDASIM="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    text=True) for shard in sim_shards()])
 
 
 @pytest.mark.skipif(not _has_cuda_target(), reason="neither numba-cuda nor numba's built-in CUDA target (simulator)")
@@ -73,11 +57,11 @@ def test_cuda_kernels_on_the_simulator():
     """tests/cuda_sim: every CUDA kernel against the CPU kernels, and training steps giving
     the CPU's losses, on numba's CUDA simulator (NUMBA_ENABLE_CUDASIM must be set before
     numba is imported, hence separate processes)."""
-    runs = start_simulator_runs()
+    runs = SIMULATOR_RUNS.start()
     try:
         outputs = [run.communicate(timeout=1500)[0] for run in runs]
     finally:
-        stop_simulator_runs()
+        SIMULATOR_RUNS.stop()
     for run, output in zip(runs, outputs):
         tail = output[-6000:]
         assert run.returncode == 0, tail
