@@ -28,8 +28,7 @@ from numba import literal_unroll, njit
 from numbarnn.kernels.cells import rnn_backward as cell_kernel_backward  # CELL KERNELS
 from numbarnn.kernels.cells import rnn_forward as cell_kernel_forward  # CELL KERNELS
 from numbarnn.kernels.loops import (input_weight_gradients_dense, input_weight_gradients_indices, project_dense,
-                                    project_indices, recurrent_gradient, recurrent_projection,
-                                    recurrent_weight_gradients)
+                                    project_indices, recurrent_product, recurrent_weight_gradients)
 from numbarnn.kernels.losses import softmax_cross_entropy
 from numbarnn.kernels.sampling import apply_temperature as apply_softmax
 from numbarnn.kernels.sampling import argmax as argmax_row
@@ -92,7 +91,7 @@ def sequence_forward(xz, W_h, b_h, own, states, cache, hz):
         hz[:, :] = 0.0
     for t in range(T):
         if RECURRENT:
-            recurrent_projection(states[0, t], W_h, hz)
+            recurrent_product(states[0, t], W_h.T, hz)
             for b in range(B):
                 for k in range(GH):
                     hz[b, k] += b_h[k]
@@ -141,7 +140,7 @@ def sequence_backward(W_h, own, states, cache, d_outputs, dstate, dstate_prev,
                 dstate[0, b, j] += d_outputs[t, b, j]
         cell_backward(dstate, states, t, cache[t], dxz[t], dhz[t], dstate_prev, own, d_own)
         if RECURRENT:
-            recurrent_gradient(dhz[t], W_h, dh_recurrent)
+            recurrent_product(dhz[t], W_h, dh_recurrent)
             for b in range(B):
                 for j in range(H):
                     dstate_prev[0, b, j] += dh_recurrent[b, j]

@@ -106,51 +106,30 @@ GEMV_MAX_ROWS = 6
 
 
 @jit
-def recurrent_projection(h, W_h, hz):
-    """hz (B, G*H) = h (B, H) @ W_h.T, W_h ``(G*H, H)``: the forward's product at each step.
+def recurrent_product(a, M, out):
+    """out (B, N) = a (B, K) @ M (K, N): the recurrent product of each step, ``h @ W_h.T``
+    forward (M the transposed view ``W_h.T``) and ``dhz @ W_h`` in BPTT. One BLAS matrix
+    product, or one matrix-vector product per row for 2 to :data:`GEMV_MAX_ROWS` rows.
 
     >>> import numpy as np
-    >>> from numbarnn.kernels.loops import recurrent_projection
+    >>> from numbarnn.kernels.loops import recurrent_product
     >>> rng = np.random.default_rng(0)
     >>> W_h = rng.normal(size=(8, 2))
     >>> for B in (1, 3, 20):   # 3 rows take the per-row products
-    ...     h, hz = rng.normal(size=(B, 2)), np.empty((B, 8))
-    ...     recurrent_projection(h, W_h, hz)
-    ...     print(B, np.allclose(hz, h @ W_h.T))
-    1 True
-    3 True
-    20 True
+    ...     h, hz, dhz, dh = rng.normal(size=(B, 2)), np.empty((B, 8)), rng.normal(size=(B, 8)), np.empty((B, 2))
+    ...     recurrent_product(h, W_h.T, hz)
+    ...     recurrent_product(dhz, W_h, dh)
+    ...     print(B, np.allclose(hz, h @ W_h.T), np.allclose(dh, dhz @ W_h))
+    1 True True
+    3 True True
+    20 True True
     """
-    B = h.shape[0]
+    B = a.shape[0]
     if 1 < B <= GEMV_MAX_ROWS:
         for b in range(B):
-            np.dot(W_h, h[b], hz[b])
+            np.dot(a[b], M, out[b])
     else:
-        np.dot(h, W_h.T, hz)
-
-
-@jit
-def recurrent_gradient(dhz, W_h, dh):
-    """dh (B, H) = dhz (B, G*H) @ W_h, W_h ``(G*H, H)``: BPTT's product at each step.
-
-    >>> import numpy as np
-    >>> from numbarnn.kernels.loops import recurrent_gradient
-    >>> rng = np.random.default_rng(0)
-    >>> W_h = rng.normal(size=(8, 2))
-    >>> for B in (1, 3, 20):
-    ...     dhz, dh = rng.normal(size=(B, 8)), np.empty((B, 2))
-    ...     recurrent_gradient(dhz, W_h, dh)
-    ...     print(B, np.allclose(dh, dhz @ W_h))
-    1 True
-    3 True
-    20 True
-    """
-    B = dhz.shape[0]
-    if 1 < B <= GEMV_MAX_ROWS:
-        for b in range(B):
-            np.dot(dhz[b], W_h, dh[b])
-    else:
-        np.dot(dhz, W_h, dh)
+        np.dot(a, M, out)
 
 
 # ---- weight gradients, hoisted out of the loop ---------------------------------------------
