@@ -1,14 +1,16 @@
-"""The per-step recurrent products at small batches: one matrix product (gemm) against one
-matrix-vector product per row (gemv), the choice ``numbarnn.kernels.loops.GEMV_MAX_ROWS`` makes.
+"""The per-step recurrent products at small batches: one matrix product (gemm), one
+matrix-vector product per row (gemv) and numbarnn's tiled product (one thread, ``W_h`` read
+in place), the choice ``numbarnn.kernels.loops.tiled_operand`` and ``GEMV_MAX_ROWS`` make.
 
-    python benchmarks/small_batch_products.py                       # float32 and float64, H 16-512, B 1-16
-    python benchmarks/small_batch_products.py --dtype float32 --hidden 512 --batch 2 4
+    python benchmarks/small_batch_products.py                       # float32 and float64, H 16-512, B 1-32
+    python benchmarks/small_batch_products.py --dtype float32 --hidden 128 --batch 8 16 32
 
 Each row times T=50 steps of the forward product ``h @ W_h.T`` (B x H by H x 4H) and of
-BPTT's ``dhz @ W_h`` (B x 4H by 4H x H), written both ways inside ``@njit`` as the loops
-write them, and prints the ratio gemm / per-row gemv (above 1: the per-row products are
-faster) and which one numbarnn's loops take at that batch. Medians over ``--repeats``
-runs with the BLAS thread count capped at ``--threads``. Measurements, not targets.
+BPTT's ``dhz @ W_h`` (B x 4H by 4H x H), written each way inside ``@njit`` as the loops
+write them (the tiled forward reads a contiguous copy of ``W_h.T``, made once), and prints
+the ratios gemm / gemv and gemm / tiled (above 1: faster than gemm) and which one
+numbarnn's loops take at that batch. Medians over ``--repeats`` runs with the BLAS thread
+count capped at ``--threads``. Measurements, not targets.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from numba import njit
 from threadpoolctl import threadpool_limits
 
 from breakdown import median_ms  # this folder is on sys.path when a script here runs
-from numbarnn.kernels.loops import GEMV_MAX_ROWS
+from numbarnn.kernels.loops import GEMV_MAX_ROWS, tiled_operand
+from numbarnn.kernels.tiles import tiled_product
 
 
 @njit
@@ -48,20 +51,33 @@ def backward_gemv(dhz, W_h, dh, T):
             np.dot(dhz[b], W_h, dh[b])
 
 
+@njit
+def forward_tiled(h, W_h, hz, T):
+    W_hT = np.ascontiguousarray(W_h.T)  # once per loop, as sequence_forward does
+    for _ in range(T):
+        tiled_product(h, W_hT, hz)
+
+
+@njit
+def backward_tiled(dhz, W_h, dh, T):
+    for _ in range(T):
+        tiled_product(dhz, W_h, dh)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=("float32", "float64"))
     parser.add_argument("--hidden", nargs="+", type=int, default=[16, 32, 128, 512])
-    parser.add_argument("--batch", nargs="+", type=int, default=[1, 2, 3, 4, 6, 8, 16])
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 2, 3, 4, 6, 8, 16, 32])
     parser.add_argument("--T", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     print(f"T={args.T} steps, {args.threads} BLAS threads, median of {args.repeats}; ms for the T products; "
-          f"ratio = gemm / per-row gemv; numbarnn takes per-row gemv for 2 to {GEMV_MAX_ROWS} rows")
-    print(f"{'dtype':<8} {'H':>4} {'B':>3} | {'fwd gemm':>9} {'gemv':>8} {'ratio':>6} | "
-          f"{'bwd gemm':>9} {'gemv':>8} {'ratio':>6} | numbarnn")
+          f"ratios = gemm / per-row gemv and gemm / tiled")
+    print(f"{'dtype':<8} {'H':>4} {'B':>3} | {'fwd gemm':>9} {'gemv':>8} {'tiled':>8} {'ratios':>11} | "
+          f"{'bwd gemm':>9} {'gemv':>8} {'tiled':>8} {'ratios':>11} | numbarnn")
     with threadpool_limits(args.threads):
         for dtype in args.dtype:
             for H in args.hidden:
@@ -70,12 +86,14 @@ def main(argv=None):
                     h, hz = rng.normal(size=(B, H)).astype(dtype), np.empty((B, 4 * H), dtype)
                     dhz, dh = rng.normal(size=(B, 4 * H)).astype(dtype), np.empty((B, H), dtype)
                     times = [median_ms(lambda f=f, a=a, out=out: f(a, W_h, out, args.T), args.repeats)
-                             for f, a, out in ((forward_gemm, h, hz), (forward_gemv, h, hz),
-                                               (backward_gemm, dhz, dh), (backward_gemv, dhz, dh))]
-                    taken = "gemv" if 1 < B <= GEMV_MAX_ROWS else "gemm"
-                    print(f"{dtype:<8} {H:>4} {B:>3} | {times[0]:>9.3f} {times[1]:>8.3f} {times[0] / times[1]:>6.2f} | "
-                          f"{times[2]:>9.3f} {times[3]:>8.3f} {times[2] / times[3]:>6.2f} | {taken}")
-
+                             for f, a, out in ((forward_gemm, h, hz), (forward_gemv, h, hz), (forward_tiled, h, hz),
+                                               (backward_gemm, dhz, dh), (backward_gemv, dhz, dh),
+                                               (backward_tiled, dhz, dh))]
+                    taken = ("tiled" if tiled_operand(W_h, B).size else "gemv" if 1 < B <= GEMV_MAX_ROWS else "gemm")
+                    columns = []
+                    for gemm, gemv, tiled in (times[:3], times[3:]):
+                        columns.append(f"{gemm:>9.3f} {gemv:>8.3f} {tiled:>8.3f} {gemm / gemv:>5.2f} {gemm / tiled:>5.2f}")
+                    print(f"{dtype:<8} {H:>4} {B:>3} | {columns[0]} | {columns[1]} | {taken}")
 
 if __name__ == "__main__":
     main()

@@ -35,8 +35,11 @@ indices or ``(T*B, V)`` floats (``(B,)`` classes for a classifier), ``weights (T
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
+import numba
 import numpy as np
 
 from . import losses as _builtin_losses
@@ -44,10 +47,15 @@ from .kernels import embedding, loops
 from .kernels.loops import compile_state
 from .optimizers import clip_flat, clip_gradients
 from .samplers import generation_kernel_args
-from .sequence_model import SequenceModel
+from .sequence_model import SequenceModel, one_blas_thread
 
 #: Batch shapes whose compiled-step buffers a backend keeps (they share one backing buffer).
 WORKSPACE_SHAPES = 8
+
+#: A compiled step of at least this many sequences runs as two halves at once (see
+#: ``CpuBackend.split_steps``). Each half needs rows enough for the tiled per-step products
+#: to pay; at H128 float32 two halves of 8 rows were still ahead of one call of 16.
+SPLIT_MIN_ROWS = 16
 
 
 class CpuBackend:
@@ -55,6 +63,14 @@ class CpuBackend:
 
     ``model`` and ``optimizer`` are used in place (the trainer's ``model`` is this model).
     """
+
+    #: Split a compiled step of at least :data:`SPLIT_MIN_ROWS` sequences into two halves of
+    #: the batch that run at once, the second on a thread the backend owns, each its own
+    #: forward, loss and BPTT (the loops release the GIL), with BLAS at one thread per call
+    #: meanwhile; the loss and the gradients are the halves' sums. Only when two CPUs and two
+    #: Numba threads are there (``numbarnn.set_threads(1)`` turns it off). The sums run in
+    #: another order than one call's, so the last bits differ from an unsplit step's.
+    split_steps = True
 
     device = "cpu"
 
@@ -70,8 +86,10 @@ class CpuBackend:
         self.reduce_gradients = None
         # The common model (one layer of any cell, one-hot integer inputs, a per-step head,
         # the built-in softmax cross-entropy) trains through one compiled call per step.
-        self._workspace = {}  # (T, B) -> the compiled step's buffers: views of _workspace_buffer
-        self._workspace_buffer = None
+        # The compiled step's buffers, one set per half of a split step (see _step_workspace).
+        self._workspaces = [_Workspace(), _Workspace()]
+        self._second_half = None  # the second half's gradient buffers (see _second_half_gradients)
+        self._pool = None  # the one thread that runs a split step's second half, made on first use
         # With an embedding table the step folds it into the input weights (see _input_weights).
         self.compiled_step = (type(model) is SequenceModel and len(model.layers) == 1 and model.index_input
                               and model.output_size is not None and model.task == "lm"
@@ -143,28 +161,113 @@ class CpuBackend:
 
     def _language_model_step(self, x, y, weights, state):
         """The common model's forward, loss and backward in one compiled call (see
-        ``numbarnn.kernels.cell_loops.language_model_step``); buffers are reused between steps (see
+        ``numbarnn.kernels.cell_loops.language_model_step``), or two at once on the two
+        halves of the batch (see :attr:`split_steps`); buffers are reused between steps (see
         :meth:`_step_workspace`)."""
         model = self.model
-        layer, cell, dtype = model.layers[0], model.cell, model.dtype
+        layer, dtype = model.layers[0], model.dtype
         T, B = x.shape
-        S = cell.states
-        work = self._step_workspace(T, B)
-        states = work[1]
         initial = layer._unpack_state(state, B, "initial state") if state is not None else None
-        for s in range(S):
-            states[s, 0] = 0.0 if initial is None else initial[s]
         p, g = model.params, model._grad_views
         W_in, dW_in = self._input_weights()
         _, b_x, W_h, b_h, own = layer._kernel_weights()
+        weights_in = (W_in, b_x, W_h, b_h, own, p["W_y"], p["b_y"])
         _, dW_h, db_x, db_h, d_own = layer._kernel_gradients(g)
-        loss = loops.loops_for(cell).language_model_step(
-            x.reshape(T * B), y, weights, dtype.type(1.0 / B), W_in, b_x, W_h, b_h, own, p["W_y"],
-            p["b_y"], *work, dW_in, dW_h, db_x, db_h, d_own, g["W_y"], g["b_y"])
+        grads_out = (dW_in, dW_h, db_x, db_h, d_own, g["W_y"], g["b_y"])
+        scale = dtype.type(1.0 / B)
+        split = None
+        pool = self._split_pool(B)
+        if pool is not None:
+            with one_blas_thread() as single:  # else the two halves' BLAS calls fight over the cores
+                if single:
+                    split = self._split_step(pool, x, y, weights, initial, scale, weights_in, grads_out)
+        if split is None:
+            loss, final = self._step_rows(0, x, y, weights, initial, scale, weights_in, grads_out)
+        else:
+            loss, final = split
         if model.embedding_size is not None:  # the chain rule through W_in = W_x @ W_emb.T
             embedding.unfold_input_gradient(dW_in, p["W_x"], p["W_emb"], g["W_x"], g["W_emb"])
-        final = layer._pack_state([states[s, T].copy() for s in range(S)])
-        return float(loss), final, B
+        return float(loss), layer._pack_state(final), B
+
+    def _split_step(self, pool, x, y, weights, initial, scale, weights_in, grads_out):
+        """:meth:`_step_rows` over the two halves of the batch at once, the second half on
+        ``pool``'s thread into buffers of its own, then added into ``grads_out`` (and
+        ``model.flat_grads``); returns ``(summed loss, [final state arrays])``."""
+        T, B = x.shape
+        half = B - B // 2
+        second_grads, second_flat, second_dW_in = self._second_half_gradients(grads_out[0])
+
+        def rows(a, lo, hi):  # sequences lo to hi of a time-major (T, B) or (T*B,) array, in its form
+            part = np.ascontiguousarray(a.reshape(T, B)[:, lo:hi])
+            return part if a.ndim == 2 else part.reshape(-1)
+
+        def run(which, lo, hi, grads):
+            return self._step_rows(which, rows(x, lo, hi), rows(y, lo, hi), rows(weights, lo, hi),
+                                   None if initial is None else [s[lo:hi] for s in initial], scale, weights_in, grads)
+
+        future = pool.submit(run, 1, half, B, second_grads)
+        try:
+            loss, final = run(0, 0, half, grads_out)
+        finally:
+            other_loss, other_final = future.result()  # waits for it, even when this half failed
+        self.model.flat_grads += second_flat
+        if second_dW_in is not None:  # the folded input weights' gradient is outside flat_grads
+            np.add(grads_out[0], second_dW_in, out=grads_out[0])
+        return loss + other_loss, [np.concatenate([a, b]) for a, b in zip(final, other_final)]
+
+    def _step_rows(self, half, x, y, weights, initial, scale, weights_in, grads_out):
+        """One compiled step over the sequences of ``x`` (T, B') into ``grads_out``, with the
+        buffers of ``half``; returns ``(summed loss, [final state arrays])``."""
+        T, B = x.shape
+        work = self._step_workspace(T, B, half)
+        states = work[1]
+        for s in range(states.shape[0]):
+            states[s, 0] = 0.0 if initial is None else initial[s]
+        W_in, b_x, W_h, b_h, own, W_y, b_y = weights_in
+        dW_in, dW_h, db_x, db_h, d_own, dW_y, db_y = grads_out
+        loss = loops.loops_for(self.model.cell).language_model_step(
+            x.reshape(T * B), y, weights, scale, W_in, b_x, W_h, b_h, own, W_y, b_y, *work, dW_in, dW_h, db_x,
+            db_h, d_own, dW_y, db_y)
+        return loss, [states[s, T].copy() for s in range(states.shape[0])]
+
+    def _split_pool(self, B: int):
+        """The thread for a split step's second half, or None: run the step whole (see
+        :attr:`split_steps`)."""
+        if not self.split_steps or B < SPLIT_MIN_ROWS or not _two_threads():
+            return None
+        if self._pool is None:
+            try:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="numbarnn-half")
+            except RuntimeError:  # no thread could be started
+                return None
+        return self._pool
+
+    def _second_half_gradients(self, dW_in):
+        """``(grads_out, flat, dW_in)`` for a split step's second half: the compiled step's
+        gradient arguments as views of ``flat``, a zeroed copy of the layout of
+        ``model.flat_grads``, and with an embedding the (G*H, V) input gradient of the
+        folded weights (else None: it is in ``flat``)."""
+        model = self.model
+        if self._second_half is None:
+            layer = model.layers[0]
+            flat = np.zeros_like(model.flat_grads)
+            views, offset = {}, 0
+            for name, value in model.params.items():
+                views[name] = flat[offset:offset + value.size].reshape(value.shape)
+                offset += value.size
+            scratch = {name: np.empty_like(value) for name, value in layer._unused_grads.items()}
+            db_x, dW_h, db_h, d_own = layer._for_kernels(views, scratch)
+            folded = np.empty_like(dW_in) if model.embedding_size is not None else None
+            grads_out = (views["W_x"] if folded is None else folded, dW_h, db_x, db_h, d_own, views["W_y"],
+                         views["b_y"])
+            self._second_half = (grads_out, flat, folded)
+        return self._second_half
+
+    def __getstate__(self):
+        # copy.deepcopy and pickle: a copy makes its own thread when it needs one
+        state = self.__dict__.copy()
+        state["_pool"] = None
+        return state
 
     def _input_weights(self):
         """``(W_in, dW_in)``, the (G*H, V) input weights of the one-hot loops and where their
@@ -183,34 +286,10 @@ class CpuBackend:
         embedding.fold_input_weights(p["W_x"], p["W_emb"], W_in)
         return W_in, dW_in
 
-    def _step_workspace(self, T, B):
-        """The buffers of one compiled step for a ``(T, B)`` batch.
-
-        They are views into one backing buffer that grows to the largest batch seen, so
-        memory stays bounded however many sequence lengths the data has; the views of the
-        last :data:`WORKSPACE_SHAPES` shapes are kept (most recently used last), as
-        rebuilding them costs a little every step."""
-        work = self._workspace.pop((T, B), None)
-        if work is None:
-            model, cell = self.model, self.model.cell
-            H, V, GH, S = model.hidden_size, model.output_size, cell.gates * model.hidden_size, cell.states
-            shapes = [(T, B, GH), (S, T + 1, B, H), (T, B, cell.cache_width * H), (B, GH), (T * B, V), (T * B, V),
-                      (T * B, V), (T, B, H), (S, B, H), (S, B, H), (T, B, GH),
-                      None if cell.shared_gate_grad else (T, B, GH), (B, H)]
-            sizes = [0 if shape is None else math.prod(shape) for shape in shapes]
-            starts = np.cumsum([0] + [-(-n // 16) * 16 for n in sizes])  # 64-byte aligned float32 views
-            if self._workspace_buffer is None or self._workspace_buffer.size < starts[-1]:
-                self._workspace.clear()  # the old buffer is freed once no view of it is left
-                self._workspace_buffer = np.empty(int(starts[-1]), model.dtype)
-            views = [None if shape is None else self._workspace_buffer[start:start + n].reshape(shape)
-                     for shape, start, n in zip(shapes, starts, sizes)]
-            if views[11] is None:
-                views[11] = views[10]  # dhz is dxz for cells whose gates take h @ W_h.T + b_h by addition
-            work = tuple(views)
-        self._workspace[(T, B)] = work
-        while len(self._workspace) > WORKSPACE_SHAPES:
-            del self._workspace[next(iter(self._workspace))]  # the least recently used
-        return work
+    def _step_workspace(self, T, B, half=0):
+        """The buffers of one compiled step for a ``(T, B)`` batch (``half`` 1: a split step's
+        second half, which has buffers of its own); see :class:`_Workspace`."""
+        return self._workspaces[half].views(self.model, T, B)
 
     # -- generation ------------------------------------------------------------------------------
     def can_generate(self) -> bool:
@@ -332,3 +411,47 @@ class CpuBackend:
         module = loops.loops_for(model.cell)
         found = [compile_state(getattr(module, name), model.dtype) for name in names]
         return "uncached" if "uncached" in found else "cached" if "cached" in found else None
+
+
+def _two_threads() -> bool:
+    """Whether this process may run two threads at once: two CPUs and two Numba threads."""
+    if numba.get_num_threads() < 2:
+        return False
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cpus >= 2
+
+
+class _Workspace:
+    """The buffers of the compiled step for ``(T, B)`` batches.
+
+    They are views into one backing buffer that grows to the largest batch seen, so memory
+    stays bounded however many sequence lengths the data has; the views of the last
+    :data:`WORKSPACE_SHAPES` shapes are kept (most recently used last), as rebuilding them
+    costs a little every step."""
+
+    def __init__(self):
+        self.shapes = {}  # (T, B) -> the step's buffers: views of buffer
+        self.buffer = None
+
+    def views(self, model, T, B):
+        work = self.shapes.pop((T, B), None)
+        if work is None:
+            cell = model.cell
+            H, V, GH, S = model.hidden_size, model.output_size, cell.gates * model.hidden_size, cell.states
+            shapes = [(T, B, GH), (S, T + 1, B, H), (T, B, cell.cache_width * H), (B, GH), (T * B, V), (T * B, V),
+                      (T * B, V), (T, B, H), (S, B, H), (S, B, H), (T, B, GH),
+                      None if cell.shared_gate_grad else (T, B, GH), (B, H)]
+            sizes = [0 if shape is None else math.prod(shape) for shape in shapes]
+            starts = np.cumsum([0] + [-(-n // 16) * 16 for n in sizes])  # 64-byte aligned float32 views
+            if self.buffer is None or self.buffer.size < starts[-1]:
+                self.shapes.clear()  # the old buffer is freed once no view of it is left
+                self.buffer = np.empty(int(starts[-1]), model.dtype)
+            views = [None if shape is None else self.buffer[start:start + n].reshape(shape)
+                     for shape, start, n in zip(shapes, starts, sizes)]
+            if views[11] is None:
+                views[11] = views[10]  # dhz is dxz for cells whose gates take h @ W_h.T + b_h by addition
+            work = tuple(views)
+        self.shapes[(T, B)] = work
+        while len(self.shapes) > WORKSPACE_SHAPES:
+            del self.shapes[next(iter(self.shapes))]  # the least recently used
+        return work

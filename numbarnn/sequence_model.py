@@ -7,6 +7,7 @@ trains it, and :func:`numbarnn.make_model` builds it from registry names.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -100,16 +101,56 @@ _BLAS_LOCK = threading.Lock()
 def _blas_single_threaded() -> bool:
     """Whether there are two CPUs for two directions and every loaded BLAS library (numba's
     ``np.dot`` calls SciPy's) runs one thread per call; False when that cannot be told."""
+    libraries = _blas_libraries()
+    try:
+        return bool(libraries) and all(library.get_num_threads() == 1 for library in libraries)
+    except Exception:  # a library that cannot say: do not guess
+        return False
+
+
+_ONE_THREAD_LOCK = threading.Lock()  # one_blas_thread's holder
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """Run the block with every BLAS library at one thread per call, then put back the counts.
+
+    For work that already runs on several threads of its own (the halves of a compiled
+    training step): two threads each calling a 2-thread OpenBLAS on 2 cores took longer than
+    one thread alone. The count is process-wide, so one block holds it at a time (a second
+    thread waits: its work would want the same cores), and the thread that lowered it puts
+    it back. Yields whether every library now runs one thread: False when the libraries
+    cannot be told apart (see :func:`_find_blas`), or when one ignored the call (OpenBLAS
+    0.3.30 ignores it from any thread but the first that made it)."""
+    libraries = _blas_libraries()
+    if not libraries:
+        yield False
+        return
+    with _ONE_THREAD_LOCK:
+        try:
+            before = [library.get_num_threads() for library in libraries]
+            for library in libraries:
+                library.set_num_threads(1)
+            single = all(library.get_num_threads() == 1 for library in libraries)
+        except Exception:  # a library that cannot say: do not guess
+            before, single = None, False
+        try:
+            yield single
+        finally:
+            if before is not None:
+                for library, count in zip(libraries, before):
+                    library.set_num_threads(count)
+
+
+def _blas_libraries() -> list:
+    """threadpoolctl's controllers of the loaded BLAS libraries, found once ([] when unknown)."""
     libraries = _BLAS.get("libraries")
     if libraries is None:
         with _BLAS_LOCK:
             if "libraries" not in _BLAS:
                 _BLAS["libraries"] = _find_blas()
         libraries = _BLAS["libraries"]
-    try:
-        return bool(libraries) and all(library.get_num_threads() == 1 for library in libraries)
-    except Exception:  # a library that cannot say: do not guess
-        return False
+    return libraries
 
 
 def _find_blas() -> list:

@@ -284,14 +284,15 @@ def test_41_sequence_lengths_keep_the_step_buffers_bounded(cell):
     rng = np.random.default_rng(1)
     for T in [*range(1, 42), 3, 41, 5]:
         x, y = rng.integers(0, 7, (3, T)), rng.integers(0, 7, (3, T))
-        fresh.backend._workspace.clear()
-        fresh.backend._workspace_buffer = None
+        fresh.backend._workspaces[0].shapes.clear()
+        fresh.backend._workspaces[0].buffer = None
         assert trainer.train_step(x, y) == fresh.train_step(x, y)  # shared buffers change nothing
-        assert len(trainer.backend._workspace) <= WORKSPACE_SHAPES
+        assert len(trainer.backend._workspaces[0].shapes) <= WORKSPACE_SHAPES
     assert np.array_equal(trainer.model.flat_params, fresh.model.flat_params)
     # One backing buffer, sized for the largest batch: every cached view lives in it.
-    assert all(np.shares_memory(view, trainer.backend._workspace_buffer)
-               for work in trainer.backend._workspace.values() for view in work if view.size)
+    workspace = trainer.backend._workspaces[0]
+    assert all(np.shares_memory(view, workspace.buffer) for work in workspace.shapes.values() for view in work
+               if view.size)
 
 
 def test_printable_escapes_terminal_controls():

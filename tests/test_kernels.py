@@ -8,7 +8,7 @@ from numba import njit
 
 import naive
 from numbarnn.cells import LSTM, RNN
-from numbarnn.kernels import loops
+from numbarnn.kernels import loops, tiles
 from numbarnn.models import RecurrentModel
 
 NAIVE = {
@@ -252,15 +252,64 @@ def test_kernel_modules_take_their_njit_options_from_one_decorator():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @settings(max_examples=30, deadline=None)
-@given(B=st.integers(1, 2 * loops.GEMV_MAX_ROWS + 1), H=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
-def test_recurrent_products_match_numpy_on_both_sides_of_the_gemv_limit(dtype, B, H, seed):
-    """The per-step products, one gemm or one gemv per row (2 to GEMV_MAX_ROWS rows), in either
-    dtype: ``h @ W_h.T`` and ``dhz @ W_h`` as NumPy computes them in float64."""
+@given(B=st.integers(1, 40), H=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
+def test_recurrent_products_match_numpy_on_every_path(dtype, B, H, seed):
+    """The per-step products in either dtype, ``h @ W_h.T`` and ``dhz @ W_h`` as NumPy computes
+    them in float64, by the path the rows choose (the tiled product up to 16 or 32 rows) and by
+    BLAS (an empty ``tiled_M``: one gemm, or one gemv per row for 2 to GEMV_MAX_ROWS rows)."""
     rng = np.random.default_rng(seed)
     W_h, h, dhz = rng.normal(size=(4 * H, H)), rng.normal(size=(B, H)), rng.normal(size=(B, 4 * H))
-    hz, dh = np.full((B, 4 * H), np.nan, dtype), np.full((B, H), np.nan, dtype)
-    loops.recurrent_product(h.astype(dtype), W_h.astype(dtype).T, hz)
-    loops.recurrent_product(dhz.astype(dtype), W_h.astype(dtype), dh)
+    W = W_h.astype(dtype)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(hz, h @ W_h.T, **tol)
-    np.testing.assert_allclose(dh, dhz @ W_h, **tol)
+    assert (loops.tiled_operand(W, B).size > 0) == (2 <= B <= 128 // np.dtype(dtype).itemsize)  # W fits: 51 kB at most
+    for forward_M, backward_M in [(loops.tiled_operand(W.T, B), loops.tiled_operand(W, B)),
+                                  (np.empty((0, 0), dtype), np.empty((0, 0), dtype))]:
+        hz, dh = np.full((B, 4 * H), np.nan, dtype), np.full((B, H), np.nan, dtype)
+        loops.recurrent_product(h.astype(dtype), W.T, hz, forward_M)
+        loops.recurrent_product(dhz.astype(dtype), W, dh, backward_M)
+        np.testing.assert_allclose(hz, h @ W_h.T, **tol)
+        np.testing.assert_allclose(dh, dhz @ W_h, **tol)
+
+
+def test_the_tiled_product_is_taken_only_where_it_was_measured_ahead():
+    f32, f64 = np.zeros((128, 512), np.float32), np.zeros((128, 512), np.float64)  # 256 and 512 KiB
+    assert [loops.tiled_operand(f32, B).shape for B in (1, 2, 32, 33)] == [(0, 0), (128, 512), (128, 512), (0, 0)]
+    assert loops.tiled_operand(f64, 8).size == 0  # beyond TILED_MAX_BYTES
+    assert loops.tiled_operand(f64[:64], 16).shape == (64, 512) and loops.tiled_operand(f64[:64], 17).size == 0
+    transposed = loops.tiled_operand(f32.T, 4)  # forward: W_h.T, copied once into a contiguous array
+    assert transposed.flags.c_contiguous and transposed.shape == (512, 128)
+
+
+@njit
+def _tiled(a, M, out):
+    tiles.tiled_product(a, M, out)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@settings(max_examples=60, deadline=None)
+@given(B=st.integers(1, 40), K=st.integers(1, 300), N=st.integers(1, 70), seed=st.integers(0, 2**32 - 1))
+def test_the_tiled_product_matches_numpy_and_each_row_is_independent_of_the_others(dtype, B, K, N, seed):
+    """Every row count (6-row tiles and the 1-5 left over), column count (whole tiles and
+    the plain loop for the rest) and depth (k in blocks of BLOCK_BYTES): ``a @ M`` as NumPy
+    computes it in float64. And a row's bits do not depend on which rows share its tile: the
+    product of any slice of the rows is those rows of the whole product, exactly (what lets a
+    batch run as halves and still take the same per-step products)."""
+    rng = np.random.default_rng(seed)
+    a, M = rng.normal(size=(B, K)), rng.normal(size=(K, N))
+    out = np.full((B, N), np.nan, dtype)
+    _tiled(a.astype(dtype), M.astype(dtype), out)
+    tol = dict(rtol=1e-12, atol=1e-12 * K) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5 * K)
+    np.testing.assert_allclose(out, a @ M, **tol)
+    lo = int(rng.integers(0, B))
+    hi = int(rng.integers(lo + 1, B + 1))
+    part = np.full((hi - lo, N), np.nan, dtype)
+    _tiled(np.ascontiguousarray(a[lo:hi].astype(dtype)), M.astype(dtype), part)
+    np.testing.assert_array_equal(part, out[lo:hi])
+
+
+def test_the_tiled_product_of_strided_views_falls_back_to_blas():
+    rng = np.random.default_rng(0)
+    a, W = rng.normal(size=(5, 6)), rng.normal(size=(7, 6))
+    out = np.empty((5, 7))
+    _tiled(a, W.T, out)  # W.T is not C-contiguous: np.dot takes it
+    np.testing.assert_allclose(out, a @ W.T, rtol=1e-12)

@@ -28,7 +28,8 @@ from numba import literal_unroll, njit
 from numbarnn.kernels.cells import rnn_backward as cell_kernel_backward  # CELL KERNELS
 from numbarnn.kernels.cells import rnn_forward as cell_kernel_forward  # CELL KERNELS
 from numbarnn.kernels.loops import (input_weight_gradients_dense, input_weight_gradients_indices, project_dense,
-                                    project_indices, recurrent_product, recurrent_weight_gradients)
+                                    project_indices, recurrent_product, recurrent_weight_gradients,
+                                    tiled_operand)
 from numbarnn.kernels.losses import softmax_cross_entropy
 from numbarnn.kernels.sampling import apply_temperature as apply_softmax
 from numbarnn.kernels.sampling import argmax as argmax_row
@@ -89,9 +90,10 @@ def sequence_forward(xz, W_h, b_h, own, states, cache, hz):
     B, GH = hz.shape
     if not RECURRENT:
         hz[:, :] = 0.0
+    W_hT = tiled_operand(W_h.T, B)
     for t in range(T):
         if RECURRENT:
-            recurrent_product(states[0, t], W_h.T, hz)
+            recurrent_product(states[0, t], W_h.T, hz, W_hT)
             for b in range(B):
                 for k in range(GH):
                     hz[b, k] += b_h[k]
@@ -134,13 +136,14 @@ def sequence_backward(W_h, own, states, cache, d_outputs, dstate, dstate_prev,
     S, B, H = dstate.shape
     if OWN_PARAMS:
         zero_gradients(d_own)
+    tiled_W_h = tiled_operand(W_h, B)
     for t in range(T - 1, -1, -1):
         for b in range(B):
             for j in range(H):
                 dstate[0, b, j] += d_outputs[t, b, j]
         cell_backward(dstate, states, t, cache[t], dxz[t], dhz[t], dstate_prev, own, d_own)
         if RECURRENT:
-            recurrent_product(dhz[t], W_h, dh_recurrent)
+            recurrent_product(dhz[t], W_h, dh_recurrent, tiled_W_h)
             for b in range(B):
                 for j in range(H):
                     dstate_prev[0, b, j] += dh_recurrent[b, j]
@@ -357,7 +360,7 @@ def _step(index, W_x, b_x, W_h, b_h, own, W_y, b_y, states, cache, xz, hz, logit
             states[s, 0, 0, j] = states[s, 1, 0, j]
     project_dense(states[0, 1], W_y, b_y, logits)
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def language_model_step(idx, targets, weights, scale, W_x, b_x, W_h, b_h, own, W_y, b_y, xz, states, cache, hz,
                         logits, probs, dlogits, d_hidden, dstate, dstate_prev, dxz, dhz, dh_recurrent,
                         dW_x, dW_h, db_x, db_h, d_own, dW_y, db_y):

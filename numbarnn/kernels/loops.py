@@ -24,6 +24,7 @@ import numpy as np
 
 from ..trust import UnsafeCacheWarning, enable_verified_cache, private_directory
 from ._jit import jit
+from .tiles import tiled_product
 
 
 # ---- input projection: XZ = X @ W_x.T + b_x for all steps at once -------------------------
@@ -96,36 +97,63 @@ def _gather_row(i, W_rows, b_x, out):
 # ---- the per-step recurrent products -------------------------------------------------------
 
 #: Batches of 2 to this many rows take one matrix-vector product per row instead of one
-#: matrix product. OpenBLAS's gemm packs all of W_h at every call, which a few rows do not
-#: pay back: against the per-row products (float32 and float64, H 16 to 512) it took 1.5-8x
-#: the time at 2 rows, 1.05-5.7x at 3, 0.8-3.4x at 4 (below 1 only at H16, microseconds),
-#: 0.94-3.0x at 5 and 6 rows (float32 1.2-3.0x). From 7 rows float64 loses (0.67-0.88x at
-#: some sizes), and from 8 gemm is mostly ahead. One row is left to gemm, which OpenBLAS
-#: forwards to gemv itself. (benchmarks/small_batch_products.py; docs/performance.md)
+#: matrix product (when the tiled product below does not apply). OpenBLAS's gemm packs all
+#: of W_h at every call, which a few rows do not pay back: against the per-row products
+#: (float32 and float64, H 16 to 512) it took 1.5-8x the time at 2 rows, 1.05-5.7x at 3,
+#: 0.8-3.4x at 4 (below 1 only at H16, microseconds), 0.94-3.0x at 5 and 6 rows (float32
+#: 1.2-3.0x). From 7 rows float64 loses (0.67-0.88x at some sizes), and from 8 gemm is
+#: mostly ahead. One row is left to gemm, which OpenBLAS forwards to gemv itself.
+#: (benchmarks/small_batch_products.py; docs/performance.md)
 GEMV_MAX_ROWS = 6
+
+#: The tiled product (:mod:`numbarnn.kernels.tiles`, one thread, ``M`` read in place) takes
+#: the per-step products when ``M`` fits in a core's L2 cache with room to spare and the
+#: batch is small: 2 rows to TILED_MAX_ROW_BYTES bytes of a row's worth of elements (32 rows
+#: float32, 16 float64). There it took 0.35-0.8x the time of OpenBLAS's gemm on 2 threads
+#: (float32 H128: 8 rows 17.5 vs 42 us, 16 rows 29 vs 54 us, 32 rows 67-71 vs 85-95 us);
+#: with M beyond L2 (float32 H256 and up) or more rows, gemm's cache blocking and second
+#: thread win. (benchmarks/small_batch_products.py; docs/performance.md)
+TILED_MAX_BYTES = 256 * 1024
+TILED_MAX_ROW_BYTES = 128
 
 
 @jit
-def recurrent_product(a, M, out):
+def tiled_operand(M, rows):
+    """What :func:`recurrent_product` takes as ``tiled_M`` for ``rows`` rows times ``M``: a
+    C-contiguous copy of ``M`` (made once per loop) when the tiled product applies, else an
+    empty ``(0, 0)`` array (then BLAS takes the product)."""
+    if 2 <= rows and rows * M.itemsize <= TILED_MAX_ROW_BYTES and M.size * M.itemsize <= TILED_MAX_BYTES:
+        return np.ascontiguousarray(M)
+    return np.empty((0, 0), M.dtype)
+
+
+@jit
+def recurrent_product(a, M, out, tiled_M):
     """out (B, N) = a (B, K) @ M (K, N): the recurrent product of each step, ``h @ W_h.T``
-    forward (M the transposed view ``W_h.T``) and ``dhz @ W_h`` in BPTT. One BLAS matrix
-    product, or one matrix-vector product per row for 2 to :data:`GEMV_MAX_ROWS` rows.
+    forward (M the transposed view ``W_h.T``) and ``dhz @ W_h`` in BPTT.
+
+    ``tiled_M`` is :func:`tiled_operand` ``(M, B)``: when it is not empty, the tiled product
+    reads it (a contiguous copy of M); otherwise one BLAS matrix product, or one
+    matrix-vector product per row for 2 to :data:`GEMV_MAX_ROWS` rows.
 
     >>> import numpy as np
-    >>> from numbarnn.kernels.loops import recurrent_product
+    >>> from numbarnn.kernels.loops import recurrent_product, tiled_operand
     >>> rng = np.random.default_rng(0)
     >>> W_h = rng.normal(size=(8, 2))
-    >>> for B in (1, 3, 20):   # 3 rows take the per-row products
+    >>> for B in (1, 3, 20, 40):   # 3 and 20 rows take the tiled product (float64: up to 16 rows)
     ...     h, hz, dhz, dh = rng.normal(size=(B, 2)), np.empty((B, 8)), rng.normal(size=(B, 8)), np.empty((B, 2))
-    ...     recurrent_product(h, W_h.T, hz)
-    ...     recurrent_product(dhz, W_h, dh)
-    ...     print(B, np.allclose(hz, h @ W_h.T), np.allclose(dh, dhz @ W_h))
-    1 True True
-    3 True True
-    20 True True
+    ...     recurrent_product(h, W_h.T, hz, tiled_operand(W_h.T, B))
+    ...     recurrent_product(dhz, W_h, dh, tiled_operand(W_h, B))
+    ...     print(B, tiled_operand(W_h, B).size > 0, np.allclose(hz, h @ W_h.T), np.allclose(dh, dhz @ W_h))
+    1 False True True
+    3 True True True
+    20 False True True
+    40 False True True
     """
     B = a.shape[0]
-    if 1 < B <= GEMV_MAX_ROWS:
+    if tiled_M.shape[0] > 0:
+        tiled_product(a, tiled_M, out)
+    elif 1 < B <= GEMV_MAX_ROWS:
         for b in range(B):
             np.dot(a[b], M, out[b])
     else:
