@@ -34,6 +34,7 @@ indices or ``(T*B, V)`` floats (``(B,)`` classes for a classifier), ``weights (T
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -169,24 +170,22 @@ class CpuBackend:
         T, B = x.shape
         initial = layer._unpack_state(state, B, "initial state") if state is not None else None
         p, g = model.params, model._grad_views
-        W_in, dW_in = self._input_weights()
-        _, b_x, W_h, b_h, own = layer._kernel_weights()
-        weights_in = (W_in, b_x, W_h, b_h, own, p["W_y"], p["b_y"])
-        _, dW_h, db_x, db_h, d_own = layer._kernel_gradients(g)
-        grads_out = (dW_in, dW_h, db_x, db_h, d_own, g["W_y"], g["b_y"])
-        scale = dtype.type(1.0 / B)
-        split = None
         pool = self._split_pool(B)
-        if pool is not None:
-            with one_blas_thread() as single:  # else the two halves' BLAS calls fight over the cores
-                if single:
-                    split = self._split_step(pool, x, y, weights, initial, scale, weights_in, grads_out)
-        if split is None:
-            loss, final = self._step_rows(0, x, y, weights, initial, scale, weights_in, grads_out)
-        else:
-            loss, final = split
-        if model.embedding_size is not None:  # the chain rule through W_in = W_x @ W_emb.T
-            embedding.unfold_input_gradient(dW_in, p["W_x"], p["W_emb"], g["W_x"], g["W_emb"])
+        # Split: BLAS at one thread from here on, the embedding's fold and unfold included (a
+        # 2-thread call just before leaves OpenBLAS's second thread spinning on a core).
+        with one_blas_thread() if pool is not None else contextlib.nullcontext(False) as single:
+            W_in, dW_in = self._input_weights()
+            _, b_x, W_h, b_h, own = layer._kernel_weights()
+            weights_in = (W_in, b_x, W_h, b_h, own, p["W_y"], p["b_y"])
+            _, dW_h, db_x, db_h, d_own = layer._kernel_gradients(g)
+            grads_out = (dW_in, dW_h, db_x, db_h, d_own, g["W_y"], g["b_y"])
+            scale = dtype.type(1.0 / B)
+            if single:
+                loss, final = self._split_step(pool, x, y, weights, initial, scale, weights_in, grads_out)
+            else:
+                loss, final = self._step_rows(0, x, y, weights, initial, scale, weights_in, grads_out)
+            if model.embedding_size is not None:  # the chain rule through W_in = W_x @ W_emb.T
+                embedding.unfold_input_gradient(dW_in, p["W_x"], p["W_emb"], g["W_x"], g["W_emb"])
         return float(loss), layer._pack_state(final), B
 
     def _split_step(self, pool, x, y, weights, initial, scale, weights_in, grads_out):
@@ -233,7 +232,7 @@ class CpuBackend:
     def _split_pool(self, B: int):
         """The thread for a split step's second half, or None: run the step whole (see
         :attr:`split_steps`)."""
-        if not self.split_steps or B < SPLIT_MIN_ROWS or not _two_threads():
+        if not self.split_steps or B < SPLIT_MIN_ROWS or not self._halves_take_tiles(B) or not _two_threads():
             return None
         if self._pool is None:
             try:
@@ -241,6 +240,19 @@ class CpuBackend:
             except RuntimeError:  # no thread could be started
                 return None
         return self._pool
+
+    def _halves_take_tiles(self, B: int) -> bool:
+        """Whether the per-step products of a half of ``B`` rows take the tiled product (see
+        :func:`numbarnn.kernels.loops.tiled_operand`), or the cell has none. Where they take
+        BLAS instead, two halves each packing ``W_h`` on one thread lost to one 2-thread call
+        (LSTM H512 B64: 300 vs 265 ms a step)."""
+        model = self.model
+        if not model.cell.recurrent_weights:
+            return True
+        itemsize, H = model.dtype.itemsize, model.hidden_size
+        half = B - B // 2
+        return (half * itemsize <= loops.TILED_MAX_ROW_BYTES
+                and model.cell.gates * H * H * itemsize <= loops.TILED_MAX_BYTES)
 
     def _second_half_gradients(self, dW_in):
         """``(grads_out, flat, dW_in)`` for a split step's second half: the compiled step's

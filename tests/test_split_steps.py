@@ -41,7 +41,7 @@ def batch(B, T=6, seed=0):
     return x, y, (y >= 0).astype(float)
 
 
-@pytest.mark.parametrize("cell,B", [("lstm", 33), ("gru", SPLIT_MIN_ROWS), ("layernorm_lstm", 20), ("indrnn", 17)])
+@pytest.mark.parametrize("cell,B", [("lstm", 31), ("gru", SPLIT_MIN_ROWS), ("layernorm_lstm", 20), ("indrnn", 17)])
 def test_a_split_step_equals_the_whole_step_to_rounding(two_threads, cell, B):
     """Losses, weights (all gradients summed over the halves, the cell's own parameters
     included) and the carried state (the halves' final states in batch order) against one
@@ -137,3 +137,16 @@ def test_one_blas_thread_holds_one_block_at_a_time_and_puts_the_counts_back():
     assert set(inside) == {1} if other_single else inside == before
     if len(os.sched_getaffinity(0)) >= 2 and before:
         assert single  # from this (the main) thread the call takes effect
+
+
+def test_only_halves_whose_products_take_the_tiled_product_split(two_threads):
+    """Where a half's per-step products would go to BLAS (W_h beyond 256 KiB, or more rows
+    than the tiled product takes), two halves each packing W_h on one thread lost to one
+    2-thread call: the step stays whole. A cell without W_h has no products to lose."""
+    def pool(cell, H, B, dtype="float32"):
+        return numbarnn.make_trainer(cell, vocab_size=7, hidden_size=H, dtype=dtype, seed=0).backend._split_pool(B)
+    assert pool("lstm", 128, 64) is not None      # halves of 32 rows, W_h 256 KiB
+    assert pool("lstm", 128, 66) is None          # halves of 33 rows
+    assert pool("lstm", 256, 32) is None          # W_h 1 MiB
+    assert pool("lstm", 64, 32, "float64") is not None and pool("lstm", 64, 34, "float64") is None  # 16 rows
+    assert pool("indrnn", 512, 200) is not None
