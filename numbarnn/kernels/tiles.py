@@ -9,14 +9,15 @@ makes ``M`` contiguous once (``W_h.T`` forward, ``W_h`` itself in BPTT) pays not
 
 The kernel is written in LLVM IR, as :mod:`numbarnn_layernorm_lstm.reductions` writes its
 sums: Numba gives plain loops no way to keep a block of ``out`` in registers. A tile is R
-rows (1 to 6) by two vectors of columns (2 x 8 float32 or 2 x 4 float64, one AVX2 register
+rows (6, and 4, 2 or 1 for the rows left over) by two vectors of columns (2 x 8 float32 or 2 x 4 float64, one AVX2 register
 each): its 2R accumulators stay in registers over all K, and each step of k loads two
 vectors of ``M``'s row k, broadcasts ``a[b, k]`` for the R rows and does 2R fused
 multiply-adds. Columns left over (N not a multiple of the tile width) take a plain loop.
 
 Every element is one sum over k in ascending order, each term a fused multiply-add
-(``llvm.fma``: one rounding per term), so the bits do not depend on B, the tile or the
-machine's vector width; they differ from BLAS's in the last bits, as any two gemms do.
+(``llvm.fma``: one rounding per term; the columns left over take a plain multiply and add),
+so a row's bits do not depend on the other rows, the tile or the machine's vector width;
+they differ from BLAS's in the last bits, as any two gemms do.
 
 >>> import numpy as np
 >>> from numba import njit
@@ -77,15 +78,11 @@ def _tile_codegen(rows):
         accumulators = [[cgutils.alloca_once(builder, vector) for _ in range(2)] for _ in range(rows)]
         first = builder.icmp_signed("==", k0, const(0))
         zero = ir.Constant(vector, None)
-        for r in range(rows):
+        for r in range(rows):  # out is the caller's array: reading it before the first block is harmless
             out_row = builder.add(builder.mul(builder.add(b0, const(r)), N), j0)
             for v in range(2):
-                ptr = vector_pointer(out.data, builder.add(out_row, const(v * lanes)))
-                with builder.if_else(first) as (then, otherwise):
-                    with then:
-                        builder.store(zero, accumulators[r][v])
-                    with otherwise:
-                        builder.store(builder.load(ptr, align=size), accumulators[r][v])
+                so_far = builder.load(vector_pointer(out.data, builder.add(out_row, const(v * lanes))), align=size)
+                builder.store(builder.select(first, zero, so_far), accumulators[r][v])
         a_rows = [builder.mul(builder.add(b0, const(r)), K) for r in range(rows)]
         undefined = ir.Constant(vector, ir.Undefined)
         lane0 = ir.Constant(ir.IntType(32), 0)
@@ -124,7 +121,7 @@ def _tile_intrinsic(rows):
     return tile
 
 
-_tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = (_tile_intrinsic(rows) for rows in range(1, MAX_TILE_ROWS + 1))
+_tile1, _tile2, _tile4, _tile6 = (_tile_intrinsic(rows) for rows in (1, 2, 4, MAX_TILE_ROWS))
 
 
 def _tiled(a, M, out):
@@ -140,16 +137,13 @@ def _tiled(a, M, out):
             while B - b0 >= 6:
                 _tile6(a, M, out, b0, j0, k0, k1)
                 b0 += 6
-            left = B - b0
-            if left == 5:
-                _tile5(a, M, out, b0, j0, k0, k1)
-            elif left == 4:
+            if B - b0 >= 4:  # the rows left: 5 as 4 + 1, 3 as 2 + 1 (fewer kernels to compile)
                 _tile4(a, M, out, b0, j0, k0, k1)
-            elif left == 3:
-                _tile3(a, M, out, b0, j0, k0, k1)
-            elif left == 2:
+                b0 += 4
+            if B - b0 >= 2:
                 _tile2(a, M, out, b0, j0, k0, k1)
-            elif left == 1:
+                b0 += 2
+            if B - b0 == 1:
                 _tile1(a, M, out, b0, j0, k0, k1)
     for b in range(B):
         for j in range(whole, N):
