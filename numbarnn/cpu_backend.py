@@ -183,13 +183,13 @@ class CpuBackend:
             if single:
                 loss, final = self._split_step(pool, x, y, weights, initial, scale, weights_in, grads_out)
             else:
-                loss, final = self._step_rows(0, x, y, weights, initial, scale, weights_in, grads_out)
+                loss, final = self._rows_step(0, x, y, weights, initial, scale, weights_in, grads_out)()
             if model.embedding_size is not None:  # the chain rule through W_in = W_x @ W_emb.T
                 embedding.unfold_input_gradient(dW_in, p["W_x"], p["W_emb"], g["W_x"], g["W_emb"])
         return float(loss), layer._pack_state(final), B
 
     def _split_step(self, pool, x, y, weights, initial, scale, weights_in, grads_out):
-        """:meth:`_step_rows` over the two halves of the batch at once, the second half on
+        """:meth:`_rows_step` over the two halves of the batch at once, the second half on
         ``pool``'s thread into buffers of its own, then added into ``grads_out`` (and
         ``model.flat_grads``); returns ``(summed loss, [final state arrays])``."""
         T, B = x.shape
@@ -200,13 +200,16 @@ class CpuBackend:
             part = np.ascontiguousarray(a.reshape(T, B)[:, lo:hi])
             return part if a.ndim == 2 else part.reshape(-1)
 
-        def run(which, lo, hi, grads):
-            return self._step_rows(which, rows(x, lo, hi), rows(y, lo, hi), rows(weights, lo, hi),
+        def step(which, lo, hi, grads):
+            return self._rows_step(which, rows(x, lo, hi), rows(y, lo, hi), rows(weights, lo, hi),
                                    None if initial is None else [s[lo:hi] for s in initial], scale, weights_in, grads)
 
-        future = pool.submit(run, 1, half, B, second_grads)
+        # Both halves made ready here first: the worker then only makes the compiled call and
+        # does not wait for the GIL while this thread prepares its own half.
+        second, first = step(1, half, B, second_grads), step(0, 0, half, grads_out)
+        future = pool.submit(second)
         try:
-            loss, final = run(0, 0, half, grads_out)
+            loss, final = first()
         finally:
             other_loss, other_final = future.result()  # waits for it, even when this half failed
         self.model.flat_grads += second_flat
@@ -214,9 +217,10 @@ class CpuBackend:
             np.add(grads_out[0], second_dW_in, out=grads_out[0])
         return loss + other_loss, [np.concatenate([a, b]) for a, b in zip(final, other_final)]
 
-    def _step_rows(self, half, x, y, weights, initial, scale, weights_in, grads_out):
+    def _rows_step(self, half, x, y, weights, initial, scale, weights_in, grads_out):
         """One compiled step over the sequences of ``x`` (T, B') into ``grads_out``, with the
-        buffers of ``half``; returns ``(summed loss, [final state arrays])``."""
+        buffers of ``half``, made ready to run: returns a function of no arguments that makes
+        the call and returns ``(summed loss, [final state arrays])``."""
         T, B = x.shape
         work = self._step_workspace(T, B, half)
         states = work[1]
@@ -224,10 +228,14 @@ class CpuBackend:
             states[s, 0] = 0.0 if initial is None else initial[s]
         W_in, b_x, W_h, b_h, own, W_y, b_y = weights_in
         dW_in, dW_h, db_x, db_h, d_own, dW_y, db_y = grads_out
-        loss = loops.loops_for(self.model.cell).language_model_step(
-            x.reshape(T * B), y, weights, scale, W_in, b_x, W_h, b_h, own, W_y, b_y, *work, dW_in, dW_h, db_x,
-            db_h, d_own, dW_y, db_y)
-        return loss, [states[s, T].copy() for s in range(states.shape[0])]
+        compiled = loops.loops_for(self.model.cell).language_model_step
+        args = (x.reshape(T * B), y, weights, scale, W_in, b_x, W_h, b_h, own, W_y, b_y, *work, dW_in, dW_h, db_x,
+                db_h, d_own, dW_y, db_y)
+
+        def run():
+            loss = compiled(*args)
+            return loss, [states[s, T].copy() for s in range(states.shape[0])]
+        return run
 
     def _split_pool(self, B: int):
         """The thread for a split step's second half, or None: run the step whole (see

@@ -95,16 +95,20 @@ def test_a_failing_half_raises_after_both_halves_ended_and_puts_blas_back(two_th
     trainer = numbarnn.make_trainer("rnn", vocab_size=7, hidden_size=5, seed=0)
     before = blas_threads()
     first_done = threading.Event()
-    step_rows = trainer.backend._step_rows
+    rows_step = trainer.backend._rows_step
 
     def failing(half, *args):
-        if half == 1:
-            raise RuntimeError("second half failed")
-        result = step_rows(half, *args)
-        first_done.set()
-        return result
+        run = rows_step(half, *args)
 
-    monkeypatch.setattr(trainer.backend, "_step_rows", failing)
+        def checked():
+            if half == 1:
+                raise RuntimeError("second half failed")
+            result = run()
+            first_done.set()
+            return result
+        return checked
+
+    monkeypatch.setattr(trainer.backend, "_rows_step", failing)
     x, y, mask = batch(SPLIT_MIN_ROWS)
     with pytest.raises(RuntimeError, match="second half failed"):
         trainer.train_step(x, y, mask=mask)
