@@ -54,8 +54,8 @@ from .sequence_model import SequenceModel, one_blas_thread
 WORKSPACE_SHAPES = 8
 
 #: A compiled step of at least this many sequences runs as two halves at once (see
-#: ``CpuBackend.split_steps``). Each half needs rows enough for the tiled per-step products
-#: to pay; at H128 float32 two halves of 8 rows were still ahead of one call of 16.
+#: ``CpuBackend.split_steps``). At H128 float32 a B16 step in halves of 8 took 8.1 ms
+#: against 10.9 whole (``benchmarks/breakdown.py --batch 16``, 2026-12-02).
 SPLIT_MIN_ROWS = 16
 
 
@@ -69,7 +69,8 @@ class CpuBackend:
     #: the batch that run at once, the second on a thread the backend owns, each its own
     #: forward, loss and BPTT (the loops release the GIL), with BLAS at one thread per call
     #: meanwhile; the loss and the gradients are the halves' sums. Only when two CPUs and two
-    #: Numba threads are there (``numbarnn.set_threads(1)`` turns it off). The sums run in
+    #: Numba threads are there (``numbarnn.set_threads(1)`` turns it off) and the halves' per-step
+    #: products take the tiled product (see :meth:`_halves_take_tiles`). The sums run in
     #: another order than one call's, so the last bits differ from an unsplit step's.
     split_steps = True
 
