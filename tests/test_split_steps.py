@@ -1,5 +1,6 @@
 """The compiled training step split into two halves of the batch that run at once
 (``CpuBackend.split_steps``), and the BLAS thread count it holds at one meanwhile."""
+import contextlib
 import os
 import threading
 
@@ -15,8 +16,15 @@ from numbarnn.sequence_model import one_blas_thread
 
 @pytest.fixture
 def two_threads(monkeypatch):
-    """Split steps whatever this machine has (on one CPU the halves take turns, same results)."""
+    """Split steps whatever this machine has: on one CPU (no BLAS count to hold, see
+    ``one_blas_thread``) the halves take turns, with the same results."""
     monkeypatch.setattr(cpu_backend, "_two_threads", lambda: True)
+
+    @contextlib.contextmanager
+    def held():
+        with one_blas_thread():
+            yield True
+    monkeypatch.setattr(cpu_backend, "one_blas_thread", held)
 
 
 def blas_threads():
