@@ -256,12 +256,9 @@ class CpuBackend:
         BLAS instead, two halves each packing ``W_h`` on one thread lost to one 2-thread call
         (LSTM H512 B64: 300 vs 265 ms a step)."""
         model = self.model
-        if not model.cell.recurrent_weights:
-            return True
-        itemsize, H = model.dtype.itemsize, model.hidden_size
-        half = B - B // 2
-        return (half * itemsize <= loops.TILED_MAX_ROW_BYTES
-                and model.cell.gates * H * H * itemsize <= loops.TILED_MAX_BYTES)
+        H = model.hidden_size
+        return (not model.cell.recurrent_weights
+                or loops.takes_tiled_product(B - B // 2, model.cell.gates * H * H, model.dtype.itemsize))
 
     def _second_half_gradients(self, dW_in):
         """``(grads_out, flat, dW_in)`` for a split step's second half: the compiled step's
@@ -272,10 +269,7 @@ class CpuBackend:
         if self._second_half is None:
             layer = model.layers[0]
             flat = np.zeros_like(model.flat_grads)
-            views, offset = {}, 0
-            for name, value in model.params.items():
-                views[name] = flat[offset:offset + value.size].reshape(value.shape)
-                offset += value.size
+            views = model._views(flat)
             scratch = {name: np.empty_like(value) for name, value in layer._unused_grads.items()}
             db_x, dW_h, db_h, d_own = layer._for_kernels(views, scratch)
             folded = np.empty_like(dW_in) if model.embedding_size is not None else None

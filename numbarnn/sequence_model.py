@@ -292,17 +292,23 @@ class SequenceModel:
         total = sum(v.size for v in self.params.values())
         self.flat_params = np.empty(total, self.dtype)
         self.flat_grads = np.zeros(total, self.dtype)
-        self._grad_views, offset = {}, 0
-        for key, value in list(self.params.items()):
-            view = self.flat_params[offset:offset + value.size].reshape(value.shape)
-            view[...] = value
+        for key, view in self._views(self.flat_params).items():
+            view[...] = self.params[key]
             self.params[key] = view
-            self._grad_views[key] = self.flat_grads[offset:offset + value.size].reshape(value.shape)
-            offset += value.size
+        self._grad_views = self._views(self.flat_grads)
         for i, directions in enumerate(self.stack):
             for d, recurrent in enumerate(directions):
                 for name in self.cell.param_names:
                     recurrent.params[name] = self.params[direction_param_name(name, i, d == 1)]
+
+    def _views(self, flat) -> dict:
+        """Views of ``flat`` (laid out as ``flat_params``: every parameter in ``params`` order),
+        keyed and shaped like ``params``."""
+        views, offset = {}, 0
+        for key, value in self.params.items():
+            views[key] = flat[offset:offset + value.size].reshape(value.shape)
+            offset += value.size
+        return views
 
     @property
     def layer(self) -> RecurrentModel:

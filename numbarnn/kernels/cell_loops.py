@@ -90,10 +90,10 @@ def sequence_forward(xz, W_h, b_h, own, states, cache, hz):
     B, GH = hz.shape
     if not RECURRENT:
         hz[:, :] = 0.0
-    W_hT = tiled_operand(W_h.T, B)
+    tiled_W_hT = tiled_operand(W_h.T, B)
     for t in range(T):
         if RECURRENT:
-            recurrent_product(states[0, t], W_h.T, hz, W_hT)
+            recurrent_product(states[0, t], W_h.T, hz, tiled_W_hT)
             for b in range(B):
                 for k in range(GH):
                     hz[b, k] += b_h[k]

@@ -118,11 +118,19 @@ TILED_MAX_ROW_BYTES = 128
 
 
 @jit
+def takes_tiled_product(rows, elements, itemsize):
+    """Whether ``rows`` rows times an ``M`` of ``elements`` items of ``itemsize`` bytes take
+    the tiled product (the limits above); callable from Python too (the CPU backend asks it
+    before it splits a step)."""
+    return 2 <= rows and rows * itemsize <= TILED_MAX_ROW_BYTES and elements * itemsize <= TILED_MAX_BYTES
+
+
+@jit
 def tiled_operand(M, rows):
     """What :func:`recurrent_product` takes as ``tiled_M`` for ``rows`` rows times ``M``: a
     C-contiguous copy of ``M`` (made once per loop) when the tiled product applies, else an
     empty ``(0, 0)`` array (then BLAS takes the product)."""
-    if 2 <= rows and rows * M.itemsize <= TILED_MAX_ROW_BYTES and M.size * M.itemsize <= TILED_MAX_BYTES:
+    if takes_tiled_product(rows, M.size, M.itemsize):
         return np.ascontiguousarray(M)
     return np.empty((0, 0), M.dtype)
 

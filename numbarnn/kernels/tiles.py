@@ -46,11 +46,6 @@ def tiled_product(a, M, out):
     np.dot(a, M, out)
 
 
-def tile_width(itemsize):
-    """Columns per tile: two vectors of the dtype."""
-    return 2 * (VECTOR_BYTES // itemsize)
-
-
 def _tile_codegen(rows):
     """The IR of ``out[b0:b0+rows, j0:j0+width] (+)= a[b0:b0+rows, k0:k1] @ M[k0:k1, j0:j0+width]``:
     ``=`` when k0 is 0, else ``+=`` (the accumulators start from ``out``: the sums over k
