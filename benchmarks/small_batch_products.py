@@ -1,13 +1,13 @@
 """The per-step recurrent products at small batches: one matrix product (gemm), one
-matrix-vector product per row (gemv) and numbarnn's tiled product (one thread, ``W_h`` read
-in place), the choice ``numbarnn.kernels.loops.tiled_operand`` and ``GEMV_MAX_ROWS`` make.
+matrix-vector product per row (gemv) and numbarnn's tiled product (one thread, ``W_h`` packed
+once), the choice ``numbarnn.kernels.loops.tiled_operand`` and ``GEMV_MAX_ROWS`` make.
 
     python benchmarks/small_batch_products.py                       # float32 and float64, H 16-512, B 1-32
     python benchmarks/small_batch_products.py --dtype float32 --hidden 128 --batch 8 16 32
 
 Each row times T=50 steps of the forward product ``h @ W_h.T`` (B x H by H x 4H) and of
 BPTT's ``dhz @ W_h`` (B x 4H by 4H x H), written each way inside ``@njit`` as the loops
-write them (the tiled forward reads a contiguous copy of ``W_h.T``, made once), and prints
+write them (the tiled product reads ``W_h.T`` or ``W_h`` packed in panels, made once), and prints
 the ratios gemm / gemv and gemm / tiled (above 1: faster than gemm) and which one
 numbarnn's loops take at that batch. Medians over ``--repeats`` runs with the BLAS thread
 count capped at ``--threads``. Measurements, not targets.
@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from breakdown import median_ms  # this folder is on sys.path when a script here runs
 from numbarnn.kernels.loops import GEMV_MAX_ROWS, tiled_operand
-from numbarnn.kernels.tiles import tiled_product
+from numbarnn.kernels.tiles import pack_panels, tiled_product
 
 
 @njit
@@ -53,15 +53,16 @@ def backward_gemv(dhz, W_h, dh, T):
 
 @njit
 def forward_tiled(h, W_h, hz, T):
-    W_hT = np.ascontiguousarray(W_h.T)  # once per loop, as sequence_forward does
+    panels = pack_panels(W_h.T)  # once per loop, as sequence_forward does
     for _ in range(T):
-        tiled_product(h, W_hT, hz)
+        tiled_product(h, panels, hz)
 
 
 @njit
 def backward_tiled(dhz, W_h, dh, T):
+    panels = pack_panels(W_h)  # once per loop, as sequence_backward does
     for _ in range(T):
-        tiled_product(dhz, W_h, dh)
+        tiled_product(dhz, panels, dh)
 
 
 def main(argv=None):

@@ -263,7 +263,7 @@ def test_recurrent_products_match_numpy_on_every_path(dtype, B, H, seed):
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
     assert (loops.tiled_operand(W, B).size > 0) == (2 <= B <= 128 // np.dtype(dtype).itemsize)  # W fits: 51 kB at most
     for forward_M, backward_M in [(loops.tiled_operand(W.T, B), loops.tiled_operand(W, B)),
-                                  (np.empty((0, 0), dtype), np.empty((0, 0), dtype))]:
+                                  (np.empty((0, 0, 0), dtype), np.empty((0, 0, 0), dtype))]:
         hz, dh = np.full((B, 4 * H), np.nan, dtype), np.full((B, H), np.nan, dtype)
         loops.recurrent_product(h.astype(dtype), W.T, hz, forward_M)
         loops.recurrent_product(dhz.astype(dtype), W, dh, backward_M)
@@ -273,16 +273,36 @@ def test_recurrent_products_match_numpy_on_every_path(dtype, B, H, seed):
 
 def test_the_tiled_product_is_taken_only_where_it_was_measured_ahead():
     f32, f64 = np.zeros((128, 512), np.float32), np.zeros((128, 512), np.float64)  # 256 and 512 KiB
-    assert [loops.tiled_operand(f32, B).shape for B in (1, 2, 32, 33)] == [(0, 0), (128, 512), (128, 512), (0, 0)]
+    # packed in strips of 16 float32 or 8 float64 columns
+    assert [loops.tiled_operand(f32, B).shape for B in (1, 2, 32, 33)] == [(0, 0, 0), (32, 128, 16), (32, 128, 16),
+                                                                           (0, 0, 0)]
     assert loops.tiled_operand(f64, 8).size == 0  # beyond TILED_MAX_BYTES
-    assert loops.tiled_operand(f64[:64], 16).shape == (64, 512) and loops.tiled_operand(f64[:64], 17).size == 0
-    transposed = loops.tiled_operand(f32.T, 4)  # forward: W_h.T, copied once into a contiguous array
-    assert transposed.flags.c_contiguous and transposed.shape == (512, 128)
+    assert loops.tiled_operand(f64[:64], 16).shape == (64, 64, 8) and loops.tiled_operand(f64[:64], 17).size == 0
+    transposed = loops.tiled_operand(f32.T, 4)  # forward: W_h.T, packed once
+    assert transposed.flags.c_contiguous and transposed.shape == (8, 512, 16)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@settings(max_examples=40, deadline=None)
+@given(K=st.integers(1, 20), N=st.integers(1, 40), transposed=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_panels_hold_each_column_strip_of_M_in_order_and_zeros_beyond_it(dtype, K, N, transposed, seed):
+    """``pack_panels(M)[s, k, c] == M[k, s * width + c]`` for any layout of M (the forward packs
+    the view ``W_h.T``), zero past column N; from Python and from compiled code alike."""
+    rng = np.random.default_rng(seed)
+    M = rng.normal(size=(N, K)).astype(dtype).T if transposed else rng.normal(size=(K, N)).astype(dtype)
+    width = tiles.panel_width(M.itemsize)
+    assert width == 64 // M.itemsize  # two AVX2 registers
+    for panels in (tiles.pack_panels(M), njit(lambda M: tiles.pack_panels(M))(M)):
+        S = -(-N // width)
+        assert panels.shape == (S, K, width) and panels.flags.c_contiguous
+        expected = np.zeros((K, S * width), dtype)
+        expected[:, :N] = M
+        np.testing.assert_array_equal(panels, expected.reshape(K, S, width).transpose(1, 0, 2))
 
 
 @njit
 def _tiled(a, M, out):
-    tiles.tiled_product(a, M, out)
+    tiles.tiled_product(a, tiles.pack_panels(M), out)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -307,9 +327,18 @@ def test_the_tiled_product_matches_numpy_and_each_row_is_independent_of_the_othe
     np.testing.assert_array_equal(part, out[lo:hi])
 
 
-def test_the_tiled_product_of_strided_views_falls_back_to_blas():
+def test_the_tiled_product_of_strided_views_falls_back_to_a_plain_loop():
     rng = np.random.default_rng(0)
-    a, W = rng.normal(size=(5, 6)), rng.normal(size=(7, 6))
-    out = np.empty((5, 7))
-    _tiled(a, W.T, out)  # W.T is not C-contiguous: np.dot takes it
-    np.testing.assert_allclose(out, a @ W.T, rtol=1e-12)
+    a, M = rng.normal(size=(5, 12)), rng.normal(size=(6, 19))
+    out = np.full((5, 38), np.nan)
+    _tiled(a[:, ::2], M, out[:, ::2])  # neither a nor out is C-contiguous: the plain loop takes them
+    np.testing.assert_allclose(out[:, ::2], a[:, ::2] @ M, rtol=1e-12)
+    assert np.isnan(out[:, 1::2]).all()
+
+
+def test_the_tiled_product_from_python_is_numpys():
+    rng = np.random.default_rng(1)
+    a, M = rng.normal(size=(3, 5)), rng.normal(size=(5, 19))
+    out = np.empty((3, 19))
+    tiles.tiled_product(a, tiles.pack_panels(M), out)
+    np.testing.assert_allclose(out, a @ M, rtol=1e-12)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..trust import UnsafeCacheWarning, enable_verified_cache, private_directory
 from ._jit import jit
-from .tiles import tiled_product
+from .tiles import pack_panels, tiled_product
 
 
 # ---- input projection: XZ = X @ W_x.T + b_x for all steps at once -------------------------
@@ -127,12 +127,13 @@ def takes_tiled_product(rows, elements, itemsize):
 
 @jit
 def tiled_operand(M, rows):
-    """What :func:`recurrent_product` takes as ``tiled_M`` for ``rows`` rows times ``M``: a
-    C-contiguous copy of ``M`` (made once per loop) when the tiled product applies, else an
-    empty ``(0, 0)`` array (then BLAS takes the product)."""
+    """What :func:`recurrent_product` takes as ``tiled_M`` for ``rows`` rows times ``M``:
+    ``M`` packed for the tiled product (:func:`numbarnn.kernels.tiles.pack_panels`, once per
+    loop) when the tiled product applies, else an empty ``(0, 0, 0)`` array (then BLAS takes
+    the product)."""
     if takes_tiled_product(rows, M.size, M.itemsize):
-        return np.ascontiguousarray(M)
-    return np.empty((0, 0), M.dtype)
+        return pack_panels(M)
+    return np.empty((0, 0, 0), M.dtype)
 
 
 @jit
@@ -141,7 +142,7 @@ def recurrent_product(a, M, out, tiled_M):
     forward (M the transposed view ``W_h.T``) and ``dhz @ W_h`` in BPTT.
 
     ``tiled_M`` is :func:`tiled_operand` ``(M, B)``: when it is not empty, the tiled product
-    reads it (a contiguous copy of M); otherwise one BLAS matrix product, or one
+    reads it (M packed in panels); otherwise one BLAS matrix product, or one
     matrix-vector product per row for 2 to :data:`GEMV_MAX_ROWS` rows.
 
     >>> import numpy as np

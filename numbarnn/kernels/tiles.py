@@ -1,11 +1,12 @@
 """A register-tiled matrix product for the per-step recurrent products of small batches.
 
-``tiled_product(a, M, out)`` writes ``out = a @ M`` for C-contiguous 2-D float arrays of one
-dtype: ``a`` (B, K), ``M`` (K, N), ``out`` (B, N). It exists because OpenBLAS's gemm packs
-all of ``M`` into its own layout at every call, which a time loop pays T times for the same
-``W_h``: at B 16, H 128, float32 that packing is most of the call (a single-threaded gemm
-took 70-85 us, 8 rows about as long as 16). Here ``M`` is read in place, so a loop that
-makes ``M`` contiguous once (``W_h.T`` forward, ``W_h`` itself in BPTT) pays nothing per step.
+``tiled_product(a, panels, out)`` writes ``out = a @ M`` for C-contiguous 2-D float arrays of
+one dtype, ``a`` (B, K) and ``out`` (B, N), where ``panels = pack_panels(M)`` is ``M`` (K, N)
+laid out for the kernel once. It exists because OpenBLAS's gemm packs all of ``M`` into its
+own layout at every call, which a time loop pays T times for the same ``W_h``: at B 16,
+H 128, float32 that packing is most of the call (a single-threaded gemm took 70-85 us, 8
+rows about as long as 16). Here the loop packs ``M`` once (``W_h.T`` forward, ``W_h`` in
+BPTT) and every step reads the panels in place.
 
 The kernel is written in LLVM IR, as :mod:`numbarnn_layernorm_lstm.reductions` writes its
 sums: Numba gives plain loops no way to keep a block of ``out`` in registers. A tile is R
@@ -14,6 +15,14 @@ each): its 2R accumulators stay in registers over all K, and each step of k load
 vectors of ``M``'s row k, broadcasts ``a[b, k]`` for the R rows and does 2R fused
 multiply-adds. Columns left over (N not a multiple of the tile width) take a plain loop.
 
+The panels: ``M``'s columns in strips one tile wide, each strip's K rows stored one after
+the other, ``panels[s, k, :] = M[k, s*width:(s+1)*width]`` (the last strip zero-padded). A
+tile then reads one contiguous stretch. Read in place from ``M``, a tile's rows of ``M`` lie
+N elements apart: at N 512 float32 (2 KiB) they all fall in 2 of L1's 64 sets, so only 16
+of a block's 128 rows stay in L1 for the next tile of rows. Packed, the same products took
+0.78-0.84x the time (float32 B16 H128, forward and BPTT) and 0.5-0.8x in float64, with the
+same bits.
+
 Every element is one sum over k in ascending order, each term a fused multiply-add
 (``llvm.fma``: one rounding per term; the columns left over take a plain multiply and add),
 so a row's bits do not depend on the other rows, the tile or the machine's vector width;
@@ -21,11 +30,14 @@ they differ from BLAS's in the last bits, as any two gemms do.
 
 >>> import numpy as np
 >>> from numba import njit
->>> from numbarnn.kernels.tiles import tiled_product
+>>> from numbarnn.kernels.tiles import pack_panels, tiled_product
 >>> rng = np.random.default_rng(0)
 >>> a, M = rng.normal(size=(7, 5)), rng.normal(size=(5, 19))   # 6 + 1 rows, 16 + 3 columns (float64: 8 + 8 + 3)
+>>> panels = pack_panels(M)
+>>> panels.shape   # 3 strips of 8 float64 columns, the last padded
+(3, 5, 8)
 >>> out = np.empty((7, 19))
->>> njit(lambda a, M, out: tiled_product(a, M, out))(a, M, out)
+>>> njit(lambda a, panels, out: tiled_product(a, panels, out))(a, panels, out)
 >>> bool(np.allclose(out, a @ M))
 True
 """
@@ -35,14 +47,38 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from ._jit import jit
+
 VECTOR_BYTES = 32  # one AVX2 register; on wider machines LLVM still emits these 256-bit operations
 MAX_TILE_ROWS = 6  # 12 accumulators + 2 vectors of M + 1 broadcast: 15 of AVX2's 16 registers
 BLOCK_BYTES = 512  # k in blocks of 128 float32 (64 float64): 32 rows of a and a tile of M fit in L1 (32 KiB)
 
 
-def tiled_product(a, M, out):
-    """``out[...] = a @ M`` for C-contiguous 2-D float arrays of one dtype (``@njit`` code;
-    a plain ``np.dot`` from Python)."""
+@jit
+def panel_width(itemsize):
+    """The columns of one strip of panels (one tile): 16 float32, 8 float64."""
+    return 2 * (VECTOR_BYTES // itemsize)
+
+
+@jit
+def pack_panels(M):
+    """``M`` (K, N), any layout, as the tiled product reads it: a new C-contiguous array
+    ``(ceil(N / width), K, width)`` of strips of ``width = panel_width(M.itemsize)`` columns,
+    the last strip's columns beyond N zero. Called once per loop, from Python or ``@njit``."""
+    K, N = M.shape
+    width = panel_width(M.itemsize)
+    panels = np.zeros(((N + width - 1) // width, K, width), M.dtype)
+    for k in range(K):
+        for j in range(N):
+            panels[j // width, k, j % width] = M[k, j]
+    return panels
+
+
+def tiled_product(a, panels, out):
+    """``out[...] = a @ M`` with ``panels = pack_panels(M)``, for 2-D float arrays ``a`` (B, K)
+    and ``out`` (B, N) of the panels' dtype (``@njit`` code; from Python, NumPy)."""
+    B, N = out.shape
+    M = panels.transpose(1, 0, 2).reshape(panels.shape[1], -1)[:, :N]
     np.dot(a, M, out)
 
 
@@ -58,7 +94,7 @@ def _tile_codegen(rows):
         a, M, out = (context.make_array(ty)(context, builder, value) for ty, value in zip(sig.args[:3], args[:3]))
         b0, j0, k0, k1 = args[3], args[4], args[5], args[6]
         K = builder.extract_value(a.shape, 1)
-        N = builder.extract_value(M.shape, 1)
+        N = builder.extract_value(out.shape, 1)
         intp = K.type
 
         def const(n):
@@ -82,8 +118,9 @@ def _tile_codegen(rows):
         undefined = ir.Constant(vector, ir.Undefined)
         lane0 = ir.Constant(ir.IntType(32), 0)
         splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+        strip = builder.mul(j0, K)  # j0 = s * width: strip s starts at element s * K * width
         with cgutils.for_range_slice(builder, k0, k1, const(1), intp) as (k, _):
-            m_row = builder.add(builder.mul(k, N), j0)
+            m_row = builder.add(strip, builder.mul(k, const(2 * lanes)))
             m = [builder.load(vector_pointer(M.data, builder.add(m_row, const(v * lanes))), align=size)
                  for v in range(2)]
             for r in range(rows):
@@ -102,9 +139,11 @@ def _tile_codegen(rows):
     return codegen
 
 
-def _contiguous_floats(*arrays):
-    return all(isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" and isinstance(x.dtype, types.Float)
-               and x.dtype == arrays[0].dtype for x in arrays)
+def _contiguous_floats(a, panels, out):
+    """Whether the kernel takes these types: C-contiguous 2-D ``a`` and ``out`` and 3-D
+    ``panels``, all of one float dtype."""
+    return all(isinstance(x, types.Array) and x.ndim == ndim and x.layout == "C" and isinstance(x.dtype, types.Float)
+               and x.dtype == a.dtype for x, ndim in ((a, 2), (panels, 3), (out, 2)))
 
 
 def _tile_intrinsic(rows):
@@ -119,10 +158,10 @@ def _tile_intrinsic(rows):
 _tile1, _tile2, _tile4, _tile6 = (_tile_intrinsic(rows) for rows in (1, 2, 4, MAX_TILE_ROWS))
 
 
-def _tiled(a, M, out):
+def _tiled(a, panels, out):
     B, K = a.shape
-    N = M.shape[1]
-    width = 2 * (VECTOR_BYTES // a.itemsize)
+    N = out.shape[1]
+    width = panel_width(a.itemsize)
     depth = BLOCK_BYTES // a.itemsize
     whole = N - N % width
     for k0 in range(0, K, depth):  # a block of a's columns and M's rows stays in L1 for all the tiles
@@ -130,30 +169,39 @@ def _tiled(a, M, out):
         for j0 in range(0, whole, width):
             b0 = 0
             while B - b0 >= 6:
-                _tile6(a, M, out, b0, j0, k0, k1)
+                _tile6(a, panels, out, b0, j0, k0, k1)
                 b0 += 6
             if B - b0 >= 4:  # the rows left: 5 as 4 + 1, 3 as 2 + 1 (fewer kernels to compile)
-                _tile4(a, M, out, b0, j0, k0, k1)
+                _tile4(a, panels, out, b0, j0, k0, k1)
                 b0 += 4
             if B - b0 >= 2:
-                _tile2(a, M, out, b0, j0, k0, k1)
+                _tile2(a, panels, out, b0, j0, k0, k1)
                 b0 += 2
             if B - b0 == 1:
-                _tile1(a, M, out, b0, j0, k0, k1)
+                _tile1(a, panels, out, b0, j0, k0, k1)
     for b in range(B):
         for j in range(whole, N):
             total = a.dtype.type(0.0)
             for k in range(K):
-                total += a[b, k] * M[k, j]
+                total += a[b, k] * panels[j // width, k, j % width]
             out[b, j] = total
 
 
-def _dot(a, M, out):
-    np.dot(a, M, out)
+def _plain(a, panels, out):
+    """Any other layout (the loops only ever pass contiguous arrays): the same sums, a plain
+    multiply and add per term."""
+    B, K = a.shape
+    width = panels.shape[2]
+    for b in range(B):
+        for j in range(out.shape[1]):
+            total = a.dtype.type(0.0)
+            for k in range(K):
+                total += a[b, k] * panels[j // width, k, j % width]
+            out[b, j] = total
 
 
 @overload(tiled_product)
-def _tiled_product_overload(a, M, out):
-    if _contiguous_floats(a, M, out):
+def _tiled_product_overload(a, panels, out):
+    if _contiguous_floats(a, panels, out):
         return _tiled
-    return _dot  # any other layout: BLAS (the loops only ever pass contiguous arrays)
+    return _plain
