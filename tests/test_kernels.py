@@ -336,6 +336,30 @@ def test_the_tiled_product_of_strided_views_falls_back_to_a_plain_loop():
     assert np.isnan(out[:, 1::2]).all()
 
 
+@pytest.mark.parametrize("strided", [False, True])
+def test_the_tiled_product_refuses_shapes_that_do_not_fit(strided):
+    """The kernel reads without bounds checks, so a mismatch raises before it reads."""
+    rng = np.random.default_rng(2)
+    a, M = rng.normal(size=(4, 6)), rng.normal(size=(6, 19))
+    panels = tiles.pack_panels(M)
+    wrong = {"depth": (a, tiles.pack_panels(M[:5]), np.empty((4, 19))),
+             "columns": (a, panels, np.empty((4, 30))),
+             "rows": (a, panels, np.empty((3, 19))),
+             "width": (a, panels.astype(np.float32), np.empty((4, 19), np.float32))}
+    for name, (a_, panels_, out) in wrong.items():
+        if name == "width":  # float32 panels of a float64 M: 8-wide strips where 16 are read
+            a_, panels_ = a_.astype(np.float32), np.ascontiguousarray(panels_)
+        if strided:
+            a_, out = np.repeat(a_, 2, axis=1)[:, ::2], np.repeat(out, 2, axis=1)[:, ::2]
+        with pytest.raises(ValueError, match="do not fit"):
+            _product(a_, panels_, out)
+
+
+@njit
+def _product(a, panels, out):
+    tiles.tiled_product(a, panels, out)
+
+
 def test_the_tiled_product_from_python_is_numpys():
     rng = np.random.default_rng(1)
     a, M = rng.normal(size=(3, 5)), rng.normal(size=(5, 19))

@@ -158,7 +158,18 @@ def _tile_intrinsic(rows):
 _tile1, _tile2, _tile4, _tile6 = (_tile_intrinsic(rows) for rows in (1, 2, 4, MAX_TILE_ROWS))
 
 
+@jit(inline="always")
+def _check_shapes(a, panels, out):
+    """The kernel reads without bounds checks: shapes that do not fit raise here instead."""
+    B, K = a.shape
+    width = panel_width(a.itemsize)
+    if (out.shape[0] != B or panels.shape[1] != K or panels.shape[2] != width
+            or panels.shape[0] != (out.shape[1] + width - 1) // width):
+        raise ValueError("tiled_product: a (B, K), panels = pack_panels(M) of M (K, N) and out (B, N) do not fit")
+
+
 def _tiled(a, panels, out):
+    _check_shapes(a, panels, out)
     B, K = a.shape
     N = out.shape[1]
     width = panel_width(a.itemsize)
@@ -190,6 +201,7 @@ def _tiled(a, panels, out):
 def _plain(a, panels, out):
     """Any other layout (the loops only ever pass contiguous arrays): the same sums, a plain
     multiply and add per term."""
+    _check_shapes(a, panels, out)
     B, K = a.shape
     width = panels.shape[2]
     for b in range(B):
