@@ -36,8 +36,8 @@ projections enter through different layer norms, so ``dxz_t`` and ``dhz_t`` diff
 (``dstate_prev[0] = 0``; the loops add ``dhz_t @ W_h``).
 
 Style, for speed, as numbarnn's kernels: one short loop per output array (such loops
-vectorise), constants in the arrays' dtype, no allocation; and fused multiply-adds
-(``CONTRACT``), so the last bits depend on whether the machine has FMA. The sums over a row (means,
+vectorise), constants in the arrays' dtype, no allocation; and in the forward fused
+multiply-adds (``CONTRACT``), so its last bits depend on whether the machine has FMA. The sums over a row (means,
 variances, the layer norms' backward sums) are :mod:`numbarnn_layernorm_lstm.reductions`'
 vectorised ``row_sum``, ``row_dot`` and ``row_dot_pair`` (both sums of a layer norm's
 backward in one pass): a plain summing loop stays scalar without fastmath.
@@ -51,9 +51,11 @@ from .reductions import row_dot, row_dot_pair, row_sum
 
 CACHE_WIDTH = 17
 LN_EPS = 1e-5  # inside the square root, as torch.nn.LayerNorm and haste
-#: The one fast-math flag the kernels take: a multiply and an add may fuse into one FMA (the
+#: The one fast-math flag the forward takes: a multiply and an add may fuse into one FMA (the
 #: activations' polynomials, ``z``, the layer norms' scalings). No reassociation, and NaN and
-#: inf stay IEEE, so the NaN guard still sees them; the forward took 0.85x the time.
+#: inf stay IEEE, so the NaN guard still sees them; the forward took 0.85x the time. Not the
+#: backward: there ``dy * gamma_c - m1`` is exactly 0 when H is 1 (``m1`` is that product
+#: rounded), fused it is the product's rounding error, times ``rstd_c`` (up to 316).
 CONTRACT = {"contract"}
 
 
@@ -137,7 +139,7 @@ def layernorm_lstm_forward(xz_t, hz_t, states, t, cache_t, params):
         cache[3 * G + 4 * H] = rstd_c
 
 
-@njit(cache=True, fastmath=CONTRACT)
+@njit(cache=True)
 def layernorm_lstm_backward(dstate, states, t, cache_t, dxz_t, dhz_t, dstate_prev, params, grads):
     """The backward of :func:`layernorm_lstm_forward` at step t.
 
