@@ -77,7 +77,7 @@ def pack_panels(M):
 def tiled_product(a, panels, out):
     """``out[...] = a @ M`` with ``panels = pack_panels(M)``, for 2-D float arrays ``a`` (B, K)
     and ``out`` (B, N) of the panels' dtype (``@njit`` code; from Python, NumPy)."""
-    B, N = out.shape
+    N = out.shape[1]
     M = panels.transpose(1, 0, 2).reshape(panels.shape[1], -1)[:, :N]
     np.dot(a, M, out)
 
@@ -168,6 +168,19 @@ def _check_shapes(a, panels, out):
         raise ValueError("tiled_product: a (B, K), panels = pack_panels(M) of M (K, N) and out (B, N) do not fit")
 
 
+@jit(inline="always")
+def _plain_columns(a, panels, out, first):
+    """``out[:, first:]`` as plain sums, a multiply and an add per term in ascending k: the
+    columns left over after the tiles, or all of them for arrays the tiles do not take."""
+    width = panels.shape[2]
+    for b in range(a.shape[0]):
+        for j in range(first, out.shape[1]):
+            total = a.dtype.type(0.0)
+            for k in range(a.shape[1]):
+                total += a[b, k] * panels[j // width, k, j % width]
+            out[b, j] = total
+
+
 def _tiled(a, panels, out):
     _check_shapes(a, panels, out)
     B, K = a.shape
@@ -190,26 +203,13 @@ def _tiled(a, panels, out):
                 b0 += 2
             if B - b0 == 1:
                 _tile1(a, panels, out, b0, j0, k0, k1)
-    for b in range(B):
-        for j in range(whole, N):
-            total = a.dtype.type(0.0)
-            for k in range(K):
-                total += a[b, k] * panels[j // width, k, j % width]
-            out[b, j] = total
+    _plain_columns(a, panels, out, whole)
 
 
 def _plain(a, panels, out):
-    """Any other layout (the loops only ever pass contiguous arrays): the same sums, a plain
-    multiply and add per term."""
+    """Any other layout (the loops only ever pass contiguous arrays)."""
     _check_shapes(a, panels, out)
-    B, K = a.shape
-    width = panels.shape[2]
-    for b in range(B):
-        for j in range(out.shape[1]):
-            total = a.dtype.type(0.0)
-            for k in range(K):
-                total += a[b, k] * panels[j // width, k, j % width]
-            out[b, j] = total
+    _plain_columns(a, panels, out, 0)
 
 
 @overload(tiled_product)
