@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, example, given, settings, strategies as st
 from numba import njit
 
 import numbarnn_layernorm_lstm
@@ -85,6 +85,23 @@ def numpy_step(a):
     return h, c
 
 
+def float32_rtol(a):
+    """The float32 kernel's bound against float64 for the step at ``a``: 1e-4 where every layer
+    norm is well conditioned (each row's variance over 1e-3, as the finite-difference test
+    assumes), growing with ``1/sqrt(var + eps)`` below that (up to 10x at a constant row).
+
+    A layer norm of a nearly constant row turns float32's rounding of its centred values into
+    relative errors ``rstd`` times larger (H = 2 with ``c_t``'s two units close, about 1 case in
+    500); the bound follows that. LN over one unit (H = 1) is exactly 0, so ``c_t`` of one unit
+    keeps 1e-4: that case caught a fused multiply-add in the backward (stop 25)."""
+    def rstd(rows):
+        return 1.0 / np.sqrt(rows.astype(np.float64).var(axis=1).min() + ref.LN_EPS)
+    worst = max(rstd(a["xz_t"]), rstd(a["hz_t"]))
+    if a["h_prev"].shape[1] > 1:
+        worst = max(worst, rstd(numpy_step(a)[1]))
+    return 1e-4 * max(1.0, worst * np.sqrt(1e-3))
+
+
 def torch_step_gradients(a, dstate):
     """PyTorch autograd (F.layer_norm) of ``sum(dh * h_t) + sum(dc * c_t)`` through one step,
     float64, w.r.t. every input the step reads -> {name: gradient} (keys as backward_step's)."""
@@ -127,11 +144,13 @@ def test_backward_step_matches_torch_autograd(dtype, B, H, seed):
     assert all(g.dtype == dtype for g in grads.values())
     assert np.all(grads["dh_prev"] == 0)   # h_{t-1} enters only through hz_t: the loops add dhz_t @ W_h
     # relative to each gradient's scale (own_cells_reference.relative_error)
-    ref.assert_gradients_close(grads, expected, rtol=1e-12 if dtype == np.float64 else 1e-4)
+    ref.assert_gradients_close(grads, expected, rtol=1e-12 if dtype == np.float64 else float32_rtol(a))
 
 
 @settings(max_examples=25, deadline=None)
 @given(B=sizes, H=sizes, seed=seeds)
+@example(B=5, H=2, seed=579793008)   # a row of c_t with its two units 0.0016 apart: 1.5e-4, bound 9.7e-4
+@example(B=2, H=1, seed=285)   # one unit: a fused multiply-add in the backward gave 1.1e-3 here
 def test_backward_step_in_float32_is_close_to_float64(B, H, seed):
     """Without PyTorch too: float32 constants and arithmetic stay float32 and close (the float64
     kernel is checked against autograd and finite differences)."""
@@ -140,7 +159,7 @@ def test_backward_step_in_float32_is_close_to_float64(B, H, seed):
     grads64 = backward_step(a64, dstate64, *forward_step(a64))
     grads32 = backward_step(a32, dstate32, *forward_step(a32))
     assert all(g.dtype == np.float32 for g in grads32.values())
-    ref.assert_gradients_close(grads32, grads64, rtol=1e-4)
+    ref.assert_gradients_close(grads32, grads64, rtol=float32_rtol(a64))
 
 
 @settings(max_examples=25, deadline=None)
