@@ -239,6 +239,80 @@ def test_project_indices_both_ways_equal_the_one_hot_product(N, dtype):
     np.testing.assert_array_equal(xz, (one_hot @ W_x.T) + b_x)  # exact: one term per output
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=30, deadline=None)
+@given(N=st.integers(1, 60), GH=st.integers(1, 40), V=st.integers(1, 9), seed=st.integers(0, 2**32 - 1))
+def test_the_input_gradients_bias_sum_is_column_sums_bit_for_bit(dtype, N, GH, V, seed):
+    """db_x is summed in the scatter's pass, row by row as column_sums adds them: the same bits
+    (and dW_x the one-hot product; -1 inputs add to db_x but to no column)."""
+    rng = np.random.default_rng(seed)
+    dxz, idx = rng.normal(size=(N, GH)).astype(dtype), rng.integers(-1, V, size=N)
+    dW_x, db_x, expected = np.empty((GH, V), dtype), np.empty(GH, dtype), np.empty(GH, dtype)
+    loops.input_weight_gradients_indices(dxz, idx, dW_x, db_x)
+    loops.column_sums(dxz, expected)
+    np.testing.assert_array_equal(db_x, expected)
+    one_hot = np.zeros((N, V))
+    one_hot[np.arange(N)[idx >= 0], idx[idx >= 0]] = 1
+    # a sum of N terms in order: within (N - 1) eps of the sum of their magnitudes
+    bound = (N - 1) * np.finfo(dtype).eps * (np.abs(dxz.T.astype(np.float64)) @ one_hot)
+    assert (np.abs(dW_x - dxz.T.astype(np.float64) @ one_hot) <= bound).all()
+
+
+def test_weight_gradients_without_bias_leave_the_bias_as_it_is():
+    """``with_bias=False`` (a cell without projection biases): the same weight gradients, and
+    the bias's array untouched (NaN stays NaN)."""
+    rng = np.random.default_rng(0)
+    N, GH, H, V = 7, 8, 2, 5
+    dz, h, x, idx = rng.normal(size=(N, GH)), rng.normal(size=(N, H)), rng.normal(size=(N, V)), rng.integers(-1, V, N)
+    W_x = rng.normal(size=(GH, V))
+    calls = {
+        "recurrent": lambda db, bias: loops.recurrent_weight_gradients(dz, h, out["recurrent"], db, bias),
+        "dense": lambda db, bias: loops.input_weight_gradients_dense(dz, x, W_x, out["dense"], db, dx, bias),
+        "indices": lambda db, bias: loops.input_weight_gradients_indices(dz, idx, out["indices"], db, bias),
+    }
+    dx = np.empty((N, V))
+    for name, call in calls.items():
+        out = {"recurrent": np.empty((GH, H)), "dense": np.empty((GH, V)), "indices": np.empty((GH, V))}
+        db = np.empty(GH)
+        call(db, True)
+        with_bias = out[name].copy()
+        np.testing.assert_allclose(db, dz.sum(axis=0), rtol=1e-12)
+        db[:] = np.nan
+        call(db, False)
+        np.testing.assert_array_equal(out[name], with_bias)
+        assert np.isnan(db).all(), name
+
+
+def test_the_loops_skip_the_bias_work_of_a_cell_without_biases_and_share_a_shared_one():
+    """A cell without projection biases (GAINED_RNN): its loops neither add b_h (NaN here) nor
+    write db_x or db_h. The LSTM, whose dxz is its dhz: db_h is db_x, both the steps' sum."""
+    from own_param_cells import GAINED_RNN
+    rng = np.random.default_rng(1)
+    T, B, H, V = 4, 3, 5, 6
+    idx = rng.integers(-1, V, size=T * B)
+    for cell, biased in ((GAINED_RNN, False), (LSTM, True)):
+        G, C = cell.gates, cell.cache_width
+        run = loops.loops_for(cell)
+        W_x, W_h = rng.normal(size=(G * H, V)), rng.normal(size=(G * H, H))
+        b_x, b_h = (rng.normal(size=G * H), rng.normal(size=G * H)) if biased else (np.zeros(G * H), np.full(G * H, np.nan))
+        own = tuple(rng.uniform(0.5, 1.5, size=H) for _ in cell.params)
+        states, cache = np.zeros((cell.states, T + 1, B, H)), np.empty((T, B, C * H))
+        run.forward_indices(idx, W_x, b_x, W_h, b_h, own, np.empty((T, B, G * H)), states, cache, np.empty((B, G * H)))
+        assert np.isfinite(states).all()
+        dxz = np.empty((T, B, G * H))
+        dhz = dxz if cell.shared_gate_grad else np.empty((T, B, G * H))
+        db_x, db_h = np.full(G * H, np.nan), np.full(G * H, np.nan)
+        d_own = tuple(np.empty(H) for _ in cell.params)
+        run.backward_indices(idx, W_h, own, states, cache, rng.normal(size=(T, B, H)), np.zeros((cell.states, B, H)),
+                             np.empty((cell.states, B, H)), dxz, dhz, np.empty((B, H)), np.empty((G * H, V)),
+                             np.empty((G * H, H)), db_x, db_h, d_own)
+        if biased:
+            np.testing.assert_array_equal(db_h, db_x)
+            np.testing.assert_allclose(db_x, dxz.sum(axis=(0, 1)), rtol=1e-12)
+        else:
+            assert np.isnan(db_x).all() and np.isnan(db_h).all()
+
+
 def test_kernel_modules_take_their_njit_options_from_one_decorator():
     # numbarnn/kernels/_jit.py sets cache=True and refuses fastmath in one place. cell_loops.py
     # keeps its own: it is a template whose "@njit(cache=True)" loops_for rewrites.

@@ -40,6 +40,11 @@ RECURRENT = True  # CELL SHAPE
 #: True for a cell with parameters of its own. Numba compiles a global as a constant and drops
 #: the branch not taken, so ``zero_gradients`` is never typed for a cell's empty ``d_own``.
 OWN_PARAMS = False  # CELL SHAPE
+#: False for a cell without projection biases: b_x and b_h are zero placeholders, so the loops
+#: neither add b_h each step nor sum the gradients of either (a pass over all steps' dxz or dhz).
+BIASES = True  # CELL SHAPE
+#: True when dxz and dhz are one array (the cell's ``shared_gate_grad``): db_h is then db_x.
+SHARED_GRADIENT = True  # CELL SHAPE
 
 
 @njit(cache=True)
@@ -94,9 +99,10 @@ def sequence_forward(xz, W_h, b_h, own, states, cache, hz):
     for t in range(T):
         if RECURRENT:
             recurrent_product(states[0, t], W_h.T, hz, tiled_W_hT)
-            for b in range(B):
-                for k in range(GH):
-                    hz[b, k] += b_h[k]
+            if BIASES:
+                for b in range(B):
+                    for k in range(GH):
+                        hz[b, k] += b_h[k]
         cell_forward(xz[t], hz, states, t, cache[t], own)
 
 
@@ -151,6 +157,20 @@ def sequence_backward(W_h, own, states, cache, d_outputs, dstate, dstate_prev,
             for b in range(B):
                 for j in range(H):
                     dstate[s, b, j] = dstate_prev[s, b, j]
+
+
+@njit(cache=True)
+def recurrent_gradients(dhz, states, dW_h, db_h, db_x):
+    """dW_h and db_h from every step's dhz (T, B, G*H) and states, once db_x is made: db_h is
+    a copy of db_x where dhz is dxz (their sums are the same), and left as it is without biases
+    or recurrent weights."""
+    if RECURRENT:
+        T, B, GH = dhz.shape
+        H = dW_h.shape[1]
+        recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h,
+                                   BIASES and not SHARED_GRADIENT)
+        if BIASES and SHARED_GRADIENT:
+            db_h[:] = db_x
 
 
 # ---- one call per layer and direction ---------------------------------------------------------
@@ -243,12 +263,10 @@ def backward_indices(idx, W_h, own, states, cache, d_outputs, dstate, dstate_pre
     [True, True, True, True]
     """
     T, B, GH = dxz.shape
-    H = W_h.shape[1]
     sequence_backward(W_h, own, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz,
                       dh_recurrent, d_own)
-    if RECURRENT:
-        recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h)
-    input_weight_gradients_indices(dxz.reshape(T * B, GH), idx, dW_x, db_x)
+    input_weight_gradients_indices(dxz.reshape(T * B, GH), idx, dW_x, db_x, BIASES)
+    recurrent_gradients(dhz, states, dW_h, db_h, db_x)
 
 @njit(cache=True, nogil=True)
 def backward_dense(x2d, W_x, W_h, own, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz, dh_recurrent,
@@ -280,12 +298,10 @@ def backward_dense(x2d, W_x, W_h, own, states, cache, d_outputs, dstate, dstate_
     [True, True, True, True, True]
     """
     T, B, GH = dxz.shape
-    H = W_h.shape[1]
     sequence_backward(W_h, own, states, cache, d_outputs, dstate, dstate_prev, dxz, dhz,
                       dh_recurrent, d_own)
-    if RECURRENT:
-        recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h)
-    input_weight_gradients_dense(dxz.reshape(T * B, GH), x2d, W_x, dW_x, db_x, dx2d)
+    input_weight_gradients_dense(dxz.reshape(T * B, GH), x2d, W_x, dW_x, db_x, dx2d, BIASES)
+    recurrent_gradients(dhz, states, dW_h, db_h, db_x)
 
 @njit(cache=True)
 def generate(prime, length, W_x, b_x, W_h, b_h, own, W_y, b_y, mode, temperature, top_k, top_p, uniforms,
@@ -412,7 +428,6 @@ def language_model_step(idx, targets, weights, scale, W_x, b_x, W_h, b_h, own, W
     dstate[...] = 0.0
     sequence_backward(W_h, own, states, cache, d_hidden, dstate, dstate_prev, dxz, dhz,
                       dh_recurrent, d_own)
-    if RECURRENT:
-        recurrent_weight_gradients(dhz.reshape(T * B, GH), states[0, :T].reshape(T * B, H), dW_h, db_h)
-    input_weight_gradients_indices(dxz.reshape(T * B, GH), idx, dW_x, db_x)
+    input_weight_gradients_indices(dxz.reshape(T * B, GH), idx, dW_x, db_x, BIASES)
+    recurrent_gradients(dhz, states, dW_h, db_h, db_x)
     return loss

@@ -172,10 +172,11 @@ def recurrent_product(a, M, out, tiled_M):
 # ---- weight gradients, hoisted out of the loop ---------------------------------------------
 
 @jit
-def recurrent_weight_gradients(dhz2d, h_prev2d, dW_h, db_h):
+def recurrent_weight_gradients(dhz2d, h_prev2d, dW_h, db_h, with_bias=True):
     """dW_h = dHZ^T H_prev, db_h = sum dHZ over all steps; dhz2d (N, G*H), h_prev2d (N, H).
 
-    Writes dW_h ``(G*H, H)`` and db_h ``(G*H,)``.
+    Writes dW_h ``(G*H, H)`` and db_h ``(G*H,)``; db_h only ``with_bias`` (the loops leave
+    out the sum, a pass over all of dHZ, where the cell has no b_h or db_x holds the same).
 
     >>> import numpy as np
     >>> from numbarnn.kernels.loops import recurrent_weight_gradients
@@ -187,15 +188,17 @@ def recurrent_weight_gradients(dhz2d, h_prev2d, dW_h, db_h):
     (True, True)
     """
     np.dot(dhz2d.T, h_prev2d, dW_h)
-    column_sums(dhz2d, db_h)
+    if with_bias:
+        column_sums(dhz2d, db_h)
 
 
 @jit
-def input_weight_gradients_dense(dxz2d, x2d, W_x, dW_x, db_x, dx2d):
+def input_weight_gradients_dense(dxz2d, x2d, W_x, dW_x, db_x, dx2d, with_bias=True):
     """dW_x = dXZ^T X, db_x = sum dXZ, dX = dXZ W_x.
 
     dxz2d ``(N, G*H)``, x2d (N, X), W_x ``(G*H, X)``; writes dW_x ``(G*H, X)``, db_x
-    ``(G*H,)`` and dx2d (N, X). Also the output head's backward (:mod:`numbarnn.kernels.heads`).
+    ``(G*H,)`` (only ``with_bias``) and dx2d (N, X). Also the output head's backward
+    (:mod:`numbarnn.kernels.heads`).
 
     >>> import numpy as np
     >>> from numbarnn.kernels.loops import input_weight_gradients_dense
@@ -207,15 +210,17 @@ def input_weight_gradients_dense(dxz2d, x2d, W_x, dW_x, db_x, dx2d):
     (True, True, True)
     """
     np.dot(dxz2d.T, x2d, dW_x)
-    column_sums(dxz2d, db_x)
+    if with_bias:
+        column_sums(dxz2d, db_x)
     np.dot(dxz2d, W_x, dx2d)
 
 
 @jit
-def input_weight_gradients_indices(dxz2d, idx, dW_x, db_x):
+def input_weight_gradients_indices(dxz2d, idx, dW_x, db_x, with_bias=True):
     """Scatter-add version of dW_x = dXZ^T onehot(idx); inputs -1 contribute nothing.
 
-    dxz2d ``(N, G*H)``, idx (N,) integers in [-1, V); writes dW_x ``(G*H, V)`` and db_x ``(G*H,)``.
+    dxz2d ``(N, G*H)``, idx (N,) integers in [-1, V); writes dW_x ``(G*H, V)`` and db_x
+    ``(G*H,)`` (only ``with_bias``).
 
     >>> import numpy as np
     >>> from numbarnn.kernels.loops import input_weight_gradients_indices
@@ -230,14 +235,21 @@ def input_weight_gradients_indices(dxz2d, idx, dW_x, db_x):
     N, GH = dxz2d.shape
     # Accumulate into rows of dW_x.T (contiguous), then transpose once: the same sums in the
     # same order as adding into the strided columns of dW_x, several times faster.
+    # db_x in the same pass, row by row as column_sums adds them (the same bits), not in a
+    # second pass over all of dXZ.
     dW_xT = np.zeros((dW_x.shape[1], GH), dW_x.dtype)
+    if with_bias:
+        db_x[:] = 0.0
     for n in range(N):
-        i = idx[n]
+        row, i = dxz2d[n], idx[n]
         if i >= 0:
+            into = dW_xT[i]
             for k in range(GH):
-                dW_xT[i, k] += dxz2d[n, k]
+                into[k] += row[k]
+        if with_bias:
+            for k in range(GH):
+                db_x[k] += row[k]
     dW_x[:, :] = dW_xT.T
-    column_sums(dxz2d, db_x)
 
 
 @jit
@@ -317,7 +329,8 @@ def _cell_source(cell, forward=None, backward=None):
             line = line.replace(f")  {_CALL_MARK}", f", {extra})  {_CALL_MARK}")
         elif line.endswith(_SHAPE_MARK):
             flag = line.partition(" =")[0]
-            value = {"RECURRENT": cell.recurrent_weights, "OWN_PARAMS": own}[flag]
+            value = {"RECURRENT": cell.recurrent_weights, "OWN_PARAMS": own, "BIASES": cell.projection_biases,
+                     "SHARED_GRADIENT": cell.shared_gate_grad}[flag]
             line = f"{flag} = {bool(value)}  {_SHAPE_MARK}"
         lines.append(line)
     return "\n".join(lines) + "\n"
@@ -325,7 +338,8 @@ def _cell_source(cell, forward=None, backward=None):
 
 def _loops_key(cell):
     """What the compiled loops depend on: the kernels and how the loops call them."""
-    return cell.forward, cell.backward, bool(cell.params), bool(cell.recurrent_weights)
+    return (cell.forward, cell.backward, bool(cell.params), bool(cell.recurrent_weights),
+            bool(cell.projection_biases), bool(cell.shared_gate_grad))
 
 
 # Packages whose code is pinned by the versions hashed below: their files are not read.
