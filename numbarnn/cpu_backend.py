@@ -453,7 +453,7 @@ class _Workspace:
         if work is None:
             cell = model.cell
             H, V, GH, S = model.hidden_size, model.output_size, cell.gates * model.hidden_size, cell.states
-            shapes = [(T, B, GH), (S, T + 1, B, H), (T, B, cell.cache_width * H), (B, GH), (T * B, V), (T * B, V),
+            shapes = [(1, B, GH), (S, T + 1, B, H), (T, B, cell.cache_width * H), (B, GH), (T * B, V), (T * B, V),
                       (T * B, V), (T, B, H), (S, B, H), (S, B, H), (T, B, GH),
                       None if cell.shared_gate_grad else (T, B, GH), (B, H)]
             sizes = [0 if shape is None else math.prod(shape) for shape in shapes]

@@ -27,8 +27,8 @@ from numba import literal_unroll, njit
 
 from numbarnn.kernels.cells import rnn_backward as cell_kernel_backward  # CELL KERNELS
 from numbarnn.kernels.cells import rnn_forward as cell_kernel_forward  # CELL KERNELS
-from numbarnn.kernels.loops import (input_weight_gradients_dense, input_weight_gradients_indices, project_dense,
-                                    project_indices, recurrent_product, recurrent_weight_gradients,
+from numbarnn.kernels.loops import (_gather_row, input_weight_gradients_dense, input_weight_gradients_indices,
+                                    project_dense, project_indices, recurrent_product, recurrent_weight_gradients,
                                     tiled_operand)
 from numbarnn.kernels.losses import softmax_cross_entropy
 from numbarnn.kernels.sampling import apply_temperature as apply_softmax
@@ -92,18 +92,43 @@ def sequence_forward(xz, W_h, b_h, own, states, cache, hz):
     True
     """
     T = xz.shape[0]
-    B, GH = hz.shape
+    if not RECURRENT:
+        hz[:, :] = 0.0
+    tiled_W_hT = tiled_operand(W_h.T, hz.shape[0])
+    for t in range(T):
+        forward_step(xz[t], W_h, b_h, own, states, t, cache[t], hz, tiled_W_hT)
+
+
+@njit(cache=True)
+def sequence_forward_indices(idx, W_x, b_x, W_h, b_h, own, xz_t, states, cache, hz):
+    """:func:`sequence_forward` from integer inputs, each step's input projection made just
+    before the step into xz_t (B, G*H): the same values as ``project_indices`` for all steps
+    first, without writing and then reading back all T steps of it (T*B*G*H values).
+
+    idx (T*B,) time-major, -1 an all-zero input; W_x (G*H, V), b_x (G*H,); the rest as
+    :func:`sequence_forward`, whose steps it runs."""
+    T, B = cache.shape[0], hz.shape[0]
     if not RECURRENT:
         hz[:, :] = 0.0
     tiled_W_hT = tiled_operand(W_h.T, B)
+    W_xT = np.ascontiguousarray(W_x.T)  # a row per input index: contiguous gathers
     for t in range(T):
-        if RECURRENT:
-            recurrent_product(states[0, t], W_h.T, hz, tiled_W_hT)
-            if BIASES:
-                for b in range(B):
-                    for k in range(GH):
-                        hz[b, k] += b_h[k]
-        cell_forward(xz[t], hz, states, t, cache[t], own)
+        for b in range(B):
+            _gather_row(idx[t * B + b], W_xT, b_x, xz_t[b])
+        forward_step(xz_t, W_h, b_h, own, states, t, cache[t], hz, tiled_W_hT)
+
+
+@njit(cache=True)
+def forward_step(xz_t, W_h, b_h, own, states, t, cache_t, hz, tiled_W_hT):
+    """Step t of the forward: the recurrent projection into hz (B, G*H) (which stays zero
+    without recurrent weights), then the cell's kernel."""
+    if RECURRENT:
+        recurrent_product(states[0, t], W_h.T, hz, tiled_W_hT)
+        if BIASES:
+            for b in range(hz.shape[0]):
+                for k in range(hz.shape[1]):
+                    hz[b, k] += b_h[k]
+    cell_forward(xz_t, hz, states, t, cache_t, own)
 
 
 @njit(cache=True)
@@ -389,8 +414,9 @@ def language_model_step(idx, targets, weights, scale, W_x, b_x, W_h, b_h, own, W
     ``scale`` (1/B, the batch mean). Returns the summed loss.
 
     idx, targets int64, weights float; W_y (V_out, H), b_y (V_out,); logits, probs and
-    dlogits (T*B, V_out); d_hidden (T, B, H); dW_y, db_y the head's gradients; the other
-    arrays as :func:`forward_indices` and :func:`backward_indices`. ``dstate`` is
+    dlogits (T*B, V_out); d_hidden (T, B, H); dW_y, db_y the head's gradients; xz (1, B,
+    G*H) scratch for one step's input projection (:func:`sequence_forward_indices`); the
+    other arrays as :func:`forward_indices` and :func:`backward_indices`. ``dstate`` is
     zeroed here; ``states[:, 0]`` is the initial state.
 
     >>> import numpy as np
@@ -405,7 +431,7 @@ def language_model_step(idx, targets, weights, scale, W_x, b_x, W_h, b_h, own, W
     >>> e, N = np.empty, T * B
     >>> states, probs, dW_y, db_y = np.zeros((1, T + 1, B, H)), e((N, V)), e((V, H)), e(V)
     >>> loss = rnn.language_model_step(
-    ...     idx, targets, np.ones(N), 1.0, W_x, b_x, W_h, b_h, (), W_y, b_y, e((T, B, H)), states, e((T, B, 0)),
+    ...     idx, targets, np.ones(N), 1.0, W_x, b_x, W_h, b_h, (), W_y, b_y, e((1, B, H)), states, e((T, B, 0)),
     ...     e((B, H)), e((N, V)), probs, e((N, V)), e((T, B, H)), e((1, B, H)), e((1, B, H)), e((T, B, H)),
     ...     e((T, B, H)), e((B, H)), e((H, V)), e((H, H)), e(H), e(H), (), dW_y, db_y)
     >>> z = states[0, 1:].reshape(N, H) @ W_y.T  # the head's logits, from the hidden states
@@ -413,10 +439,9 @@ def language_model_step(idx, targets, weights, scale, W_x, b_x, W_h, b_h, own, W
     >>> np.allclose(loss, expected), np.allclose(db_y, (probs - np.eye(V)[targets]).sum(axis=0))
     (True, True)
     """
-    T, B, GH = xz.shape
+    T, B, GH = dxz.shape
     H = W_h.shape[1]
-    project_indices(idx, W_x, b_x, xz.reshape(T * B, GH))
-    sequence_forward(xz, W_h, b_h, own, states, cache, hz)
+    sequence_forward_indices(idx, W_x, b_x, W_h, b_h, own, xz[0], states, cache, hz)
     hidden = states[0, 1:].reshape(T * B, H)
     project_dense(hidden, W_y, b_y, logits)
     loss = softmax_cross_entropy(logits, targets, weights, probs, dlogits)
