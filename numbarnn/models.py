@@ -177,7 +177,8 @@ class RecurrentModel:
         for s in range(cell.states):
             states[s, 0] = 0.0 if initial is None else initial[s]
         cache = np.empty((T, B, cell.cache_width * H), self.dtype)
-        xz, hz = np.empty((T, B, GH), self.dtype), np.empty((B, GH), self.dtype)
+        # integer inputs: each step's rows are gathered into xz[0] just before the step
+        xz, hz = np.empty((1 if is_index else T, B, GH), self.dtype), np.empty((B, GH), self.dtype)
         weights = self._kernel_weights()
         if is_index:
             loops.loops_for(cell).forward_indices(x.reshape(T * B), *weights, xz, states, cache, hz)

@@ -28,7 +28,7 @@ from numba import literal_unroll, njit
 from numbarnn.kernels.cells import rnn_backward as cell_kernel_backward  # CELL KERNELS
 from numbarnn.kernels.cells import rnn_forward as cell_kernel_forward  # CELL KERNELS
 from numbarnn.kernels.loops import (_gather_row, input_weight_gradients_dense, input_weight_gradients_indices,
-                                    project_dense, project_indices, recurrent_product, recurrent_weight_gradients,
+                                    project_dense, recurrent_product, recurrent_weight_gradients,
                                     tiled_operand)
 from numbarnn.kernels.losses import softmax_cross_entropy
 from numbarnn.kernels.sampling import apply_temperature as apply_softmax
@@ -106,15 +106,23 @@ def sequence_forward_indices(idx, W_x, b_x, W_h, b_h, own, xz_t, states, cache, 
     first, without writing and then reading back all T steps of it (T*B*G*H values).
 
     idx (T*B,) time-major, -1 an all-zero input; W_x (G*H, V), b_x (G*H,); the rest as
-    :func:`sequence_forward`, whose steps it runs."""
+    :func:`sequence_forward`, whose steps it runs. Every loop over integer inputs (training,
+    the general forward, generation) runs this one, so a cell's kernels are compiled into
+    one forward loop for them, not two."""
     T, B = cache.shape[0], hz.shape[0]
     if not RECURRENT:
         hz[:, :] = 0.0
     tiled_W_hT = tiled_operand(W_h.T, B)
-    W_xT = np.ascontiguousarray(W_x.T)  # a row per input index: contiguous gathers
+    # A few rows a step (generation: one) read W_x's columns in place; more gather rows of a
+    # contiguous W_x.T, whose copy then pays back (as project_indices).
+    few = 8 * B < W_x.shape[1]
+    W_xT = W_x[:0] if few else np.ascontiguousarray(W_x.T)
     for t in range(T):
         for b in range(B):
-            _gather_row(idx[t * B + b], W_xT, b_x, xz_t[b])
+            if few:
+                _gather_row(idx[t * B + b], W_x.T, b_x, xz_t[b])
+            else:
+                _gather_row(idx[t * B + b], W_xT, b_x, xz_t[b])
         forward_step(xz_t, W_h, b_h, own, states, t, cache[t], hz, tiled_W_hT)
 
 
@@ -202,7 +210,8 @@ def recurrent_gradients(dhz, states, dW_h, db_h, db_x):
 
 @njit(cache=True, nogil=True)
 def forward_indices(idx, W_x, b_x, W_h, b_h, own, xz, states, cache, hz):
-    """project_indices then sequence_forward; idx (T*B,) integer inputs, xz (T, B, G*H).
+    """:func:`sequence_forward_indices`; idx (T*B,) integer inputs, xz (1, B, G*H) scratch
+    for one step's input projection (a larger xz: only ``xz[0]`` is used).
 
     W_x (G*H, V), b_x (G*H,); the rest as :func:`sequence_forward`. idx is time-major
     (row ``t*B + b``); -1 is an all-zero input.
@@ -225,9 +234,7 @@ def forward_indices(idx, W_x, b_x, W_h, b_h, own, xz, states, cache, hz):
     >>> np.allclose(states[0, T], h)
     True
     """
-    T, B, GH = xz.shape
-    project_indices(idx, W_x, b_x, xz.reshape(T * B, GH))
-    sequence_forward(xz, W_h, b_h, own, states, cache, hz)
+    sequence_forward_indices(idx, W_x, b_x, W_h, b_h, own, xz[0], states, cache, hz)
 
 @njit(cache=True, nogil=True)
 def forward_dense(x2d, W_x, b_x, W_h, b_h, own, xz, states, cache, hz):
@@ -394,8 +401,7 @@ def generate(prime, length, W_x, b_x, W_h, b_h, own, W_y, b_y, mode, temperature
 
 @njit(cache=True)
 def _step(index, W_x, b_x, W_h, b_h, own, W_y, b_y, states, cache, xz, hz, logits):
-    project_indices(index, W_x, b_x, xz[0])
-    sequence_forward(xz, W_h, b_h, own, states, cache, hz)
+    sequence_forward_indices(index, W_x, b_x, W_h, b_h, own, xz[0], states, cache, hz)
     for s in range(states.shape[0]):
         for j in range(states.shape[3]):
             states[s, 0, 0, j] = states[s, 1, 0, j]
