@@ -27,9 +27,9 @@ from numba import literal_unroll, njit
 
 from numbarnn.kernels.cells import rnn_backward as cell_kernel_backward  # CELL KERNELS
 from numbarnn.kernels.cells import rnn_forward as cell_kernel_forward  # CELL KERNELS
-from numbarnn.kernels.loops import (_gather_row, input_weight_gradients_dense, input_weight_gradients_indices,
-                                    project_dense, recurrent_product, recurrent_weight_gradients,
-                                    tiled_operand)
+from numbarnn.kernels.loops import (_gather_row, gathers_in_place, input_weight_gradients_dense,
+                                    input_weight_gradients_indices, project_dense, recurrent_product,
+                                    recurrent_weight_gradients, tiled_operand)
 from numbarnn.kernels.losses import softmax_cross_entropy
 from numbarnn.kernels.sampling import apply_temperature as apply_softmax
 from numbarnn.kernels.sampling import argmax as argmax_row
@@ -113,9 +113,7 @@ def sequence_forward_indices(idx, W_x, b_x, W_h, b_h, own, xz_t, states, cache, 
     if not RECURRENT:
         hz[:, :] = 0.0
     tiled_W_hT = tiled_operand(W_h.T, B)
-    # A few rows a step (generation: one) read W_x's columns in place; more gather rows of a
-    # contiguous W_x.T, whose copy then pays back (as project_indices).
-    few = 8 * B < W_x.shape[1]
+    few = gathers_in_place(B, W_x)
     W_xT = W_x[:0] if few else np.ascontiguousarray(W_x.T)
     for t in range(T):
         for b in range(B):
