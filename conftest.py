@@ -19,10 +19,16 @@ import pytest
 
 # Tests whose work runs in background processes started at collection: node id -> the test
 # module's tests/checkout.BackgroundRuns that starts that work (once) and kills what is left.
+# Their results are collected last, in this order.
 BACKGROUND_TESTS = {
-    "tests/test_cuda.py::test_cuda_kernels_on_the_simulator": "SIMULATOR_RUNS",
     "tests/test_benchmarks.py::test_suite_quick_smoke": "QUICK_SUITE",
+    "tests/test_cuda.py::test_cuda_kernels_on_the_simulator": "SIMULATOR_RUNS",
 }
+# Tests that run right after a background test's result, so that their child processes find
+# the kernels it compiled in the shared numba cache instead of compiling them again: the
+# other benchmark smoke tests run the same float32 kernels as the quick suite (cold, about
+# 90 s of compiling on two cores; after the suite, about 15 s).
+WARM_AFTER = {"tests/test_benchmarks.py::test_suite_quick_smoke": "tests/test_benchmarks.py::"}
 _STARTED = []  # the BackgroundRuns started
 
 collect_ignore_glob = ["numbarnn/cuda/[!_]*.py"]
@@ -47,15 +53,20 @@ def pytest_collection_modifyitems(session, config, items):
     each) starts in the background as soon as its test is collected, and the test moves to
     the end, where it collects the result: the rest of the suite runs meanwhile, on the
     core that work would otherwise leave idle (see ``tests/test_cuda.py`` and
-    ``tests/test_benchmarks.py``)."""
+    ``tests/test_benchmarks.py``). The tests in ``WARM_AFTER`` follow it there."""
     if config.getoption("collectonly"):
         return
-    for item in [item for item in items if item.nodeid in BACKGROUND_TESTS]:
-        if any(mark.args and mark.args[0] for mark in item.iter_markers("skipif")):
+    by_id = {item.nodeid: item for item in items}
+    for nodeid, runs_name in BACKGROUND_TESTS.items():
+        item = by_id.get(nodeid)
+        if item is None or any(mark.args and mark.args[0] for mark in item.iter_markers("skipif")):
             continue
-        runs = getattr(item.module, BACKGROUND_TESTS[item.nodeid])
-        items.remove(item)
-        items.append(item)
+        runs = getattr(item.module, runs_name)
+        followers = [other for other in items if nodeid in WARM_AFTER and other is not item
+                     and other.nodeid.startswith(WARM_AFTER[nodeid]) and other.nodeid not in BACKGROUND_TESTS]
+        for moved in [item, *followers]:
+            items.remove(moved)
+            items.append(moved)
         runs.start()
         _STARTED.append(runs)
 

@@ -7,6 +7,7 @@ The tutorials (``docs/tutorials/NN-*.md``) and the other pages with runnable cod
 working directory. Pictures are never committed: the pages write them, and the site built
 here shows the ones this run made.
 """
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -185,6 +186,10 @@ def test_site_builds_strictly(tmp_path, made_pictures):
     # A picture this run did not make (its page was skipped or deselected) is made by the
     # site's hook, at the small sizes.
     assert not runner.missing_pictures(TUTORIALS, img) or len(list(made_pictures.iterdir())) < len(shown)
+    # CI (.ci/run) builds the site once more, in an environment with only the [docs] extra,
+    # from these pictures: a folder named in NUMBARNN_DOCS_PICTURES receives them, with their stamps.
+    if os.environ.get("NUMBARNN_DOCS_PICTURES"):
+        shutil.copytree(img, os.environ["NUMBARNN_DOCS_PICTURES"], dirs_exist_ok=True)
     env = checkout.env(NUMBARNN_DOCS_QUICK="1", NO_MKDOCS_2_WARNING="1")
     site = tmp_path / "site"
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(project / "mkdocs.yml"),
@@ -196,6 +201,71 @@ def test_site_builds_strictly(tmp_path, made_pictures):
     api = (site / "api" / "trainer" / "index.html").read_text(encoding="utf-8")
     assert "make_trainer" in api and "train_step" in api
     assert not list(site.rglob("*.py")), "tooling .py files leaked into the site"
+
+
+def _distribution_closure(names):
+    """The distributions ``names`` install, with what they require (their extras' requirements not)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen, todo = set(), [canonicalize_name(name) for name in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue  # not installed here: its own requirements are unknown, the name still counts
+        for text in requires:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(requirement.name))
+    return seen
+
+
+def _page_imports(page):
+    """Top-level modules that the code a page runs (its run blocks and the .py files it writes) imports,
+    less the standard library, numbarnn and the modules the page writes itself."""
+    import ast
+
+    code = [b.code for b in runner.blocks(page) if b.kind == "run" or (b.kind == "file" and b.title.endswith(".py"))]
+    written = {part.removesuffix(".py") for b in runner.blocks(page) if b.kind == "file" for part in Path(b.title).parts}
+    modules = set()
+    for text in code:
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.partition(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules.add(node.module.partition(".")[0])
+    return modules - set(sys.stdlib_module_names) - written - {"numbarnn"}
+
+
+def test_the_docs_extra_installs_what_the_pages_with_pictures_import():
+    """``pip install ".[docs]" && mkdocs build --strict`` runs the pages whose pictures are
+    missing (``docs/hooks.py``), so what they import must come with numbarnn and its [docs]
+    extra. CI builds that environment's site from the pictures this run made (the tutorials
+    do not run twice), so this is the check that catches a plotting dependency missing from
+    the extra."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    wanted = [Requirement(text).name for text in project["dependencies"] + project["optional-dependencies"]["docs"]]
+    installed = _distribution_closure(wanted)
+    providers = importlib.metadata.packages_distributions()
+    pages = [page for page in TUTORIALS if runner.pictures(page)]
+    assert pages, "no tutorial shows a picture"
+    from packaging.utils import canonicalize_name
+
+    for page in pages:
+        imports = _page_imports(page) | set(_needs(page))  # _needs: numbarnn.datasets' own imports
+        assert "matplotlib" in imports, f"{page.name} shows pictures: it should import matplotlib"
+        for module in sorted(imports):
+            dists = {canonicalize_name(d) for d in providers.get(module, [])}
+            assert dists & installed, (f"{page.name} imports {module} (from {sorted(dists) or 'nothing installed'}), "
+                                       f"which numbarnn[docs] does not install")
 
 
 def test_docstrings_become_markdown_for_the_api_reference():
