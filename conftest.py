@@ -24,13 +24,11 @@ BACKGROUND_TESTS = {
     "tests/test_benchmarks.py::test_suite_quick_smoke": "QUICK_SUITE",
     "tests/test_cuda.py::test_cuda_kernels_on_the_simulator": "SIMULATOR_RUNS",
 }
-# Tests (node-id prefixes) that run right after a background test's result, so that they
-# and their child processes find the kernels it compiled in the shared numba cache instead
-# of compiling them again. The quick suite trains, generates and benchmarks in float32 at
-# small sizes, as the other benchmark smoke tests, the command line's and MPI's runs and
-# README's examples do: cold, those took 190 s on two cores (2026-12-02); after the suite, 70 s.
-WARM_AFTER = {"tests/test_benchmarks.py::test_suite_quick_smoke": (
-    "tests/test_benchmarks.py::", "tests/test_cli_output.py::", "tests/test_distributed.py::", "tests/test_readme.py::")}
+# Tests that run right after a background test's result, so that their child processes find
+# the kernels it compiled in the shared numba cache instead of compiling them again: the
+# other benchmark smoke tests run the same float32 kernels as the quick suite (cold, about
+# 90 s of compiling on two cores; after the suite, about 15 s).
+WARM_AFTER = {"tests/test_benchmarks.py::test_suite_quick_smoke": "tests/test_benchmarks.py::"}
 _STARTED = []  # the BackgroundRuns started
 
 collect_ignore_glob = ["numbarnn/cuda/[!_]*.py"]
