@@ -27,7 +27,7 @@ BACKGROUND_TESTS = {
 # Tests that run right after a background test's result, so that their child processes find
 # the kernels it compiled in the shared numba cache instead of compiling them again: the
 # other benchmark smoke tests run the same float32 kernels as the quick suite (cold, about
-# 90 s of compiling on two cores; after the suite, about 15 s).
+# 100 s of their time on two cores; after the suite, about 20 s).
 WARM_AFTER = {"tests/test_benchmarks.py::test_suite_quick_smoke": "tests/test_benchmarks.py::"}
 _STARTED = []  # the BackgroundRuns started
 

@@ -33,7 +33,7 @@ class BackgroundRuns:
     processes, waits on them, then :meth:`stop`, which kills any still running (as the
     session's end does for a test that never ran).
 
-    They run at a lower priority (``NICENESS``): three of them and the suite share two cores,
+    They run at a lower priority (``NICENESS`` more than the suite's): three of them and the suite share two cores,
     and the suite, one chain of tests, is the longer job. Given equal shares it got half a
     core while they ran and then ran on alone while the other core idled; behind it they
     take the core it leaves (a whole one when it waits), and finish at about the time it
@@ -53,7 +53,7 @@ class BackgroundRuns:
                 # Right after the start, before the child has imported anything that starts
                 # threads (they inherit it); where the call is missing (Windows), equal shares.
                 with contextlib.suppress(AttributeError, ProcessLookupError, PermissionError):
-                    os.setpriority(os.PRIO_PROCESS, process.pid, self.NICENESS)
+                    os.setpriority(os.PRIO_PROCESS, process.pid, min(19, os.nice(0) + self.NICENESS))
         return self._processes
 
     def stop(self) -> None:
