@@ -248,8 +248,9 @@ def test_the_docs_extra_installs_what_the_pages_with_pictures_import():
     extra. CI builds that environment's site from the pictures this run made (the tutorials
     do not run twice), so this is the check that catches a plotting dependency missing from
     the extra."""
-    import tomllib
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
     from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     wanted = [Requirement(text).name for text in project["dependencies"] + project["optional-dependencies"]["docs"]]
@@ -257,8 +258,6 @@ def test_the_docs_extra_installs_what_the_pages_with_pictures_import():
     providers = importlib.metadata.packages_distributions()
     pages = [page for page in TUTORIALS if runner.pictures(page)]
     assert pages, "no tutorial shows a picture"
-    from packaging.utils import canonicalize_name
-
     for page in pages:
         imports = _page_imports(page) | set(_needs(page))  # _needs: numbarnn.datasets' own imports
         assert "matplotlib" in imports, f"{page.name} shows pictures: it should import matplotlib"
