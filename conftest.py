@@ -62,8 +62,9 @@ def pytest_collection_modifyitems(session, config, items):
         if item is None or any(mark.args and mark.args[0] for mark in item.iter_markers("skipif")):
             continue
         runs = getattr(item.module, runs_name)
-        followers = [other for other in items if nodeid in WARM_AFTER and other is not item
-                     and other.nodeid.startswith(WARM_AFTER[nodeid]) and other.nodeid not in BACKGROUND_TESTS]
+        prefix = WARM_AFTER.get(nodeid)
+        followers = [other for other in items
+                     if prefix and other.nodeid.startswith(prefix) and other.nodeid not in BACKGROUND_TESTS]
         for moved in [item, *followers]:
             items.remove(moved)
             items.append(moved)

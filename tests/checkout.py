@@ -33,11 +33,11 @@ class BackgroundRuns:
     processes, waits on them, then :meth:`stop`, which kills any still running (as the
     session's end does for a test that never ran).
 
-    They run at a lower priority (``NICENESS`` more than the suite's): three of them and the suite share two cores,
-    and the suite, one chain of tests, is the longer job. Given equal shares it got half a
-    core while they ran and then ran on alone while the other core idled; behind it they
-    take the core it leaves (a whole one when it waits), and finish at about the time it
-    does."""
+    They run at a lower priority (``NICENESS`` more than the suite's): three of them and the
+    suite share two cores, and the suite, one chain of tests, is the longer job. Given equal
+    shares it got half a core while they ran and then ran on alone while the other core
+    idled; behind it they take the core it leaves (a whole one when it waits), and finish at
+    about the time it does."""
 
     NICENESS = 10
 

@@ -8,6 +8,8 @@ import sys
 import types
 from pathlib import Path
 
+import pytest
+
 import checkout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +63,7 @@ def test_background_tests_go_last_in_order_with_the_tests_that_reuse_their_kerne
     assert started == ["simulator"] and order[:3] == nodeids[:3] and order[-1] == simulator
 
 
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no process priorities here (Windows): equal shares")
 def test_background_processes_run_at_a_lower_priority():
     runs = checkout.BackgroundRuns(lambda: [subprocess.Popen(
         [sys.executable, "-c", "import os, time; time.sleep(0.5); print(os.nice(0))"], stdout=subprocess.PIPE,
@@ -71,5 +74,4 @@ def test_background_processes_run_at_a_lower_priority():
         out, _ = process.communicate(timeout=60)
     finally:
         runs.stop()
-    expected = min(os.nice(0) + checkout.BackgroundRuns.NICENESS, 19) if hasattr(os, "setpriority") else os.nice(0)
-    assert int(out) == expected
+    assert int(out) == min(os.nice(0) + checkout.BackgroundRuns.NICENESS, 19)

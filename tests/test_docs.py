@@ -78,11 +78,30 @@ def isolated(monkeypatch):
     plugins.reset()
 
 
+def _page_imports(page):
+    """Top-level modules that the code a page runs (its run blocks and the .py files it writes) imports,
+    less the standard library, numbarnn and the modules the page writes itself."""
+    import ast
+
+    blocks = runner.blocks(page)
+    code = [b.code for b in blocks if b.kind == "run" or (b.kind == "file" and b.title.endswith(".py"))]
+    written = {part.removesuffix(".py") for b in blocks if b.kind == "file" for part in Path(b.title).parts}
+    modules = set()
+    for text in code:
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.partition(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules.add(node.module.partition(".")[0])
+    return modules - set(sys.stdlib_module_names) - written - {"numbarnn"}
+
+
 def _needs(page):
-    code = "".join(b.code for b in runner.blocks(page) if b.kind == "run")
-    needs = [m for m in ("matplotlib", "torch") if f"import {m}" in code]
-    if "datasets." in code:  # numbarnn.datasets reads data shipped in these (the [datasets] extra)
-        needs += ["sklearn", "statsmodels"]
+    """The optional packages a page's code needs: those it imports, and numbarnn.datasets' own."""
+    imports = _page_imports(page)
+    needs = [m for m in ("matplotlib", "torch") if m in imports]
+    if "datasets." in "".join(b.code for b in runner.blocks(page) if b.kind == "run"):
+        needs += ["sklearn", "statsmodels"]  # numbarnn.datasets reads data shipped in these (the [datasets] extra)
     return needs
 
 
@@ -225,23 +244,6 @@ def _distribution_closure(names):
     return seen
 
 
-def _page_imports(page):
-    """Top-level modules that the code a page runs (its run blocks and the .py files it writes) imports,
-    less the standard library, numbarnn and the modules the page writes itself."""
-    import ast
-
-    code = [b.code for b in runner.blocks(page) if b.kind == "run" or (b.kind == "file" and b.title.endswith(".py"))]
-    written = {part.removesuffix(".py") for b in runner.blocks(page) if b.kind == "file" for part in Path(b.title).parts}
-    modules = set()
-    for text in code:
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, ast.Import):
-                modules.update(alias.name.partition(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                modules.add(node.module.partition(".")[0])
-    return modules - set(sys.stdlib_module_names) - written - {"numbarnn"}
-
-
 def test_the_docs_extra_installs_what_the_pages_with_pictures_import():
     """``pip install ".[docs]" && mkdocs build --strict`` runs the pages whose pictures are
     missing (``docs/hooks.py``), so what they import must come with numbarnn and its [docs]
@@ -259,7 +261,7 @@ def test_the_docs_extra_installs_what_the_pages_with_pictures_import():
     pages = [page for page in TUTORIALS if runner.pictures(page)]
     assert pages, "no tutorial shows a picture"
     for page in pages:
-        imports = _page_imports(page) | set(_needs(page))  # _needs: numbarnn.datasets' own imports
+        imports = _page_imports(page) | set(_needs(page))  # _needs adds numbarnn.datasets' own
         assert "matplotlib" in imports, f"{page.name} shows pictures: it should import matplotlib"
         for module in sorted(imports):
             dists = {canonicalize_name(d) for d in providers.get(module, [])}
