@@ -358,12 +358,17 @@ def test_the_tiled_product_is_taken_only_where_it_was_measured_ahead():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @settings(max_examples=40, deadline=None)
-@given(K=st.integers(1, 20), N=st.integers(1, 40), transposed=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_panels_hold_each_column_strip_of_M_in_order_and_zeros_beyond_it(dtype, K, N, transposed, seed):
+@given(K=st.integers(1, 20), N=st.integers(1, 40), layout=st.sampled_from(["C", "transposed", "strided", "reversed"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_panels_hold_each_column_strip_of_M_in_order_and_zeros_beyond_it(dtype, K, N, layout, seed):
     """``pack_panels(M)[s, k, c] == M[k, s * width + c]`` for any layout of M (the forward packs
-    the view ``W_h.T``), zero past column N; from Python and from compiled code alike."""
+    the view ``W_h.T``; the packing reads along whichever axis is contiguous), zero past
+    column N; from Python and from compiled code alike."""
     rng = np.random.default_rng(seed)
-    M = rng.normal(size=(N, K)).astype(dtype).T if transposed else rng.normal(size=(K, N)).astype(dtype)
+    def normal(*shape):
+        return rng.normal(size=shape).astype(dtype)
+    M = {"C": lambda: normal(K, N), "transposed": lambda: normal(N, K).T,
+         "strided": lambda: normal(2 * K, 3 * N)[::2, ::3], "reversed": lambda: normal(N, K).T[::-1, ::-1]}[layout]()
     width = tiles.panel_width(M.itemsize)
     assert width == 64 // M.itemsize  # two AVX2 registers
     for panels in (tiles.pack_panels(M), njit(lambda M: tiles.pack_panels(M))(M)):
