@@ -356,6 +356,11 @@ def test_the_tiled_product_is_taken_only_where_it_was_measured_ahead():
     assert transposed.flags.c_contiguous and transposed.shape == (8, 512, 16)
 
 
+@njit
+def _pack_in_compiled_code(M):  # compiled once per array type, not once per example
+    return tiles.pack_panels(M)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @settings(max_examples=40, deadline=None)
 @given(K=st.integers(1, 20), N=st.integers(1, 40), layout=st.sampled_from(["C", "transposed", "strided", "reversed"]),
@@ -371,7 +376,7 @@ def test_panels_hold_each_column_strip_of_M_in_order_and_zeros_beyond_it(dtype, 
          "strided": lambda: normal(2 * K, 3 * N)[::2, ::3], "reversed": lambda: normal(N, K).T[::-1, ::-1]}[layout]()
     width = tiles.panel_width(M.itemsize)
     assert width == 64 // M.itemsize  # two AVX2 registers
-    for panels in (tiles.pack_panels(M), njit(lambda M: tiles.pack_panels(M))(M)):
+    for panels in (tiles.pack_panels(M), _pack_in_compiled_code(M)):
         S = -(-N // width)
         assert panels.shape == (S, K, width) and panels.flags.c_contiguous
         expected = np.zeros((K, S * width), dtype)
