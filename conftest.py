@@ -20,15 +20,24 @@ import pytest
 # Tests whose work runs in background processes started at collection: node id -> the test
 # module's tests/checkout.BackgroundRuns that starts that work (once) and kills what is left.
 # Their results are collected last, in this order.
+# A module-level dict of them holds one per test parameter (the slowest docs pages: 03 spends
+# about 35 s compiling the two cells it defines).
 BACKGROUND_TESTS = {
     "tests/test_benchmarks.py::test_suite_quick_smoke": "QUICK_SUITE",
     "tests/test_cuda.py::test_cuda_kernels_on_the_simulator": "SIMULATOR_RUNS",
+    "tests/test_docs.py::test_page_runs_and_makes_its_pictures[02-dinosaur-island]": "PAGE_RUNS",
+    "tests/test_docs.py::test_page_runs_and_makes_its_pictures[03-cell-plugin]": "PAGE_RUNS",
 }
-# Tests that run right after a background test's result, so that their child processes find
-# the kernels it compiled in the shared numba cache instead of compiling them again: the
-# other benchmark smoke tests run the same float32 kernels as the quick suite (cold, about
-# 100 s of their time on two cores; after the suite, about 20 s).
-WARM_AFTER = {"tests/test_benchmarks.py::test_suite_quick_smoke": "tests/test_benchmarks.py::"}
+# Tests (a node id prefix) that run right after a background test's result. The other
+# benchmark smoke tests follow the quick suite, so that their child processes find the
+# kernels it compiled in the shared numba cache instead of compiling them again (they run
+# the same float32 kernels: cold, about 100 s of their time on two cores; after the suite,
+# about 20 s). The site build follows the last docs page: it shows every page's pictures.
+FOLLOWERS = {
+    "tests/test_benchmarks.py::test_suite_quick_smoke": "tests/test_benchmarks.py::",
+    "tests/test_docs.py::test_page_runs_and_makes_its_pictures[03-cell-plugin]":
+        "tests/test_docs.py::test_site_builds_strictly",
+}
 _STARTED = []  # the BackgroundRuns started
 
 collect_ignore_glob = ["numbarnn/cuda/[!_]*.py"]
@@ -50,10 +59,11 @@ def _optional_package_of_doctests(request):
 @pytest.hookimpl(trylast=True)  # after -k/-m have deselected: start only what will run
 def pytest_collection_modifyitems(session, config, items):
     """Long single-core work (the CUDA simulator suite, the quick benchmark suite: minutes
-    each) starts in the background as soon as its test is collected, and the test moves to
-    the end, where it collects the result: the rest of the suite runs meanwhile, on the
-    core that work would otherwise leave idle (see ``tests/test_cuda.py`` and
-    ``tests/test_benchmarks.py``). The tests in ``WARM_AFTER`` follow it there."""
+    each; the slowest docs pages) starts in the background as soon as its test is collected,
+    and the test moves to the end, where it collects the result: the rest of the suite runs
+    meanwhile, on the core that work would otherwise leave idle (see ``tests/test_cuda.py``,
+    ``tests/test_benchmarks.py`` and ``tests/test_docs.py``). The tests in ``FOLLOWERS``
+    follow it there."""
     if config.getoption("collectonly"):
         return
     by_id = {item.nodeid: item for item in items}
@@ -62,7 +72,9 @@ def pytest_collection_modifyitems(session, config, items):
         if item is None or any(mark.args and mark.args[0] for mark in item.iter_markers("skipif")):
             continue
         runs = getattr(item.module, runs_name)
-        prefix = WARM_AFTER.get(nodeid)
+        if isinstance(runs, dict):  # one per parameter: "test[param]"
+            runs = runs[nodeid.partition("[")[2].removesuffix("]")]
+        prefix = FOLLOWERS.get(nodeid)
         followers = [other for other in items
                      if prefix and other.nodeid.startswith(prefix) and other.nodeid not in BACKGROUND_TESTS]
         for moved in [item, *followers]:

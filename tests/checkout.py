@@ -27,14 +27,14 @@ class BackgroundRuns:
     """Child processes a long test starts once, early, and collects at its end.
 
     ``launch`` returns the started ``subprocess.Popen`` objects. The root ``conftest.py`` calls
-    :meth:`start` as soon as the session has collected the test (a module-level instance,
-    named in its ``BACKGROUND_TESTS``), so the work runs on the core the rest of the suite
-    leaves idle, and moves the test to the end; the test calls :meth:`start` for the
-    processes, waits on them, then :meth:`stop`, which kills any still running (as the
-    session's end does for a test that never ran).
+    :meth:`start` as soon as the session has collected the test (a module-level instance, or
+    a dict of them by test parameter, named in its ``BACKGROUND_TESTS``), so the work runs on
+    the core the rest of the suite leaves idle, and moves the test to the end; the test calls
+    :meth:`start` for the processes, waits on them, then :meth:`stop`, which kills any still
+    running (as the session's end does for a test that never ran).
 
-    They run at a lower priority (``NICENESS`` more than the suite's): three of them and the
-    suite share two cores, and the suite, one chain of tests, is the longer job. Given equal
+    They run at a lower priority (``NICENESS`` more than the suite's): they and the suite
+    share two cores, and the suite, one chain of tests, is the longer job. Given equal
     shares it got half a core while they ran and then ran on alone while the other core
     idled; behind it they take the core it leaves (a whole one when it waits), and finish at
     about the time it does."""

@@ -40,7 +40,9 @@ class _Item:
 
 def _order(conftest, nodeids, skipped=()):
     started = []
-    module = types.SimpleNamespace(QUICK_SUITE=_Runs(started, "quick"), SIMULATOR_RUNS=_Runs(started, "simulator"))
+    module = types.SimpleNamespace(QUICK_SUITE=_Runs(started, "quick"), SIMULATOR_RUNS=_Runs(started, "simulator"),
+                                   PAGE_RUNS={"02-dinosaur-island": _Runs(started, "page 02"),
+                                              "03-cell-plugin": _Runs(started, "page 03")})
     items = [_Item(nodeid, module, nodeid in skipped) for nodeid in nodeids]
     conftest.pytest_collection_modifyitems(None, types.SimpleNamespace(getoption=lambda name: False), items)
     return [item.nodeid for item in items], started
@@ -48,19 +50,37 @@ def _order(conftest, nodeids, skipped=()):
 
 def test_background_tests_go_last_in_order_with_the_tests_that_reuse_their_kernels_after_them():
     conftest = _root_conftest()
-    quick, simulator = list(conftest.BACKGROUND_TESTS)
+    quick, simulator, page_02, page_03 = list(conftest.BACKGROUND_TESTS)
     assert quick.endswith("test_suite_quick_smoke") and simulator.endswith("test_cuda_kernels_on_the_simulator")
+    assert page_02.endswith("[02-dinosaur-island]") and page_03.endswith("[03-cell-plugin]")
+    site, page_01 = "tests/test_docs.py::test_site_builds_strictly", page_02.replace("02-dinosaur-island", "01-step")
     nodeids = ["tests/test_a.py::one", "tests/test_benchmarks.py::test_kernel_benchmark_smoke", quick,
                "tests/test_benchmarks.py::test_breakdown_smoke[indrnn-False]", simulator, "tests/test_cuda.py::other",
-               "tests/test_z.py::two"]
+               page_01, page_02, page_03, "tests/test_docs.py::test_other", site, "tests/test_z.py::two"]
     order, started = _order(conftest, nodeids)
-    assert order == ["tests/test_a.py::one", "tests/test_cuda.py::other", "tests/test_z.py::two", quick,
-                     "tests/test_benchmarks.py::test_kernel_benchmark_smoke",
-                     "tests/test_benchmarks.py::test_breakdown_smoke[indrnn-False]", simulator]
-    assert started == ["quick", "simulator"]
+    assert order == ["tests/test_a.py::one", "tests/test_cuda.py::other", page_01, "tests/test_docs.py::test_other",
+                     "tests/test_z.py::two", quick, "tests/test_benchmarks.py::test_kernel_benchmark_smoke",
+                     "tests/test_benchmarks.py::test_breakdown_smoke[indrnn-False]", simulator, page_02, page_03, site]
+    assert started == ["quick", "simulator", "page 02", "page 03"]  # each page's own runs
     # A skipped background test starts nothing and moves nothing.
     order, started = _order(conftest, nodeids, skipped={quick})
-    assert started == ["simulator"] and order[:3] == nodeids[:3] and order[-1] == simulator
+    assert started == ["simulator", "page 02", "page 03"] and order[:3] == nodeids[:3] and order[-1] == site
+
+
+def test_every_background_test_exists_and_names_runs_its_module_has():
+    """A renamed test or page would quietly run in place, waiting on its own work."""
+    conftest = _root_conftest()
+    for nodeid, runs_name in conftest.BACKGROUND_TESTS.items():
+        path, _, test = nodeid.partition("::")
+        name, _, parameter = test.partition("[")
+        module = importlib.import_module(Path(path).stem)  # tests/ is on sys.path, as pytest imports them
+        assert callable(getattr(module, name, None)), nodeid
+        runs = getattr(module, runs_name)
+        if parameter:
+            runs = runs[parameter.removesuffix("]")]
+        assert isinstance(runs, checkout.BackgroundRuns), nodeid
+    for nodeid, prefix in conftest.FOLLOWERS.items():
+        assert nodeid in conftest.BACKGROUND_TESTS and prefix.startswith("tests/"), nodeid
 
 
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no process priorities here (Windows): equal shares")

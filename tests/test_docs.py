@@ -4,7 +4,8 @@ by the code are current, and ``mkdocs build --strict`` passes.
 The tutorials (``docs/tutorials/NN-*.md``) and the other pages with runnable code
 (``docs/index.md``, ``docs/concepts.md``) are executed in this process, block by block, by
 ``docs/run_tutorials.py``, with ``NUMBARNN_DOCS_QUICK=1`` (tiny training) and a scratch
-working directory. Pictures are never committed: the pages write them, and the site built
+working directory; the two slowest in a child process of their own, in the background
+(``PAGE_RUNS``). Pictures are never committed: the pages write them, and the site built
 here shows the ones this run made.
 """
 import importlib.metadata
@@ -14,6 +15,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -41,7 +43,7 @@ PAGES = TUTORIALS + [DOCS / name for name in ("index.md", "concepts.md", "traini
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # the background pages' tests run at the session's end (conftest.py)
 def made_pictures(tmp_path_factory):
     """Pictures the tutorial runs made, by file name; the site build uses them."""
     folder = tmp_path_factory.mktemp("pictures")
@@ -112,17 +114,59 @@ def _png_size(path):
     return len(data), width, height
 
 
+def _page_in_background(stem):
+    """The page run in a child process (``docs/run_tutorials.py --quick``, the same run as
+    :func:`runner.run` here, its pictures copied to a folder of their own, the process's
+    ``pictures``), as a BackgroundRuns: the root conftest.py starts it at collection and
+    moves its test to the end. Nothing starts where the page's packages are missing (its
+    test skips)."""
+    page = DOCS / "tutorials" / f"{stem}.md"
+
+    def launch():
+        if any(importlib.util.find_spec(module) is None for module in _needs(page)):
+            return []
+        pictures = Path(tempfile.mkdtemp(prefix=f"numbarnn-{stem}-"))
+        process = subprocess.Popen([sys.executable, str(DOCS / "run_tutorials.py"), "--quick", "--out", str(pictures),
+                                    stem], cwd=ROOT, env=checkout.env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        process.pictures = pictures
+        return [process]
+    return checkout.BackgroundRuns(launch)
+
+
+# The slowest pages (in CI 03 took about 35 s, most of it compiling the two cells it
+# defines, and 02 about 10 s) run on the core the rest of the suite leaves idle.
+PAGE_RUNS = {stem: _page_in_background(stem) for stem in ("02-dinosaur-island", "03-cell-plugin")}
+
+
+def _pictures_made_in_background(page) -> Path:
+    runs = PAGE_RUNS[page.stem]
+    try:
+        (process,) = runs.start()  # started at collection (or now, when this test runs alone)
+        output = process.communicate(timeout=1500)[0]
+    finally:
+        runs.stop()
+    assert process.returncode == 0, output[-6000:]
+    return process.pictures
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
 def test_page_runs_and_makes_its_pictures(page, tmp_path, isolated, made_pictures):
     for module in _needs(page):
         pytest.importorskip(module, reason=f"{page.name} needs {module}")
-    runner.run(page, tmp_path, quick=True)
+    if page.stem in PAGE_RUNS:
+        folder = _pictures_made_in_background(page)
+    else:
+        runner.run(page, tmp_path, quick=True)
+        folder = tmp_path / "img"
     for name in runner.pictures(page):
-        made = tmp_path / "img" / name
+        made = folder / name
         assert made.exists(), f"{page.name} shows img/{name} but its code did not write it"
         size, width, height = _png_size(made)
         assert size > 5000 and width >= 300 and height >= 200, (name, size, width, height)
         shutil.copyfile(made, made_pictures / name)
+    if page.stem in PAGE_RUNS:
+        shutil.rmtree(folder)
 
 
 def test_every_tutorial_has_code_and_every_picture_has_a_page():
