@@ -350,8 +350,11 @@ def test_the_tiled_product_is_taken_only_where_it_was_measured_ahead():
     # packed in strips of 16 float32 or 8 float64 columns
     assert [loops.tiled_operand(f32, B).shape for B in (1, 2, 32, 33)] == [(0, 0, 0), (32, 128, 16), (32, 128, 16),
                                                                            (0, 0, 0)]
-    assert loops.tiled_operand(f64, 8).size == 0  # beyond TILED_MAX_BYTES
+    assert loops.tiled_operand(f64, 8).shape == (64, 128, 8)
     assert loops.tiled_operand(f64[:64], 16).shape == (64, 64, 8) and loops.tiled_operand(f64[:64], 17).size == 0
+    at_the_limit = np.zeros((512, 2048), np.float32)  # 4 MiB: an LSTM's W_h at H512
+    assert loops.tiled_operand(at_the_limit, 16).shape == (128, 512, 16)
+    assert loops.tiled_operand(np.zeros((512, 2049), np.float32), 16).size == 0  # beyond TILED_MAX_BYTES
     transposed = loops.tiled_operand(f32.T, 4)  # forward: W_h.T, packed once
     assert transposed.flags.c_contiguous and transposed.shape == (8, 512, 16)
 

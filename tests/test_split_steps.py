@@ -152,13 +152,14 @@ def test_one_blas_thread_holds_one_block_at_a_time_and_puts_the_counts_back():
 
 
 def test_only_halves_whose_products_take_the_tiled_product_split(two_threads):
-    """Where a half's per-step products would go to BLAS (W_h beyond 256 KiB, or more rows
+    """Where a half's per-step products would go to BLAS (W_h beyond 4 MiB, or more rows
     than the tiled product takes), two halves each packing W_h on one thread lost to one
     2-thread call: the step stays whole. A cell without W_h has no products to lose."""
     def pool(cell, H, B, dtype="float32"):
         return numbarnn.make_trainer(cell, vocab_size=7, hidden_size=H, dtype=dtype, seed=0).backend._split_pool(B)
     assert pool("lstm", 128, 64) is not None      # halves of 32 rows, W_h 256 KiB
     assert pool("lstm", 128, 66) is None          # halves of 33 rows
-    assert pool("lstm", 256, 32) is None          # W_h 1 MiB
+    assert pool("lstm", 512, 32) is not None      # W_h 4 MiB
+    assert pool("lstm", 520, 32) is None          # W_h 4.1 MiB
     assert pool("lstm", 64, 32, "float64") is not None and pool("lstm", 64, 34, "float64") is None  # 16 rows
     assert pool("indrnn", 512, 200) is not None

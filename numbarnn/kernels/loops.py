@@ -112,14 +112,19 @@ def _gather_row(i, W_rows, b_x, out):
 #: (benchmarks/small_batch_products.py; docs/performance.md)
 GEMV_MAX_ROWS = 6
 
-#: The tiled product (:mod:`numbarnn.kernels.tiles`, one thread, ``M`` read in place) takes
-#: the per-step products when ``M`` fits in a core's L2 cache with room to spare and the
-#: batch is small: 2 rows to TILED_MAX_ROW_BYTES bytes of a row's worth of elements (32 rows
-#: float32, 16 float64). There it took 0.35-0.8x the time of OpenBLAS's gemm on 2 threads
-#: (float32 H128: 8 rows 17.5 vs 42 us, 16 rows 29 vs 54 us, 32 rows 67-71 vs 85-95 us);
-#: with M beyond L2 (float32 H256 and up) or more rows, gemm's cache blocking and second
-#: thread win. (benchmarks/small_batch_products.py; docs/performance.md)
-TILED_MAX_BYTES = 256 * 1024
+#: The tiled product (:mod:`numbarnn.kernels.tiles`, one thread, ``M`` packed once per loop)
+#: takes the per-step products when the batch is small, 2 rows to TILED_MAX_ROW_BYTES bytes
+#: of a row's worth of elements (32 rows float32, 16 float64), and ``M`` has at most
+#: TILED_MAX_BYTES. At float32 H128 it took 0.35-0.8x the time of OpenBLAS's gemm on 2
+#: threads (8 rows 17.5 vs 42 us, 16 rows 29 vs 54 us, 32 rows 67-71 vs 85-95 us). Larger
+#: ``M`` (the limit was 256 KiB until 2026-12-02): at 8 and 16 rows it took 0.6-0.9x gemm's
+#: time on one thread or two (float32 H256 and H512, float64 H128-256), at 32 rows 1.1-1.2x;
+#: and the training steps it lets split (see ``numbarnn.cpu_backend``), LSTM, GRU and the
+#: layer-normalised LSTM at H192-512 float32 (B16-64) and float64 H128, took 0.6-0.9x the
+#: time of the whole step on 2-thread gemm. An unsplit loop of 17-32 rows (a forward-only
+#: pass) pays the 1.1-1.2x on its products. Beyond 4 MiB (float32 H512 for 4 gates) it is
+#: not measured. (benchmarks/small_batch_products.py; docs/performance.md)
+TILED_MAX_BYTES = 4 * 1024 * 1024
 TILED_MAX_ROW_BYTES = 128
 
 
