@@ -69,26 +69,22 @@ def pack_panels(M):
     width = panel_width(M.itemsize)
     strips = (N + width - 1) // width
     panels = np.empty((strips, K, width), M.dtype)
-    # Read M along its contiguous axis (0.2x the time of one order for both: a training step
-    # packs W_h twice per call, W_h.T forward and W_h in BPTT).
+    # Read M along its contiguous axis: a fifth of the time one loop order took for either
+    # layout (a training step packs W_h twice per call, W_h.T forward and W_h in BPTT).
     if M.strides[0] >= M.strides[1]:  # rows contiguous (W_h): runs of one strip's width
         for s in range(strips):
             lo = s * width
-            n = min(width, N - lo)
             for k in range(K):
                 row, panel_row = M[k], panels[s, k]
-                for w in range(n):
+                for w in range(min(width, N - lo)):
                     panel_row[w] = row[lo + w]
-                for w in range(n, width):
-                    panel_row[w] = 0.0
     else:  # columns contiguous (W_h.T): down each column
         for j in range(N):
             column, s, w = M[:, j], j // width, j % width
             for k in range(K):
                 panels[s, k, w] = column[k]
-        for j in range(N, strips * width):
-            for k in range(K):
-                panels[j // width, k, j % width] = 0.0
+    if N % width:  # the last strip's columns beyond N
+        panels[strips - 1, :, N % width:] = 0.0
     return panels
 
 
