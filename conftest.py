@@ -56,6 +56,15 @@ def _optional_package_of_doctests(request):
             pytest.skip(f"{request.node.name}'s examples need {package} (pip install 'numbarnn[{package}]')")
 
 
+def background_runs(module, runs_name, nodeid):
+    """The BackgroundRuns that ``BACKGROUND_TESTS`` names for ``nodeid`` in its test module:
+    the attribute itself, or for a parametrized test ("test[param]") its entry by parameter."""
+    runs = getattr(module, runs_name)
+    if isinstance(runs, dict):
+        runs = runs[nodeid.partition("[")[2].removesuffix("]")]
+    return runs
+
+
 @pytest.hookimpl(trylast=True)  # after -k/-m have deselected: start only what will run
 def pytest_collection_modifyitems(session, config, items):
     """Long single-core work (the CUDA simulator suite, the quick benchmark suite: minutes
@@ -71,9 +80,7 @@ def pytest_collection_modifyitems(session, config, items):
         item = by_id.get(nodeid)
         if item is None or any(mark.args and mark.args[0] for mark in item.iter_markers("skipif")):
             continue
-        runs = getattr(item.module, runs_name)
-        if isinstance(runs, dict):  # one per parameter: "test[param]"
-            runs = runs[nodeid.partition("[")[2].removesuffix("]")]
+        runs = background_runs(item.module, runs_name, nodeid)
         prefix = FOLLOWERS.get(nodeid)
         followers = [other for other in items
                      if prefix and other.nodeid.startswith(prefix) and other.nodeid not in BACKGROUND_TESTS]

@@ -72,13 +72,9 @@ def test_every_background_test_exists_and_names_runs_its_module_has():
     conftest = _root_conftest()
     for nodeid, runs_name in conftest.BACKGROUND_TESTS.items():
         path, _, test = nodeid.partition("::")
-        name, _, parameter = test.partition("[")
         module = importlib.import_module(Path(path).stem)  # tests/ is on sys.path, as pytest imports them
-        assert callable(getattr(module, name, None)), nodeid
-        runs = getattr(module, runs_name)
-        if parameter:
-            runs = runs[parameter.removesuffix("]")]
-        assert isinstance(runs, checkout.BackgroundRuns), nodeid
+        assert callable(getattr(module, test.partition("[")[0], None)), nodeid
+        assert isinstance(conftest.background_runs(module, runs_name, nodeid), checkout.BackgroundRuns), nodeid
     for nodeid, prefix in conftest.FOLLOWERS.items():
         assert nodeid in conftest.BACKGROUND_TESTS and prefix.startswith("tests/"), nodeid
 
