@@ -117,8 +117,8 @@ GEMV_MAX_ROWS = 6
 #: of a row's worth of elements (32 rows float32, 16 float64), and ``M`` has at most
 #: TILED_MAX_BYTES. At float32 H128 it took 0.35-0.8x the time of OpenBLAS's gemm on 2
 #: threads (8 rows 17.5 vs 42 us, 16 rows 29 vs 54 us, 32 rows 67-71 vs 85-95 us). Larger
-#: ``M`` (the limit was 256 KiB until 2026-12-02): at 8 and 16 rows it took 0.6-0.9x gemm's
-#: time on one thread or two (float32 H256 and H512, float64 H128-256), at 32 rows 1.1-1.2x;
+#: ``M`` (the limit was 256 KiB until 2026-12-02): at 8 and 16 rows it took 0.6-1.0x gemm's
+#: time on one thread or two (float32 H192-512, float64 H128-256), at 32 rows 1.1-1.2x;
 #: and the training steps it lets split (see ``numbarnn.cpu_backend``), LSTM, GRU and the
 #: layer-normalised LSTM at H192-512 float32 (B16-64) and float64 H128, took 0.6-0.9x the
 #: time of the whole step on 2-thread gemm. An unsplit loop of 17-32 rows (a forward-only
