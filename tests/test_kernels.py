@@ -347,16 +347,19 @@ def test_recurrent_products_match_numpy_on_every_path(dtype, B, H, seed):
 
 def test_the_tiled_product_is_taken_only_where_it_was_measured_ahead():
     f32, f64 = np.zeros((128, 512), np.float32), np.zeros((128, 512), np.float64)  # 256 and 512 KiB
-    # packed in strips of 16 float32 or 8 float64 columns
-    assert [loops.tiled_operand(f32, B).shape for B in (1, 2, 32, 33)] == [(0, 0, 0), (32, 128, 16), (32, 128, 16),
-                                                                           (0, 0, 0)]
-    assert loops.tiled_operand(f64, 8).shape == (64, 128, 8)
-    assert loops.tiled_operand(f64[:64], 16).shape == (64, 64, 8) and loops.tiled_operand(f64[:64], 17).size == 0
+    # packed in strips of w32 float32 or w64 float64 columns: 16 and 8 on AVX2, 32 and 16 with AVX-512
+    w32, w64 = tiles.panel_width(4), tiles.panel_width(8)
+    assert (w32, w64) == ((16, 8) if tiles.VECTOR_BYTES == 32 else (32, 16))
+    assert [loops.tiled_operand(f32, B).shape for B in (1, 2, 32, 33)] == [(0, 0, 0), (512 // w32, 128, w32),
+                                                                           (512 // w32, 128, w32), (0, 0, 0)]
+    assert loops.tiled_operand(f64, 8).shape == (512 // w64, 128, w64)
+    assert loops.tiled_operand(f64[:64], 16).shape == (512 // w64, 64, w64)
+    assert loops.tiled_operand(f64[:64], 17).size == 0
     at_the_limit = np.zeros((512, 2048), np.float32)  # 4 MiB: an LSTM's W_h at H512
-    assert loops.tiled_operand(at_the_limit, 16).shape == (128, 512, 16)
+    assert loops.tiled_operand(at_the_limit, 16).shape == (2048 // w32, 512, w32)
     assert loops.tiled_operand(np.zeros((512, 2049), np.float32), 16).size == 0  # beyond TILED_MAX_BYTES
     transposed = loops.tiled_operand(f32.T, 4)  # forward: W_h.T, packed once
-    assert transposed.flags.c_contiguous and transposed.shape == (8, 512, 16)
+    assert transposed.flags.c_contiguous and transposed.shape == (128 // w32, 512, w32)
 
 
 @njit
@@ -378,7 +381,7 @@ def test_panels_hold_each_column_strip_of_M_in_order_and_zeros_beyond_it(dtype, 
     M = {"C": lambda: normal(K, N), "transposed": lambda: normal(N, K).T,
          "strided": lambda: normal(2 * K, 3 * N)[::2, ::3], "reversed": lambda: normal(N, K).T[::-1, ::-1]}[layout]()
     width = tiles.panel_width(M.itemsize)
-    assert width == 64 // M.itemsize  # two AVX2 registers
+    assert width == 2 * tiles.VECTOR_BYTES // M.itemsize  # two vector registers
     for panels in (tiles.pack_panels(M), _pack_in_compiled_code(M)):
         S = -(-N // width)
         assert panels.shape == (S, K, width) and panels.flags.c_contiguous
@@ -414,6 +417,63 @@ def test_the_tiled_product_matches_numpy_and_each_row_is_independent_of_the_othe
     np.testing.assert_array_equal(part, out[lo:hi])
 
 
+_OTHER_WIDTH_SCRIPT = """
+import sys, numpy as np
+from numba import njit
+from numbarnn.kernels import tiles
+assert (tiles.VECTOR_BYTES, tiles.MAX_TILE_ROWS) == (32, 6), (tiles.VECTOR_BYTES, tiles.MAX_TILE_ROWS)
+product = njit(lambda a, M, out: tiles.tiled_product(a, tiles.pack_panels(M), out))
+data = np.load(sys.argv[1])
+results = {}
+for name in data.files:
+    if name.startswith("a"):
+        a, M = data[name], data["M" + name[1:]]
+        out = np.full((a.shape[0], M.shape[1]), np.nan, a.dtype)
+        product(a, M, out)
+        results["out" + name[1:]] = out
+np.savez(sys.argv[2], **results)
+"""
+
+
+def test_the_tiles_on_a_cpu_without_avx512_give_the_same_bits(tmp_path):
+    """Without AVX-512 the tiles are AVX2-wide (32 bytes, 6 rows): a fresh process told by
+    ``NUMBA_CPU_FEATURES`` that the CPU has none (with a cache of its own: Numba keys its cache
+    by those features) computes the same products to the bit, in every column a tile of either
+    width covers (N a multiple of 32 float32 or 16 float64 columns: one sum over k in ascending
+    order, one FMA a term, whatever the vector width), and NumPy's product in all of them."""
+    import os
+    import subprocess
+    import sys
+
+    from numba.core.codegen import get_host_cpu_features
+
+    features = ",".join("-" + f[1:] if f.startswith(("+avx512", "+evex512")) else f
+                        for f in get_host_cpu_features().split(","))
+    assert tiles.compiled_vector_bytes(features) == 32
+    rng = np.random.default_rng(5)
+    arrays, cases = {}, []
+    shapes = [(np.float32, 16, 128, 512), (np.float32, 13, 70, 96), (np.float32, 8, 300, 40),
+              (np.float64, 16, 128, 64), (np.float64, 7, 33, 48), (np.float64, 3, 5, 19)]
+    for n, (dtype, B, K, N) in enumerate(shapes):
+        arrays[f"a{n}"] = rng.normal(size=(B, K)).astype(dtype)
+        arrays[f"M{n}"] = rng.normal(size=(K, N)).astype(dtype)
+        cases.append((n, dtype, N))
+    np.savez(tmp_path / "in.npz", **arrays)
+    env = dict(os.environ, NUMBA_CPU_FEATURES=features, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    subprocess.run([sys.executable, "-c", _OTHER_WIDTH_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                   env=env, check=True, timeout=600)
+    other = np.load(tmp_path / "out.npz")
+    for n, dtype, N in cases:
+        a, M = arrays[f"a{n}"], arrays[f"M{n}"]
+        here = np.full((a.shape[0], N), np.nan, dtype)
+        _tiled(a, M, here)
+        K = a.shape[1]
+        tol = dict(rtol=1e-12, atol=1e-12 * K) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5 * K)
+        np.testing.assert_allclose(other[f"out{n}"], a.astype(np.float64) @ M, **tol)
+        both = N - N % (128 // np.dtype(dtype).itemsize)  # the columns whole tiles cover at either width
+        np.testing.assert_array_equal(other[f"out{n}"][:, :both], here[:, :both])
+
+
 def test_the_tiled_product_of_strided_views_falls_back_to_a_plain_loop():
     rng = np.random.default_rng(0)
     a, M = rng.normal(size=(5, 12)), rng.normal(size=(6, 19))
@@ -430,11 +490,11 @@ def test_the_tiled_product_refuses_shapes_that_do_not_fit(strided):
     a, M = rng.normal(size=(4, 6)), rng.normal(size=(6, 19))
     panels = tiles.pack_panels(M)
     wrong = {"depth": (a, tiles.pack_panels(M[:5]), np.empty((4, 19))),
-             "columns": (a, panels, np.empty((4, 30))),
+             "columns": (a, panels, np.empty((4, 40))),  # 19 columns packed: strips of 8 or 16 float64 cannot hold 40
              "rows": (a, panels, np.empty((3, 19))),
              "width": (a, panels.astype(np.float32), np.empty((4, 19), np.float32))}
     for name, (a_, panels_, out) in wrong.items():
-        if name == "width":  # float32 panels of a float64 M: 8-wide strips where 16 are read
+        if name == "width":  # float32 panels of a float64 M: strips half as wide as float32 ones
             a_, panels_ = a_.astype(np.float32), np.ascontiguousarray(panels_)
         if strided:
             a_, out = np.repeat(a_, 2, axis=1)[:, ::2], np.repeat(out, 2, axis=1)[:, ::2]

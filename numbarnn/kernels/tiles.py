@@ -10,10 +10,15 @@ BPTT) and every step reads the panels in place.
 
 The kernel is written in LLVM IR, as :mod:`numbarnn_layernorm_lstm.reductions` writes its
 sums: Numba gives plain loops no way to keep a block of ``out`` in registers. A tile is R
-rows (6, and 4, 2 or 1 for the rows left over) by two vectors of columns (2 x 8 float32 or 2 x 4 float64, one AVX2 register
-each): its 2R accumulators stay in registers over all K, and each step of k loads two
-vectors of ``M``'s row k, broadcasts ``a[b, k]`` for the R rows and does 2R fused
-multiply-adds. Columns left over (N not a multiple of the tile width) take a plain loop.
+rows by two vectors of columns: its 2R accumulators stay in registers over all K, and each
+step of k loads two vectors of ``M``'s row k, broadcasts ``a[b, k]`` for the R rows and
+does 2R fused multiply-adds. The vectors are the widest registers the CPU Numba compiles for
+has (:data:`VECTOR_BYTES`): on AVX2, 8 float32 or 4 float64 and tiles of 6 rows (16
+registers); with AVX-512, 16 float32 or 8 float64 and tiles of 8 rows (32 registers), which
+on a Zen 5 core took half the time (B16 H128 float32: 8.4 against 16.5 us, 250 GFLOP/s on
+one core, where OpenBLAS's sgemm, which takes its Haswell kernel there, reaches 122). Rows
+left over take tiles of 4, 2 and 1; columns left over (N not a multiple of the tile width)
+a plain loop.
 
 The panels: ``M``'s columns in strips one tile wide, each strip's K rows stored one after
 the other, ``panels[s, k, :] = M[k, s*width:(s+1)*width]`` (the last strip zero-padded). A
@@ -25,17 +30,19 @@ same bits.
 
 Every element is one sum over k in ascending order, each term a fused multiply-add
 (``llvm.fma``: one rounding per term; the columns left over take a plain multiply and add),
-so a row's bits do not depend on the other rows, the tile or the machine's vector width;
-they differ from BLAS's in the last bits, as any two gemms do.
+so a row's bits do not depend on the other rows or the tile; nor on the vector width, except
+in columns that are left over at one width and not at the other (N not a multiple of 32
+float32 or 16 float64 columns). They differ from BLAS's in the last bits, as any two gemms do.
 
 >>> import numpy as np
 >>> from numba import njit
->>> from numbarnn.kernels.tiles import pack_panels, tiled_product
+>>> from numbarnn.kernels.tiles import pack_panels, panel_width, tiled_product
 >>> rng = np.random.default_rng(0)
->>> a, M = rng.normal(size=(7, 5)), rng.normal(size=(5, 19))   # 6 + 1 rows, 16 + 3 columns (float64: 8 + 8 + 3)
+>>> a, M = rng.normal(size=(7, 5)), rng.normal(size=(5, 19))   # a tile and rows left over, columns too
 >>> panels = pack_panels(M)
->>> panels.shape   # 3 strips of 8 float64 columns, the last padded
-(3, 5, 8)
+>>> width = panel_width(8)   # float64 columns a strip: 8 with AVX2, 16 with AVX-512
+>>> panels.shape == (-(-19 // width), 5, width)   # the last strip padded
+True
 >>> out = np.empty((7, 19))
 >>> njit(lambda a, panels, out: tiled_product(a, panels, out))(a, panels, out)
 >>> bool(np.allclose(out, a @ M))
@@ -44,13 +51,35 @@ True
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, config
+from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic, overload
 
 from ._jit import jit
 
-VECTOR_BYTES = 32  # one AVX2 register; on wider machines LLVM still emits these 256-bit operations
-MAX_TILE_ROWS = 6  # 12 accumulators + 2 vectors of M + 1 broadcast: 15 of AVX2's 16 registers
+
+def compiled_vector_bytes(features=None) -> int:
+    """64 (one AVX-512 register) when the CPU features Numba compiles for include AVX-512F,
+    else 32 (AVX2). ``features``: LLVM's comma-separated ``+name``/``-name`` list; by default
+    the ones Numba's CPU code generation uses (``NUMBA_CPU_FEATURES``, else the host's). Numba
+    keys its on-disk cache by those same features, so cached code and the panels it packs
+    always agree on the width.
+
+    >>> from numbarnn.kernels.tiles import compiled_vector_bytes
+    >>> compiled_vector_bytes("+avx,+avx2,+fma,-avx512f"), compiled_vector_bytes("+avx2,+avx512f,+fma")
+    (32, 64)
+    """
+    if features is None:
+        features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return 64 if "+avx512f" in str(features).split(",") else 32
+
+
+#: The bytes of one vector register of the tiles: 32 (AVX2), or 64 where AVX-512 is there.
+VECTOR_BYTES = compiled_vector_bytes()
+#: The rows of a full tile: 2R accumulators + 2 vectors of M + 1 broadcast in the registers,
+#: 15 of AVX2's 16 (R = 6) or 19 of AVX-512's 32 (R = 8: 8 and 16 rows in whole tiles; 10 and
+#: 12 rows a tile were no faster at 8-32 rows).
+MAX_TILE_ROWS = 8 if VECTOR_BYTES == 64 else 6
 BLOCK_BYTES = 512  # k in blocks of 128 float32 (64 float64): 32 rows of a and a tile of M fit in L1 (32 KiB)
 
 
@@ -169,7 +198,7 @@ def _tile_intrinsic(rows):
     return tile
 
 
-_tile1, _tile2, _tile4, _tile6 = (_tile_intrinsic(rows) for rows in (1, 2, 4, MAX_TILE_ROWS))
+_tile1, _tile2, _tile4, _tile_full = (_tile_intrinsic(rows) for rows in (1, 2, 4, MAX_TILE_ROWS))
 
 
 @jit(inline="always")
@@ -206,11 +235,11 @@ def _tiled(a, panels, out):
         k1 = min(k0 + depth, K)
         for j0 in range(0, whole, width):
             b0 = 0
-            while B - b0 >= 6 and B - b0 != 8:
-                _tile6(a, panels, out, b0, j0, k0, k1)
-                b0 += 6
-            while B - b0 >= 4:  # the rows left: 8 as 4 + 4 (0.87x the time of 6 + 2), 5 as 4 + 1,
-                _tile4(a, panels, out, b0, j0, k0, k1)  # 3 as 2 + 1 (fewer kernels to compile)
+            while B - b0 >= MAX_TILE_ROWS and not (MAX_TILE_ROWS == 6 and B - b0 == 8):
+                _tile_full(a, panels, out, b0, j0, k0, k1)
+                b0 += MAX_TILE_ROWS
+            while B - b0 >= 4:  # the rows left: 8 as 4 + 4 on AVX2 (0.87x the time of 6 + 2), 5 as
+                _tile4(a, panels, out, b0, j0, k0, k1)  # 4 + 1, 3 as 2 + 1 (fewer kernels to compile)
                 b0 += 4
             if B - b0 >= 2:
                 _tile2(a, panels, out, b0, j0, k0, k1)
