@@ -1112,6 +1112,7 @@ def main(argv=None):
         torch_missing = "PyTorch disabled (--no-torch): only numbarnn and NumPy columns are shown"
     import numba
     import numbarnn
+    from numbarnn.kernels import tiles
     # Load SciPy's BLAS (numba's np.dot inside @njit goes through it) before capping threads.
     import scipy.linalg.cython_blas  # noqa: F401
     from threadpoolctl import threadpool_limits
@@ -1158,6 +1159,12 @@ def main(argv=None):
     if torch_missing:
         print(f"NOTE: {torch_missing}")
     print(f"BLAS: {blas}")
+    print(f"numbarnn's tiled per-step products: {tiles.VECTOR_BYTES * 8}-bit vectors "
+          f"({'AVX-512' if tiles.VECTOR_BYTES == 64 else 'AVX2'}, as Numba compiles for this CPU, whatever BLAS runs)")
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        print(f"NOTE: OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set: OpenBLAS runs those kernels, not "
+              "its best for this CPU (NumPy, the reference and numbarnn's whole-sequence products; not PyTorch). "
+              "For the machine as it is: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE (docs/performance.md)")
     print("matmul peak (1024x1024, best of several, this run): "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
     loads.append(os.getloadavg()[0])
