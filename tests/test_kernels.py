@@ -326,16 +326,18 @@ def test_kernel_modules_take_their_njit_options_from_one_decorator():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @settings(max_examples=30, deadline=None)
-@given(B=st.integers(1, 40), H=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
+@given(B=st.integers(1, 80), H=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
 def test_recurrent_products_match_numpy_on_every_path(dtype, B, H, seed):
     """The per-step products in either dtype, ``h @ W_h.T`` and ``dhz @ W_h`` as NumPy computes
-    them in float64, by the path the rows choose (the tiled product up to 16 or 32 rows) and by
-    BLAS (an empty ``tiled_M``: one gemm, or one gemv per row for 2 to GEMV_MAX_ROWS rows)."""
+    them in float64, by the path the rows choose (the tiled product up to 16 or 32 rows, twice
+    that with AVX-512) and by BLAS (an empty ``tiled_M``: one gemm, or one gemv per row for 2 to
+    GEMV_MAX_ROWS rows)."""
     rng = np.random.default_rng(seed)
     W_h, h, dhz = rng.normal(size=(4 * H, H)), rng.normal(size=(B, H)), rng.normal(size=(B, 4 * H))
     W = W_h.astype(dtype)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
-    assert (loops.tiled_operand(W, B).size > 0) == (2 <= B <= 128 // np.dtype(dtype).itemsize)  # W fits: 51 kB at most
+    rows = loops.TILED_MAX_ROW_BYTES // np.dtype(dtype).itemsize
+    assert (loops.tiled_operand(W, B).size > 0) == (2 <= B <= rows)  # W fits: 51 kB at most
     for forward_M, backward_M in [(loops.tiled_operand(W.T, B), loops.tiled_operand(W, B)),
                                   (np.empty((0, 0, 0), dtype), np.empty((0, 0, 0), dtype))]:
         hz, dh = np.full((B, 4 * H), np.nan, dtype), np.full((B, H), np.nan, dtype)
@@ -350,11 +352,14 @@ def test_the_tiled_product_is_taken_only_where_it_was_measured_ahead():
     # packed in strips of w32 float32 or w64 float64 columns: 16 and 8 on AVX2, 32 and 16 with AVX-512
     w32, w64 = tiles.panel_width(4), tiles.panel_width(8)
     assert (w32, w64) == ((16, 8) if tiles.VECTOR_BYTES == 32 else (32, 16))
-    assert [loops.tiled_operand(f32, B).shape for B in (1, 2, 32, 33)] == [(0, 0, 0), (512 // w32, 128, w32),
-                                                                           (512 // w32, 128, w32), (0, 0, 0)]
+    # up to 32 float32 or 16 float64 rows; with AVX-512, 64 and 32
+    rows32, rows64 = (32, 16) if tiles.VECTOR_BYTES == 32 else (64, 32)
+    assert loops.TILED_MAX_ROW_BYTES == 4 * rows32
+    assert [loops.tiled_operand(f32, B).shape for B in (1, 2, rows32, rows32 + 1)] == [
+        (0, 0, 0), (512 // w32, 128, w32), (512 // w32, 128, w32), (0, 0, 0)]
     assert loops.tiled_operand(f64, 8).shape == (512 // w64, 128, w64)
-    assert loops.tiled_operand(f64[:64], 16).shape == (512 // w64, 64, w64)
-    assert loops.tiled_operand(f64[:64], 17).size == 0
+    assert loops.tiled_operand(f64[:64], rows64).shape == (512 // w64, 64, w64)
+    assert loops.tiled_operand(f64[:64], rows64 + 1).size == 0
     at_the_limit = np.zeros((512, 2048), np.float32)  # 4 MiB: an LSTM's W_h at H512
     assert loops.tiled_operand(at_the_limit, 16).shape == (2048 // w32, 512, w32)
     assert loops.tiled_operand(np.zeros((512, 2049), np.float32), 16).size == 0  # beyond TILED_MAX_BYTES

@@ -11,6 +11,7 @@ from threadpoolctl import threadpool_info
 import numbarnn
 from numbarnn import cpu_backend
 from numbarnn.cpu_backend import SPLIT_MIN_ROWS
+from numbarnn.kernels import loops
 from numbarnn.sequence_model import one_blas_thread
 
 
@@ -157,9 +158,10 @@ def test_only_halves_whose_products_take_the_tiled_product_split(two_threads):
     2-thread call: the step stays whole. A cell without W_h has no products to lose."""
     def pool(cell, H, B, dtype="float32"):
         return numbarnn.make_trainer(cell, vocab_size=7, hidden_size=H, dtype=dtype, seed=0).backend._split_pool(B)
-    assert pool("lstm", 128, 64) is not None      # halves of 32 rows, W_h 256 KiB
-    assert pool("lstm", 128, 66) is None          # halves of 33 rows
+    rows = loops.TILED_MAX_ROW_BYTES // 4  # float32 rows the tiled product takes: 32, with AVX-512 64
+    assert pool("lstm", 128, 2 * rows) is not None        # halves of 32 (64) rows, W_h 256 KiB
+    assert pool("lstm", 128, 2 * rows + 2) is None        # halves of 33 (65) rows
     assert pool("lstm", 512, 32) is not None      # W_h 4 MiB
     assert pool("lstm", 520, 32) is None          # W_h 4.1 MiB
-    assert pool("lstm", 64, 32, "float64") is not None and pool("lstm", 64, 34, "float64") is None  # 16 rows
+    assert pool("lstm", 64, rows, "float64") is not None and pool("lstm", 64, rows + 2, "float64") is None  # 16 (32) rows
     assert pool("indrnn", 512, 200) is not None

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..trust import UnsafeCacheWarning, enable_verified_cache, private_directory
 from ._jit import jit
-from .tiles import pack_panels, tiled_product
+from .tiles import VECTOR_BYTES, pack_panels, tiled_product
 
 
 # ---- input projection: XZ = X @ W_x.T + b_x for all steps at once -------------------------
@@ -114,7 +114,7 @@ GEMV_MAX_ROWS = 6
 
 #: The tiled product (:mod:`numbarnn.kernels.tiles`, one thread, ``M`` packed once per loop)
 #: takes the per-step products when the batch is small, 2 rows to TILED_MAX_ROW_BYTES bytes
-#: of a row's worth of elements (32 rows float32, 16 float64), and ``M`` has at most
+#: of a row's worth of elements (32 rows float32, 16 float64; AVX-512: 64, 32), and ``M`` has at most
 #: TILED_MAX_BYTES. At float32 H128 it took 0.35-0.8x the time of OpenBLAS's gemm on 2
 #: threads (8 rows 17.5 vs 42 us, 16 rows 29 vs 54 us, 32 rows 67-71 vs 85-95 us). Larger
 #: ``M`` (the limit was 256 KiB until 2026-12-02): at 8 and 16 rows it took 0.6-1.0x gemm's
@@ -124,8 +124,14 @@ GEMV_MAX_ROWS = 6
 #: time of the whole step on 2-thread gemm. An unsplit loop of 17-32 rows (a forward-only
 #: pass) pays the 1.1-1.2x on its products. Beyond 4 MiB (float32 H512 for 4 gates) it is
 #: not measured. (benchmarks/small_batch_products.py; docs/performance.md)
+#: With AVX-512 tiles (:data:`numbarnn.kernels.tiles.VECTOR_BYTES` 64, a Zen 5 core) the rows
+#: go to 256 bytes (64 float32, 32 float64): there the tiles took 0.36-0.45x the time of one
+#: OpenBLAS thread held to AVX2 and 0.65-0.85x of one running its AVX-512 kernels at 32-128
+#: rows (against two threads: 0.64-0.87x and 1.16-1.7x from 48 rows), and the training steps
+#: this lets split took 0.55-0.85x the time (LSTM B96-128 at H128-512 float32, B48-64 at H128
+#: float64; forward-only passes of 33-64 rows within +-10%).
 TILED_MAX_BYTES = 4 * 1024 * 1024
-TILED_MAX_ROW_BYTES = 128
+TILED_MAX_ROW_BYTES = 256 if VECTOR_BYTES == 64 else 128
 
 
 @jit
@@ -160,14 +166,13 @@ def recurrent_product(a, M, out, tiled_M):
     >>> from numbarnn.kernels.loops import recurrent_product, tiled_operand
     >>> rng = np.random.default_rng(0)
     >>> W_h = rng.normal(size=(8, 2))
-    >>> for B in (1, 3, 20, 40):   # 3 and 20 rows take the tiled product (float64: up to 16 rows)
+    >>> for B in (1, 3, 40):   # 3 rows take the tiled product (float64: up to 16 rows, 32 with AVX-512)
     ...     h, hz, dhz, dh = rng.normal(size=(B, 2)), np.empty((B, 8)), rng.normal(size=(B, 8)), np.empty((B, 2))
     ...     recurrent_product(h, W_h.T, hz, tiled_operand(W_h.T, B))
     ...     recurrent_product(dhz, W_h, dh, tiled_operand(W_h, B))
     ...     print(B, tiled_operand(W_h, B).size > 0, np.allclose(hz, h @ W_h.T), np.allclose(dh, dhz @ W_h))
     1 False True True
     3 True True True
-    20 False True True
     40 False True True
     """
     B = a.shape[0]
