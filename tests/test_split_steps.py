@@ -163,5 +163,6 @@ def test_only_halves_whose_products_take_the_tiled_product_split(two_threads):
     assert pool("lstm", 128, 2 * rows + 2) is None        # halves of 33 (65) rows
     assert pool("lstm", 512, 32) is not None      # W_h 4 MiB
     assert pool("lstm", 520, 32) is None          # W_h 4.1 MiB
-    assert pool("lstm", 64, rows, "float64") is not None and pool("lstm", 64, rows + 2, "float64") is None  # 16 (32) rows
+    assert pool("lstm", 64, rows, "float64") is not None          # halves of 16 (32) float64 rows
+    assert pool("lstm", 64, rows + 2, "float64") is None
     assert pool("indrnn", 512, 200) is not None

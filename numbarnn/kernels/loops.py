@@ -128,8 +128,9 @@ GEMV_MAX_ROWS = 6
 #: go to 256 bytes (64 float32, 32 float64): there the tiles took 0.36-0.45x the time of one
 #: OpenBLAS thread held to AVX2 and 0.65-0.85x of one running its AVX-512 kernels at 32-128
 #: rows (against two threads: 0.64-0.87x and 1.16-1.7x from 48 rows), and the training steps
-#: this lets split took 0.55-0.85x the time (LSTM B96-128 at H128-512 float32, B48-64 at H128
-#: float64; forward-only passes of 33-64 rows within +-10%).
+#: this lets split took 0.50-0.84x the time (LSTM B96-128 at H128-512 float32, B48-64 at H128
+#: float64; an unsplit forward-only pass of 64 rows, H128 float32, now tiled on one thread:
+#: 0.73-1.24x, noise with no direction in four pairs).
 TILED_MAX_BYTES = 4 * 1024 * 1024
 TILED_MAX_ROW_BYTES = 256 if VECTOR_BYTES == 64 else 128
 
