@@ -2,7 +2,7 @@
 matrix-vector product per row (gemv) and numbarnn's tiled product (one thread, ``W_h`` packed
 once), the choice ``numbarnn.kernels.loops.tiled_operand`` and ``GEMV_MAX_ROWS`` make.
 
-    python benchmarks/small_batch_products.py                       # float32 and float64, H 16-512, B 1-32
+    python benchmarks/small_batch_products.py                       # float32 and float64, H 16-512, B 1-64
     python benchmarks/small_batch_products.py --dtype float32 --hidden 128 --batch 8 16 32
 
 Each row times T=50 steps of the forward product ``h @ W_h.T`` (B x H by H x 4H) and of
@@ -69,7 +69,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=("float32", "float64"))
     parser.add_argument("--hidden", nargs="+", type=int, default=[16, 32, 128, 512])
-    parser.add_argument("--batch", nargs="+", type=int, default=[1, 2, 3, 4, 6, 8, 16, 32])
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 2, 3, 4, 6, 8, 16, 32, 48, 64])
     parser.add_argument("--T", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
