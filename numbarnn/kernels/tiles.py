@@ -16,7 +16,8 @@ does 2R fused multiply-adds. The vectors are the widest registers the CPU Numba 
 has (:data:`VECTOR_BYTES`): on AVX2, 8 float32 or 4 float64 and tiles of 6 rows (16
 registers); with AVX-512, 16 float32 or 8 float64 and tiles of 8 rows (32 registers), which
 on a Zen 5 core took half the time (B16 H128 float32: 8.4 against 16.5 us, 250 GFLOP/s on
-one core, where OpenBLAS's sgemm, which takes its Haswell kernel there, reaches 122). Rows
+one core, where OpenBLAS's sgemm held to its Haswell kernels by ``OPENBLAS_CORETYPE`` reaches
+122; see docs/performance.md). Rows
 left over take tiles of 4, 2 and 1; columns left over (N not a multiple of the tile width)
 a plain loop.
 
