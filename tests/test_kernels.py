@@ -404,8 +404,8 @@ def _tiled(a, M, out):
 @settings(max_examples=60, deadline=None)
 @given(B=st.integers(1, 40), K=st.integers(1, 300), N=st.integers(1, 70), seed=st.integers(0, 2**32 - 1))
 def test_the_tiled_product_matches_numpy_and_each_row_is_independent_of_the_others(dtype, B, K, N, seed):
-    """Every row count (6-row tiles and the 1-5 left over), column count (whole tiles and
-    the plain loop for the rest) and depth (k in blocks of BLOCK_BYTES): ``a @ M`` as NumPy
+    """Every row count (6- or 8-row tiles and the rows left over), column count (whole strips
+    and one vector at a time for the rest) and depth (k in blocks of BLOCK_BYTES): ``a @ M`` as NumPy
     computes it in float64. And a row's bits do not depend on which rows share its tile: the
     product of any slice of the rows is those rows of the whole product, exactly (what lets a
     batch run as halves and still take the same per-step products)."""
@@ -420,6 +420,76 @@ def test_the_tiled_product_matches_numpy_and_each_row_is_independent_of_the_othe
     part = np.full((hi - lo, N), np.nan, dtype)
     _tiled(np.ascontiguousarray(a[lo:hi].astype(dtype)), M.astype(dtype), part)
     np.testing.assert_array_equal(part, out[lo:hi])
+
+
+@njit
+def _tiled_transposed(a_T, M, out):  # a = a_T.T, an F-contiguous view: a weight gradient's dZ.T
+    tiles.tiled_product(a_T.T, tiles.pack_panels(M), out)
+
+
+@njit
+def _in_place(a, M, out):
+    tiles.tiled_product_in_place(a, M, out)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@settings(max_examples=40, deadline=None)
+@given(B=st.integers(1, 40), K=st.integers(1, 200), strips=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))
+def test_a_transposed_a_and_m_read_in_place_give_the_packed_products_bits(dtype, B, K, strips, seed):
+    """``a`` given as the transposed view of a C-contiguous (K, B) array (how the weight
+    gradients ``dZ.T @ X`` pass it) and ``M`` read where it lies (its columns whole strips)
+    take the same sums in the same order as ``a`` C-contiguous and ``M`` packed: the same bits,
+    and NumPy's product."""
+    rng = np.random.default_rng(seed)
+    N = strips * tiles.panel_width(np.dtype(dtype).itemsize)
+    a, M = rng.normal(size=(B, K)).astype(dtype), rng.normal(size=(K, N)).astype(dtype)
+    packed, transposed, in_place, both = (np.full((B, N), np.nan, dtype) for _ in range(4))
+    _tiled(a, M, packed)
+    _tiled_transposed(np.ascontiguousarray(a.T), M, transposed)
+    _in_place(a, M, in_place)
+    _in_place(np.ascontiguousarray(a.T).T, M, both)
+    tol = dict(rtol=1e-12, atol=1e-12 * K) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5 * K)
+    np.testing.assert_allclose(packed, a.astype(np.float64) @ M, **tol)
+    for out in (transposed, in_place, both):
+        np.testing.assert_array_equal(out, packed)
+
+
+def test_m_read_in_place_must_be_whole_strips():
+    a = np.ones((3, 4))
+    width = tiles.panel_width(8)
+    with pytest.raises(ValueError, match="multiple of the panel width"):
+        _in_place(a, np.ones((4, width + 1)), np.empty((3, width + 1)))
+    with pytest.raises(ValueError, match="do not fit"):
+        _in_place(a, np.ones((5, width)), np.empty((3, width)))
+
+
+def test_whole_sequence_products_take_the_tiles_only_where_they_were_measured_ahead():
+    """With AVX-512 tiles: at least 64 rows of out, 16 deep and 4 columns; never with AVX2
+    tiles (there they were no faster than OpenBLAS's own kernels)."""
+    takes = loops.takes_tiled_whole_product
+    if tiles.VECTOR_BYTES == 64:
+        assert takes(64, 16, 4) and takes(800, 128, 65) and takes(512, 800, 128)
+        assert not takes(63, 128, 65) and not takes(800, 15, 512) and not takes(512, 800, 3)
+    else:
+        assert not takes(800, 128, 65) and not takes(512, 800, 128)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("R,K,C", [(800, 128, 65), (65, 800, 128), (512, 200, 64), (200, 70, 20), (70, 100, 3),
+                                   (10, 300, 40), (300, 8, 40)])
+def test_whole_products_match_numpy_on_every_path(dtype, R, K, C):
+    """``whole_product`` over shapes on either side of its limits (tiles packed, tiles reading
+    M in place, BLAS) and the layouts the loops pass: ``a`` C-contiguous or a transposed
+    view, ``M`` C-contiguous or a transposed view (``W_x.T``)."""
+    rng = np.random.default_rng(R + K + C)
+    a, M = rng.normal(size=(R, K)), rng.normal(size=(K, C))
+    expected = a @ M
+    tol = dict(rtol=1e-12, atol=1e-12 * K) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5 * K)
+    for a_ in (a.astype(dtype), np.ascontiguousarray(a.T.astype(dtype)).T):
+        for M_ in (M.astype(dtype), np.ascontiguousarray(M.T.astype(dtype)).T):
+            out = np.full((R, C), np.nan, dtype)
+            loops.whole_product(a_, M_, out)
+            np.testing.assert_allclose(out, expected, **tol)
 
 
 _OTHER_WIDTH_SCRIPT = """
@@ -443,9 +513,9 @@ np.savez(sys.argv[2], **results)
 def test_the_tiles_on_a_cpu_without_avx512_give_the_same_bits(tmp_path):
     """Without AVX-512 the tiles are AVX2-wide (32 bytes, 6 rows): a fresh process told by
     ``NUMBA_CPU_FEATURES`` that the CPU has none (with a cache of its own: Numba keys its cache
-    by those features) computes the same products to the bit, in every column a tile of either
-    width covers (N a multiple of 32 float32 or 16 float64 columns: one sum over k in ascending
-    order, one FMA a term, whatever the vector width), and NumPy's product in all of them."""
+    by those features) computes the same products to the bit, in every column (one sum over k
+    in ascending order, one FMA a term, whatever the vector width, in whole strips and in the
+    columns left over alike), and NumPy's product."""
     import os
     import subprocess
     import sys
@@ -475,8 +545,7 @@ def test_the_tiles_on_a_cpu_without_avx512_give_the_same_bits(tmp_path):
         K = a.shape[1]
         tol = dict(rtol=1e-12, atol=1e-12 * K) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5 * K)
         np.testing.assert_allclose(other[f"out{n}"], a.astype(np.float64) @ M, **tol)
-        both = N - N % (128 // np.dtype(dtype).itemsize)  # the columns whole tiles cover at either width
-        np.testing.assert_array_equal(other[f"out{n}"][:, :both], here[:, :both])
+        np.testing.assert_array_equal(other[f"out{n}"], here)  # every column, the ones left over too
 
 
 def test_the_tiled_product_of_strided_views_falls_back_to_a_plain_loop():

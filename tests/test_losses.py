@@ -78,6 +78,26 @@ def test_softmax_cross_entropy_wrapper(N, V, seed, dtype):
 
 
 @FAST
+@given(V=st.integers(1, 70), seed=seeds, dtype=st.sampled_from(DTYPES))
+def test_the_softmax_shifts_by_the_row_maximum_wherever_it_lies(V, seed, dtype):
+    """The maximum is kept in four partial ones (every fourth entry, then the ones left over):
+    logits far from zero put it at every position in turn, where a shift by anything but the
+    maximum would overflow exp (inf, then NaN) or lose the row to zeros. A NaN anywhere makes
+    its row NaN."""
+    rng = np.random.default_rng(seed)
+    base = (rng.standard_normal(V) + 500.0).astype(dtype)  # exp(500) overflows float32 and float64 alike
+    logits = np.stack([base + np.where(np.arange(V) == k, dtype(1000.0), dtype(0.0)) for k in range(V)])
+    probs = np.empty_like(logits)
+    kl.softmax_rows(logits, probs)
+    expected = ref_softmax_cross_entropy(logits, np.zeros(V, np.int64), np.ones(V))[2]
+    np.testing.assert_allclose(probs, expected, **tol(dtype))
+    k = int(rng.integers(0, V))
+    logits[k, int(rng.integers(0, V))] = np.nan
+    kl.softmax_rows(logits, probs)
+    assert np.isnan(probs[k]).all() and np.isfinite(np.delete(probs, k, axis=0)).all()
+
+
+@FAST
 @given(N=st.integers(1, 12), V=st.integers(1, 15), seed=seeds, dtype=st.sampled_from(DTYPES))
 def test_mse_wrapper(N, V, seed, dtype):
     outputs, targets, mask = make_case(seed, N, V, "dense", dtype)

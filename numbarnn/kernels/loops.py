@@ -24,7 +24,65 @@ import numpy as np
 
 from ..trust import UnsafeCacheWarning, enable_verified_cache, private_directory
 from ._jit import jit
-from .tiles import VECTOR_BYTES, pack_panels, tiled_product
+from .tiles import VECTOR_BYTES, pack_panels, panel_width, takes_layouts, tiled_product, tiled_product_in_place
+
+
+# ---- the whole-sequence products ------------------------------------------------------------
+
+#: With AVX-512 tiles (:data:`numbarnn.kernels.tiles.VECTOR_BYTES` 64) the whole-sequence
+#: products (the input projection of dense inputs, the head, the weight gradients) take the
+#: tiled product too, ``M`` packed at each call, when the product has at least
+#: WHOLE_TILED_MIN_ROWS rows of ``out`` (the rows the packing is paid back over), a depth of
+#: at least WHOLE_TILED_MIN_DEPTH (shallower products are bound by their stores, where the
+#: tiles took 1.4-3x BLAS's time) and at least WHOLE_TILED_MIN_COLUMNS columns (one column
+#: wastes all but one lane of a vector: 2.7-4.6x). On one Zen 5 core, float32 and float64,
+#: the head's three products at H128 V65 over 800 rows and the recurrent weight gradient of
+#: an LSTM at H128: 0.5-0.65x the time of one OpenBLAS thread held to its AVX2 kernels (the
+#: environment's ``OPENBLAS_CORETYPE=Haswell``) and 0.85-1.07x of one running its AVX-512
+#: ones. With AVX2 tiles they measured no faster than OpenBLAS's own AVX2 kernels (0.8-1.5x),
+#: so there BLAS keeps them. (docs/performance.md, 2026-12-03)
+WHOLE_TILED_MIN_ROWS = 64
+WHOLE_TILED_MIN_DEPTH = 16
+WHOLE_TILED_MIN_COLUMNS = 4
+#: A whole-sequence product with at most this many rows of ``out`` reads a C-contiguous ``M``
+#: in place when its columns are whole strips (:func:`numbarnn.kernels.tiles.tiled_product_in_place`):
+#: a weight gradient ``dZ.T @ X`` of 65-128 rows, 800 deep, 64-128 columns took 0.63-0.97x the
+#: time of packing ``X`` first; at 512 rows 0.94x float32 but 1.1-1.3x float64.
+IN_PLACE_MAX_ROWS = 128
+
+
+@jit
+def takes_tiled_whole_product(rows, depth, columns):
+    """Whether a whole-sequence product ``out (rows, columns) = a (rows, depth) @ M`` takes
+    the tiled product (the limits above)."""
+    return (VECTOR_BYTES == 64 and rows >= WHOLE_TILED_MIN_ROWS and depth >= WHOLE_TILED_MIN_DEPTH
+            and columns >= WHOLE_TILED_MIN_COLUMNS)
+
+
+@jit
+def whole_product(a, M, out):
+    """out (R, C) = a (R, K) @ M (K, C), a whole-sequence product: the tiled product where
+    :func:`takes_tiled_whole_product` says so and the arrays' layouts let it (``a``
+    C-contiguous, or the transposed view ``dZ.T`` of a C-contiguous array, as the weight
+    gradients pass it), else one BLAS product.
+
+    >>> import numpy as np
+    >>> from numbarnn.kernels.loops import whole_product
+    >>> rng = np.random.default_rng(0)
+    >>> dZ, X = rng.normal(size=(100, 70)), rng.normal(size=(100, 20))
+    >>> dW = np.empty((70, 20))
+    >>> whole_product(dZ.T, X, dW)   # a weight gradient: 70 rows, 100 deep
+    >>> np.allclose(dW, dZ.T @ X)
+    True
+    """
+    R, K = a.shape
+    C = out.shape[1]
+    if not (takes_layouts(a, out) and takes_tiled_whole_product(R, K, C)):
+        np.dot(a, M, out)
+    elif R <= IN_PLACE_MAX_ROWS and M.flags.c_contiguous and C % panel_width(M.itemsize) == 0:
+        tiled_product_in_place(a, M, out)
+    else:
+        tiled_product(a, pack_panels(M), out)
 
 
 # ---- input projection: XZ = X @ W_x.T + b_x for all steps at once -------------------------
@@ -45,7 +103,7 @@ def project_dense(x2d, W_x, b_x, xz2d):
     >>> np.allclose(xz2d, x2d @ W_x.T + b_x)
     True
     """
-    np.dot(x2d, W_x.T, xz2d)
+    whole_product(x2d, W_x.T, xz2d)
     N, GH = xz2d.shape
     for n in range(N):
         for k in range(GH):
@@ -204,7 +262,7 @@ def recurrent_weight_gradients(dhz2d, h_prev2d, dW_h, db_h, with_bias=True):
     >>> np.allclose(dW_h, dhz2d.T @ h_prev2d), np.allclose(db_h, dhz2d.sum(axis=0))
     (True, True)
     """
-    np.dot(dhz2d.T, h_prev2d, dW_h)
+    whole_product(dhz2d.T, h_prev2d, dW_h)
     if with_bias:
         column_sums(dhz2d, db_h)
 
@@ -226,10 +284,10 @@ def input_weight_gradients_dense(dxz2d, x2d, W_x, dW_x, db_x, dx2d, with_bias=Tr
     >>> np.allclose(dW_x, dxz2d.T @ x2d), np.allclose(db_x, dxz2d.sum(axis=0)), np.allclose(dx2d, dxz2d @ W_x)
     (True, True, True)
     """
-    np.dot(dxz2d.T, x2d, dW_x)
+    whole_product(dxz2d.T, x2d, dW_x)
     if with_bias:
         column_sums(dxz2d, db_x)
-    np.dot(dxz2d, W_x, dx2d)
+    whole_product(dxz2d, W_x, dx2d)
 
 
 @jit

@@ -11,18 +11,33 @@ from .activations import exp_nonpositive
 def _softmax_row(logits2d, n, probs2d):
     """Writes softmax of row n into probs2d[n]; returns log of the normaliser (log-sum-exp)."""
     # One short loop per step so the exp and the scaling vectorise (exp_nonpositive, unlike
-    # libm's, is plain arithmetic); the sum keeps four partial sums to break its dependency chain.
+    # libm's, is plain arithmetic); the maximum and the sum keep four partial ones to break
+    # their dependency chains (the maximum is the same whatever the order; a NaN never
+    # replaces one, as in a single chain, and its exp makes the row NaN either way).
     V = logits2d.shape[1]
     row = logits2d[n]
     probs = probs2d[n]
-    m = row[0]
-    for k in range(1, V):
-        if row[k] > m:
-            m = row[k]
+    V4 = V - V % 4
+    m0 = m1 = m2 = m3 = row[0]
+    for k in range(0, V4, 4):
+        if row[k] > m0:
+            m0 = row[k]
+        if row[k + 1] > m1:
+            m1 = row[k + 1]
+        if row[k + 2] > m2:
+            m2 = row[k + 2]
+        if row[k + 3] > m3:
+            m3 = row[k + 3]
+    for k in range(V4, V):
+        if row[k] > m0:
+            m0 = row[k]
+    m = m0
+    for other in (m1, m2, m3):
+        if other > m:
+            m = other
     for k in range(V):
         probs[k] = exp_nonpositive(row[k] - m)
     s0 = s1 = s2 = s3 = 0.0
-    V4 = V - V % 4
     for k in range(0, V4, 4):
         s0 += probs[k]
         s1 += probs[k + 1]

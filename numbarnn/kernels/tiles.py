@@ -19,7 +19,13 @@ on a Zen 5 core took half the time (B16 H128 float32: 8.4 against 16.5 us, 250 G
 one core, where OpenBLAS's sgemm held to its Haswell kernels by ``OPENBLAS_CORETYPE`` reaches
 122; see docs/performance.md). Rows
 left over take tiles of 4, 2 and 1; columns left over (N not a multiple of the tile width)
-a plain loop.
+tiles one vector wide, read from ``out`` and written back a lane at a time.
+
+The same tiles take the whole-sequence products with AVX-512
+(:func:`numbarnn.kernels.loops.whole_product`: the head, the weight gradients), for which
+``a`` may also be the transposed view of a C-contiguous array (a weight gradient's
+``dZ.T``: a tile's rows of ``a`` are then adjacent elements of one row of ``dZ``), and
+:func:`tiled_product_in_place` reads an unpacked ``M`` whose columns are whole strips.
 
 The panels: ``M``'s columns in strips one tile wide, each strip's K rows stored one after
 the other, ``panels[s, k, :] = M[k, s*width:(s+1)*width]`` (the last strip zero-padded). A
@@ -30,10 +36,10 @@ of a block's 128 rows stay in L1 for the next tile of rows. Packed, the same pro
 same bits.
 
 Every element is one sum over k in ascending order, each term a fused multiply-add
-(``llvm.fma``: one rounding per term; the columns left over take a plain multiply and add),
-so a row's bits do not depend on the other rows or the tile; nor on the vector width, except
-in columns that are left over at one width and not at the other (N not a multiple of 32
-float32 or 16 float64 columns). They differ from BLAS's in the last bits, as any two gemms do.
+(``llvm.fma``: one rounding per term), so a row's bits do not depend on the other rows, the
+tile, the vector width, ``a``'s layout or whether ``M`` was packed. They differ from BLAS's
+in the last bits, as any two gemms do (and from the plain loop's that takes other layouts,
+a multiply and an add per term).
 
 >>> import numpy as np
 >>> from numba import njit
@@ -51,7 +57,7 @@ True
 """
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import typeof, types
 from numba.core import cgutils, config
 from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic, overload
@@ -126,17 +132,26 @@ def tiled_product(a, panels, out):
     np.dot(a, M, out)
 
 
-def _tile_codegen(rows):
-    """The IR of ``out[b0:b0+rows, j0:j0+width] (+)= a[b0:b0+rows, k0:k1] @ M[k0:k1, j0:j0+width]``:
+def _tile_codegen(rows, tail, a_layout):
+    """The IR of ``out[b0:b0+rows, columns] (+)= a[b0:b0+rows, k0:k1] @ M[k0:k1, columns]``:
     ``=`` when k0 is 0, else ``+=`` (the accumulators start from ``out``: the sums over k
-    go on in the same order, whatever the blocks)."""
+    go on in the same order, whatever the blocks).
+
+    ``columns``: the strip's ``width`` columns from j0 (two vectors); with ``tail``, the
+    ``count`` (1 to one vector's lanes) columns from ``j0 + first_lane`` (one vector of the
+    strip, ``first_lane`` 0 or one vector in), the columns left over past the last whole
+    strip, read from ``out`` and written back a lane at a time. ``a_layout`` "C": ``a[b, k]``
+    at ``b * K + k``; "F" (the transposed view of a C-contiguous (K, B) array, a weight
+    gradient's ``dZ.T``): at ``k * B + b``."""
     def codegen(context, builder, sig, args):
         element = context.get_value_type(sig.args[0].dtype)
         size = context.get_abi_sizeof(element)
         lanes = VECTOR_BYTES // size
         vector = ir.VectorType(element, lanes)
+        vectors = 1 if tail else 2
         a, M, out = (context.make_array(ty)(context, builder, value) for ty, value in zip(sig.args[:3], args[:3]))
-        b0, j0, k0, k1 = args[3], args[4], args[5], args[6]
+        b0, j0, k0, k1, first_lane, count = args[3:9]
+        B = builder.extract_value(a.shape, 0)
         K = builder.extract_value(a.shape, 1)
         N = builder.extract_value(out.shape, 1)
         intp = K.type
@@ -150,56 +165,108 @@ def _tile_codegen(rows):
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
                                              f"llvm.fma.v{lanes}f{size * 8}")
         # Allocas in the entry block, which LLVM promotes to registers.
-        accumulators = [[cgutils.alloca_once(builder, vector) for _ in range(2)] for _ in range(rows)]
+        accumulators = [[cgutils.alloca_once(builder, vector) for _ in range(vectors)] for _ in range(rows)]
+        spill = cgutils.alloca_once(builder, vector) if tail else None  # a tail's lanes to and from out
         first = builder.icmp_signed("==", k0, const(0))
         zero = ir.Constant(vector, None)
-        for r in range(rows):  # out is the caller's array: reading it before the first block is harmless
-            out_row = builder.add(builder.mul(builder.add(b0, const(r)), N), j0)
-            for v in range(2):
-                so_far = builder.load(vector_pointer(out.data, builder.add(out_row, const(v * lanes))), align=size)
-                builder.store(builder.select(first, zero, so_far), accumulators[r][v])
-        a_rows = [builder.mul(builder.add(b0, const(r)), K) for r in range(rows)]
+        column0 = builder.add(j0, first_lane) if tail else j0
+        out_rows = [builder.add(builder.mul(builder.add(b0, const(r)), N), column0) for r in range(rows)]
+        for r in range(rows):  # the first block starts from zero, the later ones from out
+            for v in range(vectors):
+                builder.store(zero, accumulators[r][v])
+        with builder.if_then(builder.not_(first)):
+            for r in range(rows):
+                if tail:
+                    builder.store(zero, spill)
+                    lane_pointer = builder.bitcast(spill, element.as_pointer())
+                    with cgutils.for_range(builder, count) as loop:
+                        value = builder.load(builder.gep(out.data, [builder.add(out_rows[r], loop.index)]))
+                        builder.store(value, builder.gep(lane_pointer, [loop.index]))
+                    builder.store(builder.load(spill), accumulators[r][0])
+                else:
+                    for v in range(2):
+                        so_far = builder.load(vector_pointer(out.data, builder.add(out_rows[r], const(v * lanes))),
+                                              align=size)
+                        builder.store(so_far, accumulators[r][v])
+        if a_layout == "C":
+            a_rows = [builder.mul(builder.add(b0, const(r)), K) for r in range(rows)]
         undefined = ir.Constant(vector, ir.Undefined)
         lane0 = ir.Constant(ir.IntType(32), 0)
         splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-        strip = builder.mul(j0, K)  # j0 = s * width: strip s starts at element s * K * width
+        # j0 = s * width: strip s starts at element s * K * width; a tail reads its vector of it
+        if sig.args[1].ndim == 3:  # panels: strip s starts at element s * K * width, rows width apart
+            strip, m_stride = builder.mul(j0, K), const(2 * lanes)
+        else:  # M itself, C-contiguous (K, N) with whole strips: rows N apart
+            strip, m_stride = j0, builder.extract_value(M.shape, 1)
+        if tail:
+            strip = builder.add(strip, first_lane)
         with cgutils.for_range_slice(builder, k0, k1, const(1), intp) as (k, _):
-            m_row = builder.add(strip, builder.mul(k, const(2 * lanes)))
+            m_row = builder.add(strip, builder.mul(k, m_stride))
             m = [builder.load(vector_pointer(M.data, builder.add(m_row, const(v * lanes))), align=size)
-                 for v in range(2)]
+                 for v in range(vectors)]
+            a_column = builder.mul(k, B) if a_layout == "F" else None
             for r in range(rows):
-                scalar = builder.load(builder.gep(a.data, [builder.add(a_rows[r], k)]))
+                index = builder.add(a_rows[r], k) if a_layout == "C" else builder.add(a_column, builder.add(b0, const(r)))
+                scalar = builder.load(builder.gep(a.data, [index]))
                 splat = builder.shuffle_vector(builder.insert_element(undefined, scalar, lane0), undefined,
                                                splat_mask)
-                for v in range(2):
+                for v in range(vectors):
                     acc = accumulators[r][v]
                     builder.store(builder.call(fma, [splat, m[v], builder.load(acc)]), acc)
         for r in range(rows):
-            out_row = builder.add(builder.mul(builder.add(b0, const(r)), N), j0)
-            for v in range(2):
-                builder.store(builder.load(accumulators[r][v]),
-                              vector_pointer(out.data, builder.add(out_row, const(v * lanes))), align=size)
+            if tail:
+                builder.store(builder.load(accumulators[r][0]), spill)
+                lane_pointer = builder.bitcast(spill, element.as_pointer())
+                with cgutils.for_range(builder, count) as loop:
+                    builder.store(builder.load(builder.gep(lane_pointer, [loop.index])),
+                                  builder.gep(out.data, [builder.add(out_rows[r], loop.index)]))
+            else:
+                for v in range(2):
+                    builder.store(builder.load(accumulators[r][v]),
+                                  vector_pointer(out.data, builder.add(out_rows[r], const(v * lanes))), align=size)
         return context.get_dummy_value()
     return codegen
 
 
-def _contiguous_floats(a, panels, out):
-    """Whether the kernel takes these types: C-contiguous 2-D ``a`` and ``out`` and 3-D
-    ``panels``, all of one float dtype."""
-    return all(isinstance(x, types.Array) and x.ndim == ndim and x.layout == "C" and isinstance(x.dtype, types.Float)
-               and x.dtype == a.dtype for x, ndim in ((a, 2), (panels, 3), (out, 2)))
+def _floats(a, panels, out, panels_ndim=3):
+    """Whether the kernel takes these types: C-contiguous 2-D ``out`` and ``panels`` (3-D, or
+    2-D: ``M`` read in place), and a 2-D ``a`` C- or F-contiguous (the transposed view of a
+    C-contiguous array), all of one float dtype."""
+    return (isinstance(a, types.Array) and a.ndim == 2 and a.layout in "CF" and isinstance(a.dtype, types.Float)
+            and all(isinstance(x, types.Array) and x.ndim == ndim and x.layout == "C" and x.dtype == a.dtype
+                    for x, ndim in ((panels, panels_ndim), (out, 2))))
 
 
-def _tile_intrinsic(rows):
+def takes_layouts(a, out):
+    """Whether the tiles take arrays like these (``a`` C- or F-contiguous, ``out``
+    C-contiguous, one float dtype); in ``@njit`` code a constant, which the whole-sequence
+    products ask before they pack (other layouts go to BLAS there, not to the plain loop)."""
+    return _layouts_fit(typeof(a), typeof(out))
+
+
+def _layouts_fit(a, out):
+    return isinstance(a, types.Array) and _floats(a, types.Array(a.dtype, 3, "C"), out)
+
+
+@overload(takes_layouts)
+def _takes_layouts_overload(a, out):
+    answer = _layouts_fit(a, out)
+    return lambda a, out: answer
+
+
+def _tile_intrinsic(rows, tail):
     @intrinsic
-    def tile(typingctx, a, M, out, b0, j0, k0, k1):
-        if _contiguous_floats(a, M, out) and all(isinstance(i, types.Integer) for i in (b0, j0, k0, k1)):
-            return types.void(a, M, out, types.intp, types.intp, types.intp, types.intp), _tile_codegen(rows)
-    tile.__name__ = f"tile_{rows}_rows"
+    def tile(typingctx, a, M, out, b0, j0, k0, k1, first_lane, count):
+        indices = (b0, j0, k0, k1, first_lane, count)
+        if _floats(a, M, out, getattr(M, "ndim", 3)) and all(isinstance(i, types.Integer) for i in indices):
+            return (types.void(a, M, out, *[types.intp] * len(indices)),
+                    _tile_codegen(rows, tail, a.layout))
+    tile.__name__ = f"tile_{rows}_rows" + ("_tail" if tail else "")
     return tile
 
 
-_tile1, _tile2, _tile4, _tile_full = (_tile_intrinsic(rows) for rows in (1, 2, 4, MAX_TILE_ROWS))
+_tile1, _tile2, _tile4, _tile_full = (_tile_intrinsic(rows, False) for rows in (1, 2, 4, MAX_TILE_ROWS))
+_tail1, _tail2, _tail4, _tail_full = (_tile_intrinsic(rows, True) for rows in (1, 2, 4, MAX_TILE_ROWS))
 
 
 @jit(inline="always")
@@ -215,7 +282,7 @@ def _check_shapes(a, panels, out):
 @jit(inline="always")
 def _plain_columns(a, panels, out, first):
     """``out[:, first:]`` as plain sums, a multiply and an add per term in ascending k: the
-    columns left over after the tiles, or all of them for arrays the tiles do not take."""
+    arrays the tiles do not take."""
     width = panels.shape[2]
     for b in range(a.shape[0]):
         for j in range(first, out.shape[1]):
@@ -225,29 +292,51 @@ def _plain_columns(a, panels, out, first):
             out[b, j] = total
 
 
+@jit(inline="always")
+def _strip_rows(a, panels, out, j0, k0, k1, first_lane, count, tail):
+    """One strip's tiles (or one vector of it, ``tail``) over all of a's rows."""
+    B = a.shape[0]
+    b0 = 0
+    while B - b0 >= MAX_TILE_ROWS and not (MAX_TILE_ROWS == 6 and B - b0 == 8):
+        if tail:
+            _tail_full(a, panels, out, b0, j0, k0, k1, first_lane, count)
+        else:
+            _tile_full(a, panels, out, b0, j0, k0, k1, first_lane, count)
+        b0 += MAX_TILE_ROWS
+    while B - b0 >= 4:  # the rows left: 8 as 4 + 4 on AVX2 (0.87x the time of 6 + 2), 5 as
+        if tail:  # 4 + 1, 3 as 2 + 1 (fewer kernels to compile)
+            _tail4(a, panels, out, b0, j0, k0, k1, first_lane, count)
+        else:
+            _tile4(a, panels, out, b0, j0, k0, k1, first_lane, count)
+        b0 += 4
+    if B - b0 >= 2:
+        if tail:
+            _tail2(a, panels, out, b0, j0, k0, k1, first_lane, count)
+        else:
+            _tile2(a, panels, out, b0, j0, k0, k1, first_lane, count)
+        b0 += 2
+    if B - b0 == 1:
+        if tail:
+            _tail1(a, panels, out, b0, j0, k0, k1, first_lane, count)
+        else:
+            _tile1(a, panels, out, b0, j0, k0, k1, first_lane, count)
+
+
 def _tiled(a, panels, out):
     _check_shapes(a, panels, out)
-    B, K = a.shape
+    K = a.shape[1]
     N = out.shape[1]
     width = panel_width(a.itemsize)
+    lanes = width // 2
     depth = BLOCK_BYTES // a.itemsize
     whole = N - N % width
     for k0 in range(0, K, depth):  # a block of a's columns and M's rows stays in L1 for all the tiles
         k1 = min(k0 + depth, K)
         for j0 in range(0, whole, width):
-            b0 = 0
-            while B - b0 >= MAX_TILE_ROWS and not (MAX_TILE_ROWS == 6 and B - b0 == 8):
-                _tile_full(a, panels, out, b0, j0, k0, k1)
-                b0 += MAX_TILE_ROWS
-            while B - b0 >= 4:  # the rows left: 8 as 4 + 4 on AVX2 (0.87x the time of 6 + 2), 5 as
-                _tile4(a, panels, out, b0, j0, k0, k1)  # 4 + 1, 3 as 2 + 1 (fewer kernels to compile)
-                b0 += 4
-            if B - b0 >= 2:
-                _tile2(a, panels, out, b0, j0, k0, k1)
-                b0 += 2
-            if B - b0 == 1:
-                _tile1(a, panels, out, b0, j0, k0, k1)
-    _plain_columns(a, panels, out, whole)
+            _strip_rows(a, panels, out, j0, k0, k1, 0, width, False)
+        # The columns left over: one vector of the last strip at a time, its lanes past N unwritten.
+        for first_lane in range(0, N - whole, lanes):
+            _strip_rows(a, panels, out, whole, k0, k1, first_lane, min(lanes, N - whole - first_lane), True)
 
 
 def _plain(a, panels, out):
@@ -258,6 +347,41 @@ def _plain(a, panels, out):
 
 @overload(tiled_product)
 def _tiled_product_overload(a, panels, out):
-    if _contiguous_floats(a, panels, out):
+    if _floats(a, panels, out):
         return _tiled
     return _plain
+
+
+def tiled_product_in_place(a, M, out):
+    """``out[...] = a @ M`` with the tiles reading ``M`` (K, N) where it lies, unpacked: for a
+    C-contiguous ``M`` whose N is a multiple of :func:`panel_width` (the tiles' rows of ``M``
+    are then N elements apart, not one strip's width). It saves the packing of an ``M`` used
+    once, a weight gradient's ``X`` in ``dZ.T @ X``; the strided rows cost L1 misses, which
+    few rows of ``out`` pay back less than many (see
+    :data:`numbarnn.kernels.loops.IN_PLACE_MAX_ROWS`). Other arrays: NumPy's product."""
+    np.dot(a, M, out)
+
+
+#: The depth of a block of k when M is read in place: 64 of its rows (over 8 float32 rows of
+#: 128 columns each; 64 took 0.84-0.95x the time of 128 at 65-128 rows of out, float32).
+IN_PLACE_DEPTH = 64
+
+
+def _tiled_in_place(a, M, out):
+    B, K = a.shape
+    N = out.shape[1]
+    width = panel_width(a.itemsize)
+    if out.shape[0] != B or M.shape[0] != K or M.shape[1] != N or N % width:
+        raise ValueError("tiled_product_in_place: a (B, K), M (K, N) with N a multiple of the panel width "
+                         "and out (B, N) do not fit")
+    for k0 in range(0, K, IN_PLACE_DEPTH):
+        k1 = min(k0 + IN_PLACE_DEPTH, K)
+        for j0 in range(0, N, width):
+            _strip_rows(a, M, out, j0, k0, k1, 0, width, False)
+
+
+@overload(tiled_product_in_place)
+def _tiled_product_in_place_overload(a, M, out):
+    if _floats(a, M, out, 2):
+        return _tiled_in_place
+    return lambda a, M, out: np.dot(a, M, out)
