@@ -464,19 +464,38 @@ def test_m_read_in_place_must_be_whole_strips():
 
 
 def test_whole_sequence_products_take_the_tiles_only_where_they_were_measured_ahead():
-    """With AVX-512 tiles: at least 64 rows of out, 16 deep and 4 columns; never with AVX2
-    tiles (there they were no faster than OpenBLAS's own kernels)."""
+    """With AVX-512 tiles: at least 64 rows of out, 16 deep and 4 columns, and a transposed
+    ``a`` stepping less than 4 KiB; ``M`` in place for at most 128 rows when its columns are
+    whole strips. Never with AVX2 tiles (there they were no faster than OpenBLAS's own)."""
     takes = loops.takes_tiled_whole_product
+    z = np.zeros
+    path = loops.whole_product_path
+
+    def weight_gradient(R, K, C, dtype=np.float32):  # dW = dZ.T @ X
+        return path(z((K, R), dtype).T, z((K, C), dtype), z((R, C), dtype))
+
+    def projection(N, K, C, dtype=np.float32):  # out = X @ W.T
+        return path(z((N, K), dtype), z((C, K), dtype).T, z((N, C), dtype))
     if tiles.VECTOR_BYTES == 64:
         assert takes(64, 16, 4) and takes(800, 128, 65) and takes(512, 800, 128)
         assert not takes(63, 128, 65) and not takes(800, 15, 512) and not takes(512, 800, 3)
+        assert projection(800, 128, 65) == loops.TILES  # the head's logits: W_y.T packed
+        assert weight_gradient(65, 800, 128) == loops.TILES_IN_PLACE  # the head's dW_y
+        assert weight_gradient(65, 800, 100) == loops.TILES  # columns not whole strips: packed
+        assert weight_gradient(512, 800, 128) == loops.TILES  # an LSTM's dW_h at H128 float32
+        assert weight_gradient(1023, 800, 128) == loops.TILES
+        assert weight_gradient(1024, 800, 256) == loops.BLAS  # a step of 4 KiB
+        assert weight_gradient(512, 800, 128, np.float64) == loops.BLAS
+        assert weight_gradient(65, 800, 128, np.float64) == loops.TILES_IN_PLACE
+        assert path(z((800, 128))[:, ::2], z((64, 65)), z((800, 65))) == loops.BLAS  # a strided a
     else:
         assert not takes(800, 128, 65) and not takes(512, 800, 128)
+        assert projection(800, 128, 65) == weight_gradient(65, 800, 128) == loops.BLAS
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("R,K,C", [(800, 128, 65), (65, 800, 128), (512, 200, 64), (200, 70, 20), (70, 100, 3),
-                                   (10, 300, 40), (300, 8, 40)])
+                                   (10, 300, 40), (300, 8, 40), (1100, 30, 16)])
 def test_whole_products_match_numpy_on_every_path(dtype, R, K, C):
     """``whole_product`` over shapes on either side of its limits (tiles packed, tiles reading
     M in place, BLAS) and the layouts the loops pass: ``a`` C-contiguous or a transposed

@@ -49,6 +49,11 @@ WHOLE_TILED_MIN_COLUMNS = 4
 #: a weight gradient ``dZ.T @ X`` of 65-128 rows, 800 deep, 64-128 columns took 0.63-0.97x the
 #: time of packing ``X`` first; at 512 rows 0.94x float32 but 1.1-1.3x float64.
 IN_PLACE_MAX_ROWS = 128
+#: A weight gradient's ``dZ.T`` (``a`` transposed) steps ``rows`` elements from one k to the
+#: next; from 4 KiB a step the tiles lost to OpenBLAS's AVX-512 kernels (1600 deep, float32:
+#: 0.89x and 0.96x BLAS's time at 512 and 768 rows, 1.31x at 1024, 1.15x at 2048; blocking and
+#: copying ``a`` did not mend it), so there BLAS keeps the product.
+WHOLE_TILED_MAX_STEP_BYTES = 4096
 
 
 @jit
@@ -59,12 +64,30 @@ def takes_tiled_whole_product(rows, depth, columns):
             and columns >= WHOLE_TILED_MIN_COLUMNS)
 
 
+#: What :func:`whole_product_path` answers.
+BLAS, TILES, TILES_IN_PLACE = 0, 1, 2
+
+
+@jit
+def whole_product_path(a, M, out):
+    """How :func:`whole_product` takes ``out = a @ M``: :data:`BLAS`, :data:`TILES` (``M``
+    packed) or :data:`TILES_IN_PLACE`, by the limits above and the arrays' layouts (the tiles
+    take ``a`` C-contiguous or the transposed view of a C-contiguous array, as the weight
+    gradients pass ``dZ.T``; other layouts go to BLAS, never to the tiles' plain loop)."""
+    R, K = a.shape
+    C = out.shape[1]
+    if not (takes_layouts(a, out) and takes_tiled_whole_product(R, K, C)
+            and a.strides[1] < WHOLE_TILED_MAX_STEP_BYTES):
+        return BLAS
+    if R <= IN_PLACE_MAX_ROWS and M.flags.c_contiguous and C % panel_width(M.itemsize) == 0:
+        return TILES_IN_PLACE
+    return TILES
+
+
 @jit
 def whole_product(a, M, out):
     """out (R, C) = a (R, K) @ M (K, C), a whole-sequence product: the tiled product where
-    :func:`takes_tiled_whole_product` says so and the arrays' layouts let it (``a``
-    C-contiguous, or the transposed view ``dZ.T`` of a C-contiguous array, as the weight
-    gradients pass it), else one BLAS product.
+    :func:`whole_product_path` says so, else one BLAS product.
 
     >>> import numpy as np
     >>> from numbarnn.kernels.loops import whole_product
@@ -75,14 +98,13 @@ def whole_product(a, M, out):
     >>> np.allclose(dW, dZ.T @ X)
     True
     """
-    R, K = a.shape
-    C = out.shape[1]
-    if not (takes_layouts(a, out) and takes_tiled_whole_product(R, K, C)):
-        np.dot(a, M, out)
-    elif R <= IN_PLACE_MAX_ROWS and M.flags.c_contiguous and C % panel_width(M.itemsize) == 0:
+    path = whole_product_path(a, M, out)
+    if path == TILES_IN_PLACE:
         tiled_product_in_place(a, M, out)
-    else:
+    elif path == TILES:
         tiled_product(a, pack_panels(M), out)
+    else:
+        np.dot(a, M, out)
 
 
 # ---- input projection: XZ = X @ W_x.T + b_x for all steps at once -------------------------
