@@ -464,7 +464,7 @@ def test_m_read_in_place_must_be_whole_strips():
 
 
 def test_whole_sequence_products_take_the_tiles_only_where_they_were_measured_ahead():
-    """With AVX-512 tiles: at least 64 rows of out, 16 deep and 4 columns, and a transposed
+    """With AVX-512 tiles: at least 64 rows of out, 16 deep, 4 columns and 2**20 multiply-adds, and a transposed
     ``a`` stepping less than 4 KiB; ``M`` in place for at most 128 rows when its columns are
     whole strips. Never with AVX2 tiles (there they were no faster than OpenBLAS's own)."""
     takes = loops.takes_tiled_whole_product
@@ -477,8 +477,9 @@ def test_whole_sequence_products_take_the_tiles_only_where_they_were_measured_ah
     def projection(N, K, C, dtype=np.float32):  # out = X @ W.T
         return path(z((N, K), dtype), z((C, K), dtype).T, z((N, C), dtype))
     if tiles.VECTOR_BYTES == 64:
-        assert takes(64, 16, 4) and takes(800, 128, 65) and takes(512, 800, 128)
+        assert takes(64, 16, 1024) and takes(800, 128, 65) and takes(512, 800, 128) and takes(4096, 64, 4)
         assert not takes(63, 128, 65) and not takes(800, 15, 512) and not takes(512, 800, 3)
+        assert not takes(64, 200, 64) and not takes(64, 16, 1023)  # under 2**20 multiply-adds
         assert projection(800, 128, 65) == loops.TILES  # the head's logits: W_y.T packed
         assert weight_gradient(65, 800, 128) == loops.TILES_IN_PLACE  # the head's dW_y
         assert weight_gradient(65, 800, 100) == loops.TILES  # columns not whole strips: packed

@@ -36,14 +36,18 @@ from .tiles import VECTOR_BYTES, pack_panels, panel_width, takes_layouts, tiled_
 #: at least WHOLE_TILED_MIN_DEPTH (shallower products are bound by their stores, where the
 #: tiles took 1.4-3x BLAS's time) and at least WHOLE_TILED_MIN_COLUMNS columns (one column
 #: wastes all but one lane of a vector: 2.7-4.6x). On one Zen 5 core, float32 and float64,
-#: the head's three products at H128 V65 over 800 rows and the recurrent weight gradient of
-#: an LSTM at H128: 0.5-0.65x the time of one OpenBLAS thread held to its AVX2 kernels (the
-#: environment's ``OPENBLAS_CORETYPE=Haswell``) and 0.85-1.07x of one running its AVX-512
-#: ones. With AVX2 tiles they measured no faster than OpenBLAS's own AVX2 kernels (0.8-1.5x),
-#: so there BLAS keeps them. (docs/performance.md, 2026-12-03)
+#: products within these limits (the head's three at H128 V65 over 800 rows, the recurrent
+#: weight gradient of an LSTM at H128, 64-3200 rows, 16-3200 deep, 4-1024 columns) took
+#: 0.37-0.81x the time of one OpenBLAS thread held to its AVX2 kernels (the environment's
+#: ``OPENBLAS_CORETYPE=Haswell``) and 0.6-1.1x of one running its AVX-512 ones. With AVX2 tiles
+#: they measured no faster than OpenBLAS's own AVX2 kernels (0.8-1.5x), so there BLAS keeps
+#: them. (docs/performance.md, 2026-12-03)
 WHOLE_TILED_MIN_ROWS = 64
 WHOLE_TILED_MIN_DEPTH = 16
 WHOLE_TILED_MIN_COLUMNS = 4
+#: And at least this many multiply-adds: a few microseconds of work, where packing is not paid
+#: back (64 rows, 200 deep, 20-64 columns: 1.0-2.15x the time of OpenBLAS's AVX-512 kernels).
+WHOLE_TILED_MIN_WORK = 1 << 20
 #: A whole-sequence product with at most this many rows of ``out`` reads a C-contiguous ``M``
 #: in place when its columns are whole strips (:func:`numbarnn.kernels.tiles.tiled_product_in_place`):
 #: a weight gradient ``dZ.T @ X`` of 65-128 rows, 800 deep, 64-128 columns took 0.63-0.97x the
@@ -61,7 +65,7 @@ def takes_tiled_whole_product(rows, depth, columns):
     """Whether a whole-sequence product ``out (rows, columns) = a (rows, depth) @ M`` takes
     the tiled product (the limits above)."""
     return (VECTOR_BYTES == 64 and rows >= WHOLE_TILED_MIN_ROWS and depth >= WHOLE_TILED_MIN_DEPTH
-            and columns >= WHOLE_TILED_MIN_COLUMNS)
+            and columns >= WHOLE_TILED_MIN_COLUMNS and rows * depth * columns >= WHOLE_TILED_MIN_WORK)
 
 
 #: What :func:`whole_product_path` answers.
