@@ -193,8 +193,7 @@ def _tile_codegen(rows, tail, a_layout):
         undefined = ir.Constant(vector, ir.Undefined)
         lane0 = ir.Constant(ir.IntType(32), 0)
         splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-        # j0 = s * width: strip s starts at element s * K * width; a tail reads its vector of it
-        if sig.args[1].ndim == 3:  # panels: strip s starts at element s * K * width, rows width apart
+        if sig.args[1].ndim == 3:  # panels: strip s (j0 = s * width) from element s * K * width, rows width apart
             strip, m_stride = builder.mul(j0, K), const(2 * lanes)
         else:  # M itself, C-contiguous (K, N) with whole strips: rows N apart
             strip, m_stride = j0, builder.extract_value(M.shape, 1)
@@ -206,7 +205,10 @@ def _tile_codegen(rows, tail, a_layout):
                  for v in range(vectors)]
             a_column = builder.mul(k, B) if a_layout == "F" else None
             for r in range(rows):
-                index = builder.add(a_rows[r], k) if a_layout == "C" else builder.add(a_column, builder.add(b0, const(r)))
+                if a_layout == "C":
+                    index = builder.add(a_rows[r], k)
+                else:
+                    index = builder.add(a_column, builder.add(b0, const(r)))
                 scalar = builder.load(builder.gep(a.data, [index]))
                 splat = builder.shuffle_vector(builder.insert_element(undefined, scalar, lane0), undefined,
                                                splat_mask)
