@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from numba import types as numba_types
+from numba.extending import overload
 
 from ..trust import UnsafeCacheWarning, enable_verified_cache, private_directory
 from ._jit import jit
@@ -72,20 +74,55 @@ def takes_tiled_whole_product(rows, depth, columns):
 BLAS, TILES, TILES_IN_PLACE = 0, 1, 2
 
 
+def _reads_in_place(a, M):
+    """Whether ``M`` may be read in place for this ``a``: a weight gradient's (``a`` the
+    transposed view ``dZ.T``, ``M`` C-contiguous). In ``@njit`` code a constant of the types,
+    so the other products (the C-contiguous ``a`` of a projection or ``dX``) do not compile
+    that path."""
+    return bool(a.flags.f_contiguous and not a.flags.c_contiguous and M.flags.c_contiguous)
+
+
+def _in_place_types(a, M):
+    return (isinstance(a, numba_types.Array) and a.layout == "F" and isinstance(M, numba_types.Array)
+            and M.layout == "C")
+
+
+@overload(_reads_in_place)
+def _reads_in_place_overload(a, M):
+    answer = _in_place_types(a, M)
+    return lambda a, M: answer
+
+
 @jit
 def whole_product_path(a, M, out):
     """How :func:`whole_product` takes ``out = a @ M``: :data:`BLAS`, :data:`TILES` (``M``
     packed) or :data:`TILES_IN_PLACE`, by the limits above and the arrays' layouts (the tiles
     take ``a`` C-contiguous or the transposed view of a C-contiguous array, as the weight
-    gradients pass ``dZ.T``; other layouts go to BLAS, never to the tiles' plain loop)."""
+    gradients pass ``dZ.T``; other layouts go to BLAS, never to the tiles' plain loop; ``M``
+    is read in place only for such a weight gradient)."""
     R, K = a.shape
     C = out.shape[1]
     if not (takes_layouts(a, out) and takes_tiled_whole_product(R, K, C)
             and a.strides[1] < WHOLE_TILED_MAX_STEP_BYTES):
         return BLAS
-    if R <= IN_PLACE_MAX_ROWS and M.flags.c_contiguous and C % panel_width(M.itemsize) == 0:
+    if _reads_in_place(a, M) and R <= IN_PLACE_MAX_ROWS and C % panel_width(M.itemsize) == 0:
         return TILES_IN_PLACE
     return TILES
+
+
+def _tiled_whole(a, M, out, in_place):
+    """The tiles' side of :func:`whole_product` (``in_place``: ``M`` read where it lies)."""
+    if in_place:
+        tiled_product_in_place(a, M, out)
+    else:
+        tiled_product(a, pack_panels(M), out)
+
+
+@overload(_tiled_whole)
+def _tiled_whole_overload(a, M, out, in_place):
+    if _in_place_types(a, M):  # compile the in-place path only where it can be taken
+        return _tiled_whole
+    return lambda a, M, out, in_place: tiled_product(a, pack_panels(M), out)
 
 
 @jit
@@ -103,12 +140,10 @@ def whole_product(a, M, out):
     True
     """
     path = whole_product_path(a, M, out)
-    if path == TILES_IN_PLACE:
-        tiled_product_in_place(a, M, out)
-    elif path == TILES:
-        tiled_product(a, pack_panels(M), out)
-    else:
+    if path == BLAS:
         np.dot(a, M, out)
+    else:
+        _tiled_whole(a, M, out, path == TILES_IN_PLACE)
 
 
 # ---- input projection: XZ = X @ W_x.T + b_x for all steps at once -------------------------

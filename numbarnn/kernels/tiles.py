@@ -295,33 +295,40 @@ def _plain_columns(a, panels, out, first):
 
 
 @jit(inline="always")
-def _strip_rows(a, panels, out, j0, k0, k1, first_lane, count, tail):
-    """One strip's tiles (or one vector of it, ``tail``) over all of a's rows."""
+def _strip_tiles(a, panels, out, j0, k0, k1):
+    """One strip's tiles over all of a's rows."""
+    B = a.shape[0]
+    b0 = 0  # (a whole strip's tiles take no first lane or count: 0, 0)
+    while B - b0 >= MAX_TILE_ROWS and not (MAX_TILE_ROWS == 6 and B - b0 == 8):
+        _tile_full(a, panels, out, b0, j0, k0, k1, 0, 0)
+        b0 += MAX_TILE_ROWS
+    while B - b0 >= 4:  # the rows left: 8 as 4 + 4 on AVX2 (0.87x the time of 6 + 2), 5 as
+        _tile4(a, panels, out, b0, j0, k0, k1, 0, 0)  # 4 + 1, 3 as 2 + 1 (fewer kernels to compile)
+        b0 += 4
+    if B - b0 >= 2:
+        _tile2(a, panels, out, b0, j0, k0, k1, 0, 0)
+        b0 += 2
+    if B - b0 == 1:
+        _tile1(a, panels, out, b0, j0, k0, k1, 0, 0)
+
+
+@jit(inline="always")
+def _strip_tails(a, panels, out, j0, k0, k1, first_lane, count):
+    """One vector of the last strip (``count`` columns from ``j0 + first_lane``) over all of
+    a's rows, as :func:`_strip_tiles` takes whole strips."""
     B = a.shape[0]
     b0 = 0
     while B - b0 >= MAX_TILE_ROWS and not (MAX_TILE_ROWS == 6 and B - b0 == 8):
-        if tail:
-            _tail_full(a, panels, out, b0, j0, k0, k1, first_lane, count)
-        else:
-            _tile_full(a, panels, out, b0, j0, k0, k1, first_lane, count)
+        _tail_full(a, panels, out, b0, j0, k0, k1, first_lane, count)
         b0 += MAX_TILE_ROWS
-    while B - b0 >= 4:  # the rows left: 8 as 4 + 4 on AVX2 (0.87x the time of 6 + 2), 5 as
-        if tail:  # 4 + 1, 3 as 2 + 1 (fewer kernels to compile)
-            _tail4(a, panels, out, b0, j0, k0, k1, first_lane, count)
-        else:
-            _tile4(a, panels, out, b0, j0, k0, k1, first_lane, count)
+    while B - b0 >= 4:
+        _tail4(a, panels, out, b0, j0, k0, k1, first_lane, count)
         b0 += 4
     if B - b0 >= 2:
-        if tail:
-            _tail2(a, panels, out, b0, j0, k0, k1, first_lane, count)
-        else:
-            _tile2(a, panels, out, b0, j0, k0, k1, first_lane, count)
+        _tail2(a, panels, out, b0, j0, k0, k1, first_lane, count)
         b0 += 2
     if B - b0 == 1:
-        if tail:
-            _tail1(a, panels, out, b0, j0, k0, k1, first_lane, count)
-        else:
-            _tile1(a, panels, out, b0, j0, k0, k1, first_lane, count)
+        _tail1(a, panels, out, b0, j0, k0, k1, first_lane, count)
 
 
 def _tiled(a, panels, out):
@@ -335,10 +342,10 @@ def _tiled(a, panels, out):
     for k0 in range(0, K, depth):  # a block of a's columns and M's rows stays in L1 for all the tiles
         k1 = min(k0 + depth, K)
         for j0 in range(0, whole, width):
-            _strip_rows(a, panels, out, j0, k0, k1, 0, width, False)
+            _strip_tiles(a, panels, out, j0, k0, k1)
         # The columns left over: one vector of the last strip at a time, its lanes past N unwritten.
         for first_lane in range(0, N - whole, lanes):
-            _strip_rows(a, panels, out, whole, k0, k1, first_lane, min(lanes, N - whole - first_lane), True)
+            _strip_tails(a, panels, out, whole, k0, k1, first_lane, min(lanes, N - whole - first_lane))
 
 
 def _plain(a, panels, out):
@@ -379,7 +386,7 @@ def _tiled_in_place(a, M, out):
     for k0 in range(0, K, IN_PLACE_DEPTH):
         k1 = min(k0 + IN_PLACE_DEPTH, K)
         for j0 in range(0, N, width):
-            _strip_rows(a, M, out, j0, k0, k1, 0, width, False)
+            _strip_tiles(a, M, out, j0, k0, k1)
 
 
 @overload(tiled_product_in_place)
