@@ -150,7 +150,7 @@ def _tile_codegen(rows, tail, a_layout):
         vector = ir.VectorType(element, lanes)
         vectors = 1 if tail else 2
         a, M, out = (context.make_array(ty)(context, builder, value) for ty, value in zip(sig.args[:3], args[:3]))
-        b0, j0, k0, k1, first_lane, count = args[3:9]
+        b0, j0, k0, k1, first_lane, count = args[5:11]  # after a, M, out and the constants rows, tail
         B = builder.extract_value(a.shape, 0)
         K = builder.extract_value(a.shape, 1)
         N = builder.extract_value(out.shape, 1)
@@ -256,19 +256,16 @@ def _takes_layouts_overload(a, out):
     return lambda a, out: answer
 
 
-def _tile_intrinsic(rows, tail):
-    @intrinsic
-    def tile(typingctx, a, M, out, b0, j0, k0, k1, first_lane, count):
-        indices = (b0, j0, k0, k1, first_lane, count)
-        if _floats(a, M, out, getattr(M, "ndim", 3)) and all(isinstance(i, types.Integer) for i in indices):
-            return (types.void(a, M, out, *[types.intp] * len(indices)),
-                    _tile_codegen(rows, tail, a.layout))
-    tile.__name__ = f"tile_{rows}_rows" + ("_tail" if tail else "")
-    return tile
-
-
-_tile1, _tile2, _tile4, _tile_full = (_tile_intrinsic(rows, False) for rows in (1, 2, 4, MAX_TILE_ROWS))
-_tail1, _tail2, _tail4, _tail_full = (_tile_intrinsic(rows, True) for rows in (1, 2, 4, MAX_TILE_ROWS))
+@intrinsic
+def _tile(typingctx, a, M, out, rows, tail, b0, j0, k0, k1, first_lane, count):
+    """One tile of ``rows`` rows (a whole strip, or with ``tail`` one vector of the last);
+    ``rows`` and ``tail`` are constants, each pair compiled once per layout (see
+    :func:`_tile_codegen`)."""
+    indices = (b0, j0, k0, k1, first_lane, count)
+    if (isinstance(rows, types.IntegerLiteral) and isinstance(tail, types.BooleanLiteral)
+            and _floats(a, M, out, getattr(M, "ndim", 3)) and all(isinstance(i, types.Integer) for i in indices)):
+        return (types.void(a, M, out, rows, tail, *[types.intp] * len(indices)),
+                _tile_codegen(rows.literal_value, tail.literal_value, a.layout))
 
 
 @jit(inline="always")
@@ -282,12 +279,12 @@ def _check_shapes(a, panels, out):
 
 
 @jit(inline="always")
-def _plain_columns(a, panels, out, first):
-    """``out[:, first:]`` as plain sums, a multiply and an add per term in ascending k: the
-    arrays the tiles do not take."""
+def _plain_columns(a, panels, out):
+    """``out`` as plain sums, a multiply and an add per term in ascending k: the arrays the
+    tiles do not take."""
     width = panels.shape[2]
     for b in range(a.shape[0]):
-        for j in range(first, out.shape[1]):
+        for j in range(out.shape[1]):
             total = a.dtype.type(0.0)
             for k in range(a.shape[1]):
                 total += a[b, k] * panels[j // width, k, j % width]
@@ -295,40 +292,24 @@ def _plain_columns(a, panels, out, first):
 
 
 @jit(inline="always")
-def _strip_tiles(a, panels, out, j0, k0, k1):
-    """One strip's tiles over all of a's rows."""
-    B = a.shape[0]
-    b0 = 0  # (a whole strip's tiles take no first lane or count: 0, 0)
-    while B - b0 >= MAX_TILE_ROWS and not (MAX_TILE_ROWS == 6 and B - b0 == 8):
-        _tile_full(a, panels, out, b0, j0, k0, k1, 0, 0)
-        b0 += MAX_TILE_ROWS
-    while B - b0 >= 4:  # the rows left: 8 as 4 + 4 on AVX2 (0.87x the time of 6 + 2), 5 as
-        _tile4(a, panels, out, b0, j0, k0, k1, 0, 0)  # 4 + 1, 3 as 2 + 1 (fewer kernels to compile)
-        b0 += 4
-    if B - b0 >= 2:
-        _tile2(a, panels, out, b0, j0, k0, k1, 0, 0)
-        b0 += 2
-    if B - b0 == 1:
-        _tile1(a, panels, out, b0, j0, k0, k1, 0, 0)
-
-
-@jit(inline="always")
-def _strip_tails(a, panels, out, j0, k0, k1, first_lane, count):
-    """One vector of the last strip (``count`` columns from ``j0 + first_lane``) over all of
-    a's rows, as :func:`_strip_tiles` takes whole strips."""
+def _strip(a, panels, out, j0, k0, k1, first_lane, count, tail):
+    """One strip's tiles over all of a's rows; with ``tail`` (a constant), one vector of the
+    last strip: ``count`` columns from ``j0 + first_lane``."""
     B = a.shape[0]
     b0 = 0
     while B - b0 >= MAX_TILE_ROWS and not (MAX_TILE_ROWS == 6 and B - b0 == 8):
-        _tail_full(a, panels, out, b0, j0, k0, k1, first_lane, count)
+        _tile(a, panels, out, MAX_TILE_ROWS, tail, b0, j0, k0, k1, first_lane, count)
         b0 += MAX_TILE_ROWS
+    # The rows left: 8 as 4 + 4 on AVX2 (0.87x the time of 6 + 2), 5 as 4 + 1, 3 as 2 + 1
+    # (fewer kernels to compile).
     while B - b0 >= 4:
-        _tail4(a, panels, out, b0, j0, k0, k1, first_lane, count)
+        _tile(a, panels, out, 4, tail, b0, j0, k0, k1, first_lane, count)
         b0 += 4
     if B - b0 >= 2:
-        _tail2(a, panels, out, b0, j0, k0, k1, first_lane, count)
+        _tile(a, panels, out, 2, tail, b0, j0, k0, k1, first_lane, count)
         b0 += 2
     if B - b0 == 1:
-        _tail1(a, panels, out, b0, j0, k0, k1, first_lane, count)
+        _tile(a, panels, out, 1, tail, b0, j0, k0, k1, first_lane, count)
 
 
 def _tiled(a, panels, out):
@@ -342,16 +323,16 @@ def _tiled(a, panels, out):
     for k0 in range(0, K, depth):  # a block of a's columns and M's rows stays in L1 for all the tiles
         k1 = min(k0 + depth, K)
         for j0 in range(0, whole, width):
-            _strip_tiles(a, panels, out, j0, k0, k1)
+            _strip(a, panels, out, j0, k0, k1, 0, 0, False)
         # The columns left over: one vector of the last strip at a time, its lanes past N unwritten.
         for first_lane in range(0, N - whole, lanes):
-            _strip_tails(a, panels, out, whole, k0, k1, first_lane, min(lanes, N - whole - first_lane))
+            _strip(a, panels, out, whole, k0, k1, first_lane, min(lanes, N - whole - first_lane), True)
 
 
 def _plain(a, panels, out):
     """Any other layout (the loops only ever pass contiguous arrays)."""
     _check_shapes(a, panels, out)
-    _plain_columns(a, panels, out, 0)
+    _plain_columns(a, panels, out)
 
 
 @overload(tiled_product)
@@ -386,7 +367,7 @@ def _tiled_in_place(a, M, out):
     for k0 in range(0, K, IN_PLACE_DEPTH):
         k1 = min(k0 + IN_PLACE_DEPTH, K)
         for j0 in range(0, N, width):
-            _strip_tiles(a, M, out, j0, k0, k1)
+            _strip(a, M, out, j0, k0, k1, 0, 0, False)
 
 
 @overload(tiled_product_in_place)
